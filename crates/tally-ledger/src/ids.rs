@@ -1,0 +1,145 @@
+//! Validated identifiers. Each type can only hold a value that passed its checks, so code
+//! below the gateway never re-validates shape.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ValidationError;
+use crate::limits::*;
+
+fn check_text(field: &'static str, value: &str, bytes_max: usize) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.len() > bytes_max {
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes long; the limit is {bytes_max}", value.len()),
+        ));
+    }
+    if let Some(position) = value.chars().position(|c| c.is_control()) {
+        return Err(ValidationError::new(
+            field,
+            format!("contains a control character at position {position}"),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+                let value = value.into();
+                check_text($field, &value, $max)?;
+                Ok(Self(value))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// A member of a loyalty program; global across partners (one person, many currencies).
+    MemberId, "member_id", MEMBER_ID_BYTES_MAX
+);
+text_id!(
+    /// The caller's key for exactly-once; scoped by partner.
+    IdempotencyKey, "idempotency_key", IDEMPOTENCY_KEY_BYTES_MAX
+);
+text_id!(
+    /// Names one cross-shard transfer (derived from the partner and its idempotency key).
+    TransferId, "transfer_id", PARTNER_ID_BYTES_MAX + IDEMPOTENCY_KEY_BYTES_MAX + 1
+);
+
+/// A partner brand: lower-case letters, digits, `-` and `_`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PartnerId(String);
+
+impl PartnerId {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let value = value.into();
+        check_text("partner_id", &value, PARTNER_ID_BYTES_MAX)?;
+        if !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+            return Err(ValidationError::new(
+                "partner_id",
+                "may contain only lower-case letters, digits, '-' and '_'",
+            ));
+        }
+        Ok(Self(value))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PartnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A point currency such as `SKYMILES`: upper-case letters, digits and `_`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CurrencyCode(String);
+
+impl CurrencyCode {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
+        let value = value.into();
+        if value.len() < CURRENCY_CODE_BYTES_MIN || value.len() > CURRENCY_CODE_BYTES_MAX {
+            return Err(ValidationError::new(
+                "currency",
+                format!(
+                    "must be {CURRENCY_CODE_BYTES_MIN} to {CURRENCY_CODE_BYTES_MAX} characters, got {}",
+                    value.len()
+                ),
+            ));
+        }
+        if !value.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            return Err(ValidationError::new(
+                "currency",
+                "may contain only upper-case letters, digits and '_' (for example SKYMILES)",
+            ));
+        }
+        Ok(Self(value))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CurrencyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks an operation amount: at least 1, at most [`AMOUNT_POINTS_MAX`].
+pub fn check_amount(field: &'static str, amount_points: u64) -> Result<u64, ValidationError> {
+    if amount_points == 0 {
+        return Err(ValidationError::new(field, "must be at least 1 point"));
+    }
+    if amount_points > AMOUNT_POINTS_MAX {
+        return Err(ValidationError::new(
+            field,
+            format!("is {amount_points}; the largest amount in one operation is {AMOUNT_POINTS_MAX}"),
+        ));
+    }
+    Ok(amount_points)
+}

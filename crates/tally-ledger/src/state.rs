@@ -1,0 +1,156 @@
+//! The in-memory state of one shard and the items it is persisted as.
+//!
+//! The whole working set (accounts, holds, idempotency records, earn records, open transfers)
+//! lives in memory in ordered maps; statement lines do not (they only grow) and are handed to
+//! the storage layer as they are produced. After each batch, [`ChangeSet`] names the items the
+//! batch changed, so the storage layer writes exactly those, with the applied log id, in one
+//! atomic write.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{BalanceView, CommandOutcome, HoldView, Operation, OperationKind, ShardBatch, TransferStatus};
+use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
+
+/// System accounts exist per currency and per shard; a partner's global figure is their sum
+/// over shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SystemAccountKind {
+    /// Debited by earns: its negative balance is the points issued and not yet redeemed.
+    Issuance,
+    /// Credited by redeems and captures.
+    Redemption,
+    /// The partner's side of exchanges.
+    Settlement,
+    /// Points between shards during a cross-shard transfer.
+    Transit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AccountKey {
+    Member { member_id: MemberId, currency: CurrencyCode },
+    System { kind: SystemAccountKind, currency: CurrencyCode },
+}
+
+/// Double entry: an account's balance is `credits_points - debits_points`. Member accounts
+/// never have more debits than credits; system accounts may.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub debits_points: u64,
+    pub credits_points: u64,
+    /// Points reserved by open holds (member accounts only); `held_points <= balance`.
+    pub held_points: u64,
+    /// Number of statement lines written for this account; the next line's sequence number.
+    pub statement_lines: u64,
+}
+
+/// The stored answer for `(partner, key)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub operation: Operation,
+    /// The first answer, with `replay == false`.
+    pub outcome: CommandOutcome,
+    /// Log time after which the record is dropped.
+    pub expires_at_ms: u64,
+}
+
+/// An earn that can still be reversed (kept as long as its idempotency record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarnRecord {
+    pub member_id: MemberId,
+    pub currency: CurrencyCode,
+    pub earned_points: u64,
+    pub reversed_points: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    pub hold: HoldView,
+    /// Log time after which a closed hold is forgotten (its key's retention).
+    pub forget_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub partner_id: PartnerId,
+    pub from_member_id: MemberId,
+    pub to_member_id: MemberId,
+    pub currency: CurrencyCode,
+    pub amount_points: u64,
+    pub status: TransferStatus,
+    pub opened_at_ms: u64,
+    /// Log time after which a closed record (or an applied transfer-in marker) is forgotten.
+    pub forget_at_ms: u64,
+}
+
+/// One line of a member account's statement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementLine {
+    /// Position in the account's statement, from 0.
+    pub sequence: u64,
+    pub log_index: u64,
+    pub log_time_ms: u64,
+    pub partner_id: PartnerId,
+    pub idempotency_key: IdempotencyKey,
+    pub kind: OperationKind,
+    /// The other side of the entry, for example `issuance:SKYMILES` or `member:bob:SKYMILES`.
+    pub counterparty: String,
+    pub credit_points: u64,
+    pub debit_points: u64,
+    pub balance_after_points: u64,
+}
+
+/// One persisted piece of shard state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateItem {
+    Account(AccountKey, Account),
+    Idempotency(PartnerId, IdempotencyKey, IdempotencyRecord),
+    Earn(PartnerId, IdempotencyKey, EarnRecord),
+    Hold(PartnerId, IdempotencyKey, HoldRecord),
+    /// Source-side records (TransferOut) and destination-side markers (TransferIn) share the
+    /// id space: a shard may be both for different transfers but never for one.
+    Transfer(TransferId, TransferRecord),
+    /// The log time of the last applied batch (log time never goes backwards).
+    Clock { log_time_ms: u64 },
+}
+
+/// Names a [`StateItem`]; used for change tracking and, encoded, as the storage key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ItemKey {
+    Account(AccountKey),
+    Idempotency(PartnerId, IdempotencyKey),
+    Earn(PartnerId, IdempotencyKey),
+    Hold(PartnerId, IdempotencyKey),
+    Transfer(TransferId),
+    Clock,
+}
+
+impl StateItem {
+    pub fn key(&self) -> ItemKey {
+        match self {
+            StateItem::Account(key, _) => ItemKey::Account(key.clone()),
+            StateItem::Idempotency(partner, key, _) => ItemKey::Idempotency(partner.clone(), key.clone()),
+            StateItem::Earn(partner, key, _) => ItemKey::Earn(partner.clone(), key.clone()),
+            StateItem::Hold(partner, key, _) => ItemKey::Hold(partner.clone(), key.clone()),
+            StateItem::Transfer(id, _) => ItemKey::Transfer(id.clone()),
+            StateItem::Clock { .. } => ItemKey::Clock,
+        }
+    }
+}
+
+/// What one `apply_batch` changed: the items to rewrite (or delete, when
+/// [`Ledger::item`] no longer has them) and the new statement lines.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeSet {
+    pub dirty: BTreeSet<ItemKey>,
+    pub statement_lines: Vec<(AccountKey, StatementLine)>,
+}
+
+impl ChangeSet {
+    pub fn clear(&mut self) {
+        self.dirty.clear();
+        self.statement_lines.clear();
+    }
+}

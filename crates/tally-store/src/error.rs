@@ -1,0 +1,34 @@
+//! The crate's error type.
+
+/// Everything that can go wrong in the storage layer.
+///
+/// `LogStore` turns these into `openraft::StorageError`, which openraft treats as fatal for the
+/// group; callers of `StateTree` decide for themselves.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error (I/O, a corrupted page, an unsupported operation).
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+
+    /// A stored value failed its framing checks (length, version byte, crc32) or did not decode,
+    /// or a log entry is stored under a key that does not match its own index. `what` names the
+    /// value and says which check failed.
+    #[error("corrupt stored value: {what}")]
+    Corrupt { what: String },
+
+    /// A value could not be serialized.
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+
+    /// The flusher thread is gone, so nothing can be made durable any more.
+    #[error("the flusher thread has stopped")]
+    FlusherStopped,
+
+    /// `db.flush()` failed: writes since the previous successful flush may not be durable.
+    #[error("flush failed: {0}")]
+    Flush(#[source] std::io::Error),
+
+    /// The caller broke an argument contract (for example a scan `start` outside its `prefix`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
