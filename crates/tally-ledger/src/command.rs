@@ -31,14 +31,28 @@ pub struct AgreementTerms {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
     /// Open the member's account in the partner's currency (idempotent: enrolling twice is fine).
-    Enrol { member_id: MemberId, currency: CurrencyCode },
+    Enrol {
+        member_id: MemberId,
+        currency: CurrencyCode,
+    },
     /// Partner issues points to a member: debit the partner's issuance account, credit the
     /// member. Enrols the member implicitly.
-    Earn { member_id: MemberId, currency: CurrencyCode, amount_points: u64 },
+    Earn {
+        member_id: MemberId,
+        currency: CurrencyCode,
+        amount_points: u64,
+    },
     /// Member spends points: debit the member, credit the partner's redemption account.
-    Redeem { member_id: MemberId, currency: CurrencyCode, amount_points: u64 },
+    Redeem {
+        member_id: MemberId,
+        currency: CurrencyCode,
+        amount_points: u64,
+    },
     /// Undo an earn (all of it when `amount_points` is 0, else that part) by the earn's key.
-    ReverseEarn { earn_key: IdempotencyKey, amount_points: u64 },
+    ReverseEarn {
+        earn_key: IdempotencyKey,
+        amount_points: u64,
+    },
     /// Reserve points until `expires_at_ms` (log time). The hold is named by this command's key.
     AuthorizeHold {
         member_id: MemberId,
@@ -47,7 +61,10 @@ pub enum Operation {
         expires_at_ms: u64,
     },
     /// Capture a hold (all of it when `amount_points` is 0); the rest is released.
-    CaptureHold { hold_key: IdempotencyKey, amount_points: u64 },
+    CaptureHold {
+        hold_key: IdempotencyKey,
+        amount_points: u64,
+    },
     /// Release a hold without moving points.
     VoidHold { hold_key: IdempotencyKey },
     /// Member to member in one currency, both accounts on this shard.
@@ -226,21 +243,67 @@ pub enum TransferStatus {
     Refunded,
 }
 
+impl TransferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStatus::Open => "open",
+            TransferStatus::Completed => "completed",
+            TransferStatus::Refunded => "refunded",
+        }
+    }
+}
+
 /// What a successful operation did. Balances are the member accounts it changed, after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperationResult {
-    Enrolled { balance: BalanceView },
-    Earned { balance: BalanceView },
-    Redeemed { balance: BalanceView },
-    EarnReversed { balance: BalanceView, reversed_points: u64, earn_remaining_points: u64 },
-    HoldAuthorized { balance: BalanceView, hold: HoldView },
-    HoldCaptured { balance: BalanceView, hold: HoldView },
-    HoldVoided { balance: BalanceView, hold: HoldView },
-    Transferred { from: BalanceView, to: BalanceView },
-    TransferredOut { from: BalanceView, transfer_id: TransferId },
-    TransferredIn { to: BalanceView, transfer_id: TransferId },
-    TransferCompleted { transfer_id: TransferId, status: TransferStatus },
-    TransferRefunded { from: BalanceView, transfer_id: TransferId },
+    Enrolled {
+        balance: BalanceView,
+    },
+    Earned {
+        balance: BalanceView,
+    },
+    Redeemed {
+        balance: BalanceView,
+    },
+    /// `reversed_points` is what this reversal took back; `earn_remaining_points` what is
+    /// left of the earn for later reversals.
+    EarnReversed {
+        balance: BalanceView,
+        reversed_points: u64,
+        earn_remaining_points: u64,
+    },
+    HoldAuthorized {
+        balance: BalanceView,
+        hold: HoldView,
+    },
+    HoldCaptured {
+        balance: BalanceView,
+        hold: HoldView,
+    },
+    HoldVoided {
+        balance: BalanceView,
+        hold: HoldView,
+    },
+    Transferred {
+        from: BalanceView,
+        to: BalanceView,
+    },
+    TransferredOut {
+        from: BalanceView,
+        transfer_id: TransferId,
+    },
+    TransferredIn {
+        to: BalanceView,
+        transfer_id: TransferId,
+    },
+    TransferCompleted {
+        transfer_id: TransferId,
+        status: TransferStatus,
+    },
+    TransferRefunded {
+        from: BalanceView,
+        transfer_id: TransferId,
+    },
     Exchanged {
         from: BalanceView,
         to: BalanceView,

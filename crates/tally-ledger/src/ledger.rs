@@ -1,11 +1,42 @@
 //! [`Ledger`]: one shard's state machine. Deterministic: the same batches in the same order
 //! give the same state and the same outcomes on every replica.
+//!
+//! Layout:
+//! - this file: the state, the public reads, and `apply_batch` with the exactly-once wrapper
+//!   around every command;
+//! - [`validate`]: the defensive re-check of request shape against the log time;
+//! - [`posting`]: [`posting::Stage`], which computes every account change of one command
+//!   before any is written, so a failed command writes nothing;
+//! - [`records`]: writes of records with their expiry indexes, and the expiry sweep;
+//! - one module per operation family: [`earn`] (enrol, earn, redeem), [`reversal`], [`hold`],
+//!   [`transfer`] (same-shard and cross-shard), [`exchange`];
+//! - [`request_diff`]: which field differs when a key is reused for another request;
+//! - [`items`]: persisted items, snapshots and the digest; [`invariants`]: the audit.
 
-use std::collections::BTreeMap;
+mod earn;
+mod exchange;
+mod hold;
+mod invariants;
+mod items;
+mod posting;
+mod records;
+mod request_diff;
+mod reversal;
+mod transfer;
+mod validate;
 
-use crate::command::{BalanceView, CommandOutcome, HoldView, Operation, ShardBatch};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::command::{
+    BalanceView, BatchHeader, Command, CommandOutcome, HoldView, Operation, OperationKind,
+    OperationResult, ShardBatch,
+};
+use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
-use crate::state::{ChangeSet, ItemKey, StateItem, TransferRecord};
+use crate::state::{
+    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey,
+    TransferRecord,
+};
 
 /// Sum of debits and credits of one currency over every account of a shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,88 +45,300 @@ pub struct CurrencyTotals {
     pub credits_points: u128,
 }
 
+/// The deduplication scope of a command, and the name of the earn or hold it creates.
+type Slot = (PartnerId, IdempotencyKey);
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    // filled in by the implementation
+    /// Log time of the last applied batch; never goes backwards.
+    log_time_ms: u64,
+    accounts: BTreeMap<AccountKey, Account>,
+    idempotency: BTreeMap<Slot, IdempotencyRecord>,
+    earns: BTreeMap<Slot, EarnRecord>,
+    holds: BTreeMap<Slot, HoldRecord>,
+    transfers: BTreeMap<TransferId, TransferRecord>,
+    /// Open holds by expiry log time: the sweep at the start of a batch reads only due holds.
+    hold_expiry: BTreeSet<(u64, Slot)>,
+    /// Every record that has a forget time, by that time. Open transfers are absent: they
+    /// must outlive any retention until the resolver closes them.
+    forget: BTreeSet<(u64, ItemKey)>,
+}
+
+/// What every operation of one command needs to know besides its own fields.
+pub(crate) struct Context<'a> {
+    pub log_index: u64,
+    pub now_ms: u64,
+    pub retention_ms: u64,
+    pub partner_id: &'a PartnerId,
+    pub key: &'a IdempotencyKey,
+    pub kind: OperationKind,
+}
+
+impl Context<'_> {
+    /// Log time until which this command's key (and what it names) is remembered.
+    pub fn retained_until_ms(&self) -> u64 {
+        self.now_ms.saturating_add(self.retention_ms)
+    }
+
+    pub fn slot(&self) -> Slot {
+        (self.partner_id.clone(), self.key.clone())
+    }
 }
 
 impl Ledger {
     pub fn new() -> Self {
-        todo!()
-    }
-
-    /// Rebuilds a ledger from persisted items (any order).
-    pub fn from_items(items: impl IntoIterator<Item = StateItem>) -> Self {
-        let _ = items;
-        todo!()
-    }
-
-    /// Every item of the state, in a deterministic order (for snapshots and digests).
-    pub fn items(&self) -> Vec<StateItem> {
-        todo!()
-    }
-
-    /// The current value of one item, or `None` if it no longer exists.
-    pub fn item(&self, key: &ItemKey) -> Option<StateItem> {
-        let _ = key;
-        todo!()
+        Self::default()
     }
 
     /// Applies one Raft entry's batch. Returns exactly one outcome per command, in order,
-    /// and records in `changes` what must be persisted.
-    pub fn apply_batch(&mut self, log_index: u64, batch: &ShardBatch, changes: &mut ChangeSet) -> Vec<CommandOutcome> {
-        let _ = (log_index, batch, changes);
-        todo!()
+    /// and records in `changes` what must be persisted. `changes` is added to, not cleared,
+    /// so a caller may gather several entries into one storage write.
+    pub fn apply_batch(
+        &mut self,
+        log_index: u64,
+        batch: &ShardBatch,
+        changes: &mut ChangeSet,
+    ) -> Vec<CommandOutcome> {
+        let now_ms = self.log_time_ms.max(batch.header.log_time_ms);
+        if now_ms != self.log_time_ms {
+            self.log_time_ms = now_ms;
+            changes.dirty.insert(ItemKey::Clock);
+        }
+        self.expire_due(changes);
+        let outcomes: Vec<CommandOutcome> = batch
+            .commands
+            .iter()
+            .map(|command| self.apply_command(log_index, &batch.header, command, changes))
+            .collect();
+        assert_eq!(outcomes.len(), batch.commands.len());
+        // The full audit is linear in the state, so release builds rely on the cheap
+        // per-posting assertions in `posting` instead.
+        if cfg!(debug_assertions) {
+            if let Err(broken) = self.check_invariants() {
+                panic!("ledger invariant broken after log index {log_index}: {broken}");
+            }
+        }
+        outcomes
+    }
+
+    /// Exactly once: the answer of a key already seen is the stored one, and the first answer,
+    /// failure or success, is stored in the same apply as the effect.
+    fn apply_command(
+        &mut self,
+        log_index: u64,
+        header: &BatchHeader,
+        command: &Command,
+        changes: &mut ChangeSet,
+    ) -> CommandOutcome {
+        let now_ms = self.log_time_ms;
+        let slot = (command.partner_id.clone(), command.idempotency_key.clone());
+        if let Some(record) = self.idempotency.get(&slot) {
+            return match request_diff::first_difference(&record.operation, &command.operation) {
+                None => CommandOutcome {
+                    replay: true,
+                    ..record.outcome.clone()
+                },
+                // Not stored: the key keeps answering for the request that first used it.
+                Some(field) => CommandOutcome {
+                    result: Err(LedgerError::KeyReusedWithDifferentRequest {
+                        key: command.idempotency_key.to_string(),
+                        field: field.to_string(),
+                    }),
+                    replay: false,
+                    log_index,
+                    log_time_ms: now_ms,
+                },
+            };
+        }
+        let context = Context {
+            log_index,
+            now_ms,
+            retention_ms: header.idempotency_retention_ms,
+            partner_id: &command.partner_id,
+            key: &command.idempotency_key,
+            kind: command.operation.kind(),
+        };
+        let result = self.apply_operation(&context, &command.operation, changes);
+        let outcome = CommandOutcome {
+            result,
+            replay: false,
+            log_index,
+            log_time_ms: now_ms,
+        };
+        // A hold is named by its key, so the key must stay taken while the hold is remembered:
+        // a reused key would otherwise overwrite a hold that still reserves points.
+        let base_ms = context.retained_until_ms();
+        let expires_at_ms = self
+            .holds
+            .get(&slot)
+            .map_or(base_ms, |hold| hold.forget_at_ms.max(base_ms));
+        let record = IdempotencyRecord {
+            operation: command.operation.clone(),
+            outcome: outcome.clone(),
+            expires_at_ms,
+        };
+        self.put_idempotency(slot, record, changes);
+        outcome
+    }
+
+    fn apply_operation(
+        &mut self,
+        context: &Context<'_>,
+        operation: &Operation,
+        changes: &mut ChangeSet,
+    ) -> Result<OperationResult, LedgerError> {
+        validate::operation(operation, context.now_ms)?;
+        match operation {
+            Operation::Enrol {
+                member_id,
+                currency,
+            } => self.enrol(context, member_id, currency, changes),
+            Operation::Earn {
+                member_id,
+                currency,
+                amount_points,
+            } => self.earn(context, member_id, currency, *amount_points, changes),
+            Operation::Redeem {
+                member_id,
+                currency,
+                amount_points,
+            } => self.redeem(context, member_id, currency, *amount_points, changes),
+            Operation::ReverseEarn {
+                earn_key,
+                amount_points,
+            } => self.reverse_earn(context, earn_key, *amount_points, changes),
+            Operation::AuthorizeHold {
+                member_id,
+                currency,
+                amount_points,
+                expires_at_ms,
+            } => {
+                let account_key = AccountKey::member(member_id, currency);
+                self.authorize_hold(
+                    context,
+                    &account_key,
+                    *amount_points,
+                    *expires_at_ms,
+                    changes,
+                )
+            }
+            Operation::CaptureHold {
+                hold_key,
+                amount_points,
+            } => self.capture_hold(context, hold_key, *amount_points, changes),
+            Operation::VoidHold { hold_key } => self.void_hold(context, hold_key, changes),
+            Operation::Transfer { .. }
+            | Operation::TransferOut { .. }
+            | Operation::TransferIn { .. }
+            | Operation::TransferComplete { .. }
+            | Operation::TransferRefund { .. } => self.apply_transfer(context, operation, changes),
+            Operation::Exchange { .. } => self.exchange(context, operation, changes),
+        }
     }
 
     pub fn balance(&self, member_id: &MemberId, currency: &CurrencyCode) -> Option<BalanceView> {
-        let _ = (member_id, currency);
-        todo!()
+        let account = self
+            .accounts
+            .get(&AccountKey::member(member_id, currency))?;
+        Some(BalanceView::of(member_id, currency, account))
+    }
+
+    /// Any account of the shard, member or system.
+    pub fn account(&self, key: &AccountKey) -> Option<&Account> {
+        self.accounts.get(key)
     }
 
     /// The stored request and answer of `(partner, key)`, if still retained.
-    pub fn operation(&self, partner_id: &PartnerId, key: &IdempotencyKey) -> Option<(Operation, CommandOutcome)> {
-        let _ = (partner_id, key);
-        todo!()
+    pub fn operation(
+        &self,
+        partner_id: &PartnerId,
+        key: &IdempotencyKey,
+    ) -> Option<(Operation, CommandOutcome)> {
+        let record = self.idempotency.get(&(partner_id.clone(), key.clone()))?;
+        Some((record.operation.clone(), record.outcome.clone()))
+    }
+
+    /// The earn named by `(partner, key)`, while it can still be reversed.
+    pub fn earn_record(&self, partner_id: &PartnerId, key: &IdempotencyKey) -> Option<EarnRecord> {
+        self.earns.get(&(partner_id.clone(), key.clone())).cloned()
     }
 
     pub fn hold(&self, partner_id: &PartnerId, hold_key: &IdempotencyKey) -> Option<HoldView> {
-        let _ = (partner_id, hold_key);
-        todo!()
+        let record = self.holds.get(&(partner_id.clone(), hold_key.clone()))?;
+        Some(record.hold.clone())
     }
 
     pub fn transfer(&self, transfer_id: &TransferId) -> Option<TransferRecord> {
-        let _ = transfer_id;
-        todo!()
+        self.transfers.get(transfer_id).cloned()
     }
 
     /// Source-side transfer records still open (for the resolver).
     pub fn open_transfers(&self) -> Vec<(TransferId, TransferRecord)> {
-        todo!()
+        self.transfers
+            .iter()
+            .filter(|(_, record)| record.status == crate::command::TransferStatus::Open)
+            .map(|(id, record)| (id.clone(), record.clone()))
+            .collect()
     }
 
     /// Number of statement lines of a member account (0 if it does not exist).
     pub fn statement_lines(&self, member_id: &MemberId, currency: &CurrencyCode) -> u64 {
-        let _ = (member_id, currency);
-        todo!()
-    }
-
-    pub fn currency_totals(&self) -> BTreeMap<CurrencyCode, CurrencyTotals> {
-        todo!()
-    }
-
-    /// SHA-256 over every item in order: equal on replicas at the same applied index.
-    pub fn digest(&self) -> [u8; 32] {
-        todo!()
+        let key = AccountKey::member(member_id, currency);
+        self.accounts
+            .get(&key)
+            .map_or(0, |account| account.statement_lines)
     }
 
     /// Log time of the last applied batch.
     pub fn log_time_ms(&self) -> u64 {
-        todo!()
+        self.log_time_ms
     }
 
-    /// Checks every invariant; `Err` names the first broken one.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        todo!()
+    /// The balance view of a member account that the operation has just written.
+    fn view(&self, key: &AccountKey) -> BalanceView {
+        let AccountKey::Member {
+            member_id,
+            currency,
+        } = key
+        else {
+            panic!("balance views exist for member accounts only, not {key}");
+        };
+        let account = self
+            .accounts
+            .get(key)
+            .unwrap_or_else(|| panic!("account {key} was just written"));
+        BalanceView::of(member_id, currency, account)
+    }
+
+    /// Points the member can spend, or `AccountNotFound`.
+    fn available(&self, key: &AccountKey) -> Result<u64, LedgerError> {
+        match (key, self.accounts.get(key)) {
+            (_, Some(account)) => Ok(account.available_points()),
+            (
+                AccountKey::Member {
+                    member_id,
+                    currency,
+                },
+                None,
+            ) => Err(LedgerError::AccountNotFound {
+                member_id: member_id.to_string(),
+                currency: currency.to_string(),
+            }),
+            (AccountKey::System { .. }, None) => {
+                panic!("only member accounts are looked up for spending")
+            }
+        }
+    }
+
+    /// Fails with `InsufficientPoints` unless the member can spend `requested_points` now.
+    fn ensure_available(&self, key: &AccountKey, requested_points: u64) -> Result<(), LedgerError> {
+        let available_points = self.available(key)?;
+        if available_points < requested_points {
+            return Err(LedgerError::InsufficientPoints {
+                available_points,
+                requested_points,
+            });
+        }
+        Ok(())
     }
 }

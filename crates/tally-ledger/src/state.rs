@@ -7,10 +7,13 @@
 //! atomic write.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{BalanceView, CommandOutcome, HoldView, Operation, OperationKind, ShardBatch, TransferStatus};
+use crate::command::{
+    BalanceView, CommandOutcome, HoldView, Operation, OperationKind, TransferStatus,
+};
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
 
 /// System accounts exist per currency and per shard; a partner's global figure is their sum
@@ -29,8 +32,64 @@ pub enum SystemAccountKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AccountKey {
-    Member { member_id: MemberId, currency: CurrencyCode },
-    System { kind: SystemAccountKind, currency: CurrencyCode },
+    Member {
+        member_id: MemberId,
+        currency: CurrencyCode,
+    },
+    System {
+        kind: SystemAccountKind,
+        currency: CurrencyCode,
+    },
+}
+
+impl SystemAccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SystemAccountKind::Issuance => "issuance",
+            SystemAccountKind::Redemption => "redemption",
+            SystemAccountKind::Settlement => "settlement",
+            SystemAccountKind::Transit => "transit",
+        }
+    }
+}
+
+impl AccountKey {
+    pub fn member(member_id: &MemberId, currency: &CurrencyCode) -> Self {
+        AccountKey::Member {
+            member_id: member_id.clone(),
+            currency: currency.clone(),
+        }
+    }
+
+    pub fn system(kind: SystemAccountKind, currency: &CurrencyCode) -> Self {
+        AccountKey::System {
+            kind,
+            currency: currency.clone(),
+        }
+    }
+
+    pub fn currency(&self) -> &CurrencyCode {
+        match self {
+            AccountKey::Member { currency, .. } | AccountKey::System { currency, .. } => currency,
+        }
+    }
+
+    pub fn is_member(&self) -> bool {
+        matches!(self, AccountKey::Member { .. })
+    }
+}
+
+/// The name statements show as a counterparty: `member:bob:SKYMILES`, `issuance:SKYMILES`.
+impl fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccountKey::Member {
+                member_id,
+                currency,
+            } => write!(f, "member:{member_id}:{currency}"),
+            AccountKey::System { kind, currency } => write!(f, "{}:{currency}", kind.as_str()),
+        }
+    }
 }
 
 /// Double entry: an account's balance is `credits_points - debits_points`. Member accounts
@@ -43,6 +102,36 @@ pub struct Account {
     pub held_points: u64,
     /// Number of statement lines written for this account; the next line's sequence number.
     pub statement_lines: u64,
+}
+
+impl Account {
+    /// `credits - debits`. Exact for member accounts, which are never in debit; a system
+    /// account in debit reads 0 here (use [`Account::net_points`] for those).
+    pub fn balance_points(&self) -> u64 {
+        self.credits_points.saturating_sub(self.debits_points)
+    }
+
+    /// `credits - debits` with its sign, for any account.
+    pub fn net_points(&self) -> i128 {
+        i128::from(self.credits_points) - i128::from(self.debits_points)
+    }
+
+    /// Points a member can spend now: the balance less what open holds reserve.
+    pub fn available_points(&self) -> u64 {
+        self.balance_points().saturating_sub(self.held_points)
+    }
+}
+
+impl BalanceView {
+    pub fn of(member_id: &MemberId, currency: &CurrencyCode, account: &Account) -> Self {
+        BalanceView {
+            member_id: member_id.clone(),
+            currency: currency.clone(),
+            balance_points: account.balance_points(),
+            held_points: account.held_points,
+            available_points: account.available_points(),
+        }
+    }
 }
 
 /// The stored answer for `(partner, key)`.
@@ -103,6 +192,9 @@ pub struct StatementLine {
 }
 
 /// One persisted piece of shard state.
+// Items are built one at a time for storage, not kept in bulk, so the size of the largest
+// variant costs nothing worth a box in this public shape.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateItem {
     Account(AccountKey, Account),
@@ -113,7 +205,9 @@ pub enum StateItem {
     /// id space: a shard may be both for different transfers but never for one.
     Transfer(TransferId, TransferRecord),
     /// The log time of the last applied batch (log time never goes backwards).
-    Clock { log_time_ms: u64 },
+    Clock {
+        log_time_ms: u64,
+    },
 }
 
 /// Names a [`StateItem`]; used for change tracking and, encoded, as the storage key.
@@ -131,12 +225,21 @@ impl StateItem {
     pub fn key(&self) -> ItemKey {
         match self {
             StateItem::Account(key, _) => ItemKey::Account(key.clone()),
-            StateItem::Idempotency(partner, key, _) => ItemKey::Idempotency(partner.clone(), key.clone()),
+            StateItem::Idempotency(partner, key, _) => {
+                ItemKey::Idempotency(partner.clone(), key.clone())
+            }
             StateItem::Earn(partner, key, _) => ItemKey::Earn(partner.clone(), key.clone()),
             StateItem::Hold(partner, key, _) => ItemKey::Hold(partner.clone(), key.clone()),
             StateItem::Transfer(id, _) => ItemKey::Transfer(id.clone()),
             StateItem::Clock { .. } => ItemKey::Clock,
         }
+    }
+
+    /// The encoding [`crate::Ledger::digest`] hashes: bincode 1 with default options
+    /// (fixed-width little-endian integers), the same on every platform. A store holding the
+    /// items can recompute a ledger's digest by hashing these bytes in [`ItemKey`] order.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("a state item always encodes")
     }
 }
 

@@ -1,1 +1,25 @@
+//! openraft glue for Tally. Only this crate (with tally-store) names openraft, so an upgrade
+//! to openraft 0.10 touches these two crates.
+//!
+//! Layout:
+//! - [`types`]: the type config (`TallyRaft`), node addresses, entry payloads and responses.
+//! - [`keys`]: key layout of a group's state-machine tree.
+//! - [`state_machine`]: `RaftStateMachine` over the ledger/meta state with atomic sled batches,
+//!   consistent snapshot cuts, install.
+//! - [`proposer`]: per-shard group commit with bounded queues.
+//! - [`network`]: `RaftNetworkFactory` over tonic with one channel per peer for all groups.
+//! - [`transport`]: the Raft transport server, dispatching by group id.
+//! - [`group`]: a hosted group replica, its tuning, and the node's registry of groups.
 
+pub mod group;
+pub mod keys;
+pub mod network;
+pub mod proposer;
+pub mod state_machine;
+pub mod transport;
+pub mod types;
+
+pub use group::{Group, GroupError, GroupRegistry, RaftTuning};
+pub use proposer::{ProposeError, Proposer, ProposerConfig};
+pub use state_machine::{GroupData, GroupShared, GroupState};
+pub use types::*;

@@ -37,10 +37,16 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, 
         what: format!("{what}: {detail}"),
     };
     if bytes.len() < HEADER_LEN {
-        return Err(corrupt(format!("value is {} bytes, shorter than its header", bytes.len())));
+        return Err(corrupt(format!(
+            "value is {} bytes, shorter than its header",
+            bytes.len()
+        )));
     }
     if bytes[0] != VALUE_FORMAT_VERSION {
-        return Err(corrupt(format!("unknown value format version {}", bytes[0])));
+        return Err(corrupt(format!(
+            "unknown value format version {}",
+            bytes[0]
+        )));
     }
     let stored = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let payload = &bytes[HEADER_LEN..];

@@ -28,6 +28,10 @@ pub enum StoreError {
     #[error("flush failed: {0}")]
     Flush(#[source] std::io::Error),
 
+    /// An I/O error outside sled (for example the flusher thread could not be spawned).
+    #[error("i/o: {0}")]
+    Io(#[source] std::io::Error),
+
     /// The caller broke an argument contract (for example a scan `start` outside its `prefix`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -1,1 +1,40 @@
+//! Tally's storage on sled 0.34: the openraft log storage of every Raft group with a
+//! group-commit flusher, and atomic state-machine batches.
+//!
+//! One node process opens one [`NodeStore`] (one sled `Db`) for every group it hosts. Each group
+//! gets two trees: `"g{id:05}/raft"` for its log and vote ([`LogStore`], openraft's
+//! `RaftLogStorage`) and `"g{id:05}/sm"` for its state machine ([`StateTree`], no openraft
+//! types). Durability comes from one flusher thread per node that calls sled's blocking
+//! `flush()` for every pending request at once, across groups.
+//!
+//! The durability rules, in one place:
+//!
+//! - A log append is reported durable (`LogFlushed::log_io_completed(Ok)`) and a vote save
+//!   returns only after a `db.flush()` that started after the write was applied has returned.
+//! - Everything else (state-machine batches, `committed`, truncate, purge) is written without a
+//!   flush. That is safe because sled recovers a prefix of the writes made to one `Db`: a later
+//!   flushed append or vote makes every earlier write durable too, in order.
+//!
+//! # Layout
+//!
+//! - `error`: [`StoreError`].
+//! - `codec`: the value framing `[version u8 = 1][crc32 be][bincode 1]`: [`encode_value`],
+//!   [`decode_value`].
+//! - `flusher`: the flusher thread (group commit) and [`FlushStats`].
+//! - `node`: [`NodeStore`], the node's `Db`, and the per-group tree constructors.
+//! - `log_store`: [`LogStore`], `RaftLogStorage` + `RaftLogReader` for one group.
+//! - `state_tree`: [`StateTree`], a group's state-machine tree.
 
+mod codec;
+mod error;
+mod flusher;
+mod log_store;
+mod node;
+mod state_tree;
+
+pub use codec::{decode_value, encode_value, VALUE_FORMAT_VERSION};
+pub use error::StoreError;
+pub use flusher::FlushStats;
+pub use log_store::LogStore;
+pub use node::NodeStore;
+pub use state_tree::StateTree;

@@ -1,0 +1,145 @@
+//! The ledger as persisted items: snapshots, restore, and the digest replicas compare.
+//!
+//! Items come out in [`ItemKey`] order, which is also the order the digest hashes them in, so a
+//! storage layer holding the same items can recompute the same digest without a `Ledger`.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::Ledger;
+use crate::ids::{IdempotencyKey, PartnerId, TransferId};
+use crate::state::{
+    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, StateItem,
+    TransferRecord,
+};
+
+/// A borrowed [`StateItem`]: serializes to exactly the same bytes, so the digest needs no
+/// copy of the state.
+#[derive(Serialize)]
+#[serde(rename = "StateItem")]
+enum ItemRef<'a> {
+    Account(&'a AccountKey, &'a Account),
+    Idempotency(&'a PartnerId, &'a IdempotencyKey, &'a IdempotencyRecord),
+    Earn(&'a PartnerId, &'a IdempotencyKey, &'a EarnRecord),
+    Hold(&'a PartnerId, &'a IdempotencyKey, &'a HoldRecord),
+    Transfer(&'a TransferId, &'a TransferRecord),
+    Clock { log_time_ms: u64 },
+}
+
+impl ItemRef<'_> {
+    fn to_item(&self) -> StateItem {
+        match *self {
+            ItemRef::Account(key, account) => StateItem::Account(key.clone(), account.clone()),
+            ItemRef::Idempotency(partner_id, key, record) => {
+                StateItem::Idempotency(partner_id.clone(), key.clone(), record.clone())
+            }
+            ItemRef::Earn(partner_id, key, record) => {
+                StateItem::Earn(partner_id.clone(), key.clone(), record.clone())
+            }
+            ItemRef::Hold(partner_id, key, record) => {
+                StateItem::Hold(partner_id.clone(), key.clone(), record.clone())
+            }
+            ItemRef::Transfer(id, record) => StateItem::Transfer(id.clone(), record.clone()),
+            ItemRef::Clock { log_time_ms } => StateItem::Clock { log_time_ms },
+        }
+    }
+}
+
+impl Ledger {
+    /// Visits every item in [`ItemKey`] order.
+    fn for_each_item<'a>(&'a self, mut visit: impl FnMut(ItemRef<'a>)) {
+        self.accounts
+            .iter()
+            .for_each(|(key, account)| visit(ItemRef::Account(key, account)));
+        for ((partner_id, key), record) in &self.idempotency {
+            visit(ItemRef::Idempotency(partner_id, key, record));
+        }
+        for ((partner_id, key), record) in &self.earns {
+            visit(ItemRef::Earn(partner_id, key, record));
+        }
+        for ((partner_id, key), record) in &self.holds {
+            visit(ItemRef::Hold(partner_id, key, record));
+        }
+        self.transfers
+            .iter()
+            .for_each(|(id, record)| visit(ItemRef::Transfer(id, record)));
+        visit(ItemRef::Clock {
+            log_time_ms: self.log_time_ms,
+        });
+    }
+
+    /// Every item of the state, in a deterministic order (for snapshots and digests).
+    pub fn items(&self) -> Vec<StateItem> {
+        let count =
+            self.accounts.len() + self.idempotency.len() + self.earns.len() + self.holds.len();
+        let mut items = Vec::with_capacity(count + self.transfers.len() + 1);
+        self.for_each_item(|item| items.push(item.to_item()));
+        items
+    }
+
+    /// SHA-256 over every item's [`StateItem::canonical_bytes`], in [`Ledger::items`] order:
+    /// equal on replicas at the same applied index.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        self.for_each_item(|item| {
+            bincode::serialize_into(&mut hasher, &item).expect("a state item always encodes");
+        });
+        hasher.finalize().into()
+    }
+
+    /// The current value of one item, or `None` if it no longer exists.
+    pub fn item(&self, key: &ItemKey) -> Option<StateItem> {
+        let item = match key {
+            ItemKey::Account(account_key) => {
+                ItemRef::Account(account_key, self.accounts.get(account_key)?)
+            }
+            ItemKey::Idempotency(partner_id, key) => {
+                let record = self.idempotency.get(&(partner_id.clone(), key.clone()))?;
+                ItemRef::Idempotency(partner_id, key, record)
+            }
+            ItemKey::Earn(partner_id, key) => ItemRef::Earn(
+                partner_id,
+                key,
+                self.earns.get(&(partner_id.clone(), key.clone()))?,
+            ),
+            ItemKey::Hold(partner_id, key) => ItemRef::Hold(
+                partner_id,
+                key,
+                self.holds.get(&(partner_id.clone(), key.clone()))?,
+            ),
+            ItemKey::Transfer(id) => ItemRef::Transfer(id, self.transfers.get(id)?),
+            ItemKey::Clock => ItemRef::Clock {
+                log_time_ms: self.log_time_ms,
+            },
+        };
+        Some(item.to_item())
+    }
+
+    /// Rebuilds a ledger, indexes included, from persisted items (any order; a later item with
+    /// the same key wins). It does not audit them: call [`Ledger::check_invariants`] to.
+    pub fn from_items(items: impl IntoIterator<Item = StateItem>) -> Self {
+        let mut ledger = Ledger::new();
+        // Loading is not a change to persist; the put helpers record one anyway.
+        let mut scratch = ChangeSet::default();
+        for item in items {
+            match item {
+                StateItem::Account(key, account) => {
+                    ledger.accounts.insert(key, account);
+                }
+                StateItem::Idempotency(partner_id, key, record) => {
+                    ledger.put_idempotency((partner_id, key), record, &mut scratch)
+                }
+                StateItem::Earn(partner_id, key, record) => {
+                    ledger.put_earn((partner_id, key), record, &mut scratch)
+                }
+                StateItem::Hold(partner_id, key, record) => {
+                    ledger.put_hold((partner_id, key), record, &mut scratch)
+                }
+                StateItem::Transfer(id, record) => ledger.put_transfer(id, record, &mut scratch),
+                StateItem::Clock { log_time_ms } => ledger.log_time_ms = log_time_ms,
+            }
+            scratch.clear();
+        }
+        ledger
+    }
+}

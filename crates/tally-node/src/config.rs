@@ -1,0 +1,83 @@
+//! The node's one typed configuration, with documented defaults. Loaded from a TOML file by the
+//! `tally` binary, then overridden by flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tally_raft::{ProposerConfig, RaftTuning};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, the same in every group (default 1).
+    pub node_id: u64,
+    /// Where the node keeps its sled database and identity file (default `./tally-data`).
+    pub data_dir: PathBuf,
+    /// gRPC address for partners, admins and (in one-process mode) Raft (default 127.0.0.1:50051).
+    pub listen_addr: SocketAddr,
+    /// The address other nodes and gateways use to reach `listen_addr` (default: the same).
+    pub advertise_addr: Option<String>,
+    /// Prometheus `/metrics` over HTTP (default 127.0.0.1:9100); `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Number of shards, fixed when the node's data is created (default 8).
+    pub shard_count: u32,
+    /// How long idempotency keys are kept, in log time (default 7 days).
+    pub idempotency_retention_ms: u64,
+    /// Commands waiting for a batch per shard, before callers get RESOURCE_EXHAUSTED.
+    pub queued_proposals_max: usize,
+    /// Raft entries proposed and not yet applied, per shard.
+    pub inflight_entries_max: usize,
+    pub raft: RaftTuning,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let proposer = ProposerConfig::default();
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("tally-data"),
+            listen_addr: "127.0.0.1:50051".parse().expect("valid default address"),
+            advertise_addr: None,
+            metrics_addr: Some("127.0.0.1:9100".parse().expect("valid default address")),
+            shard_count: 8,
+            idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+            queued_proposals_max: proposer.queued_proposals_max,
+            inflight_entries_max: proposer.inflight_entries_max,
+            raft: RaftTuning::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id must be at least 1".into());
+        }
+        if !(1..=256).contains(&self.shard_count) {
+            return Err(format!("shard_count must be 1 to 256, got {}", self.shard_count));
+        }
+        if self.idempotency_retention_ms < tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_MIN {
+            return Err(format!(
+                "idempotency_retention_ms must be at least {} (one hour)",
+                tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_MIN
+            ));
+        }
+        if self.queued_proposals_max == 0 || self.inflight_entries_max == 0 {
+            return Err("queued_proposals_max and inflight_entries_max must be at least 1".into());
+        }
+        self.raft.openraft_config(0).map(|_| ()).map_err(|error| error.to_string())
+    }
+
+    pub fn proposer_config(&self) -> ProposerConfig {
+        ProposerConfig {
+            queued_proposals_max: self.queued_proposals_max,
+            inflight_entries_max: self.inflight_entries_max,
+            idempotency_retention_ms: self.idempotency_retention_ms,
+        }
+    }
+
+    pub fn advertised(&self) -> String {
+        self.advertise_addr.clone().unwrap_or_else(|| self.listen_addr.to_string())
+    }
+}

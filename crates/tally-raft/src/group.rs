@@ -1,0 +1,137 @@
+//! A group replica hosted by a node: its Raft handle, its state, and (for shards) its proposer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use openraft::{Config, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tally_store::{NodeStore, StoreError};
+
+use crate::network::{GroupNetworkFactory, PeerPool};
+use crate::proposer::{Proposer, ProposerConfig};
+use crate::state_machine::{GroupShared, GroupStateMachine};
+use crate::types::{GroupId, NodeId, Raft, TallyRaft, META_GROUP_ID};
+
+/// Raft timing and sizes, shared by every group of a node. Defaults suit loopback and LAN
+/// with sled fsyncs of up to a few ms (see docs/architecture.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTuning {
+    /// Also openraft's AppendEntries RPC timeout, so it must exceed a follower's slowest fsync.
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    /// Also the leader lease.
+    pub election_timeout_max_ms: u64,
+    pub install_snapshot_timeout_ms: u64,
+    /// Entries per AppendEntries; each entry holds up to 4,096 commands.
+    pub max_payload_entries: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept after a snapshot, so slightly lagging followers need no snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            install_snapshot_timeout_ms: 10_000,
+            max_payload_entries: 64,
+            snapshot_logs_since_last: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+impl RaftTuning {
+    pub fn openraft_config(&self, group_id: GroupId) -> Result<Config, GroupError> {
+        let config = Config {
+            cluster_name: group_name(group_id),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            max_payload_entries: self.max_payload_entries,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            purge_batch_size: 256,
+            // Followers further behind than this get a snapshot instead of log entries.
+            replication_lag_threshold: self.snapshot_logs_since_last.saturating_mul(2),
+            ..Default::default()
+        };
+        config.validate().map_err(|error| GroupError::Config(error.to_string()))
+    }
+}
+
+pub fn group_name(group_id: GroupId) -> String {
+    if group_id == META_GROUP_ID {
+        "meta".to_string()
+    } else {
+        format!("shard-{}", group_id - 1)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("openraft failed to start the group: {0}")]
+    Start(String),
+}
+
+pub struct Group {
+    pub group_id: GroupId,
+    pub raft: Raft,
+    pub shared: Arc<GroupShared>,
+    /// Shards only; meta changes are proposed one by one (they are rare).
+    pub proposer: Option<Proposer>,
+}
+
+impl Group {
+    pub async fn start(
+        node_id: NodeId,
+        group_id: GroupId,
+        store: &NodeStore,
+        peers: Arc<PeerPool>,
+        tuning: &RaftTuning,
+        proposer_config: ProposerConfig,
+    ) -> Result<Group, GroupError> {
+        let config = Arc::new(tuning.openraft_config(group_id)?);
+        let log_store = store.log_store::<TallyRaft>(group_id)?;
+        let state_machine = GroupStateMachine::open(group_id, store.state_tree(group_id)?)?;
+        let shared = state_machine.shared();
+        let network = GroupNetworkFactory { group_id, peers };
+        let raft = Raft::new(node_id, config, network, log_store, state_machine)
+            .await
+            .map_err(|error| GroupError::Start(error.to_string()))?;
+        let proposer =
+            (group_id != META_GROUP_ID).then(|| Proposer::start(group_id, raft.clone(), proposer_config));
+        Ok(Group { group_id, raft, shared, proposer })
+    }
+}
+
+/// The groups a node hosts, by id. Cloned out before any await.
+#[derive(Default)]
+pub struct GroupRegistry {
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+}
+
+impl GroupRegistry {
+    pub fn insert(&self, group: Group) -> Arc<Group> {
+        let group = Arc::new(group);
+        self.groups.write().expect("registry lock poisoned").insert(group.group_id, group.clone());
+        group
+    }
+
+    pub fn get(&self, group_id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().expect("registry lock poisoned").get(&group_id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        self.groups.read().expect("registry lock poisoned").values().cloned().collect()
+    }
+}

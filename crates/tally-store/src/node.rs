@@ -1,0 +1,117 @@
+//! [`NodeStore`]: the node's one sled `Db`, its flusher, and the per-group trees.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::flusher::{FlushCallback, FlushStats, Flusher};
+use crate::{LogStore, StateTree, StoreError};
+
+/// The storage of one node: a single sled `Db` shared by every Raft group the node hosts, plus
+/// the flusher thread that makes writes durable with group commit.
+///
+/// One `Db` for everything is deliberate: sled flushes the whole pagecache at once (so one fsync
+/// covers every group), and sled recovers a *prefix* of the writes made to one `Db`, so a write
+/// that reached disk implies that every earlier write to any tree did too. The Raft log and the
+/// state machine rely on that ordering (see `LogStore` and `StateTree`).
+///
+/// Cheap to clone (an `Arc`). The flusher thread stops, after one last flush, when the last
+/// handle is dropped; `LogStore`s hold a handle, `StateTree`s do not.
+#[derive(Clone)]
+pub struct NodeStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    flusher: Flusher,
+}
+
+impl NodeStore {
+    /// Opens (or creates) the node's one sled Db at `path` and starts the flusher thread.
+    pub fn open(path: &Path) -> Result<NodeStore, StoreError> {
+        Self::from_config(sled::Config::new().path(path))
+    }
+
+    /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.
+    pub fn temporary() -> Result<NodeStore, StoreError> {
+        Self::from_config(sled::Config::new().temporary(true))
+    }
+
+    fn from_config(config: sled::Config) -> Result<NodeStore, StoreError> {
+        let db = config.open()?;
+        let flusher = Flusher::start(db.clone()).map_err(StoreError::Io)?;
+        Ok(NodeStore {
+            inner: Arc::new(Inner { db, flusher }),
+        })
+    }
+
+    /// The Raft log + vote storage of group `group_id` (tree `"g{group_id:05}/raft"`).
+    pub fn log_store<C: openraft::RaftTypeConfig>(
+        &self,
+        group_id: u32,
+    ) -> Result<LogStore<C>, StoreError> {
+        let tree = self.inner.db.open_tree(raft_tree_name(group_id))?;
+        Ok(LogStore::new(group_id, tree, self.clone()))
+    }
+
+    /// The state-machine tree of group `group_id` (tree `"g{group_id:05}/sm"`).
+    pub fn state_tree(&self, group_id: u32) -> Result<StateTree, StoreError> {
+        let tree = self.inner.db.open_tree(sm_tree_name(group_id))?;
+        Ok(StateTree::new(tree))
+    }
+
+    /// Deletes both trees of group `group_id` (after the replica was removed from the group and
+    /// its Raft instance has shut down; handles still open on those trees must not be used).
+    /// Returns whether anything existed. Not flushed: a crash may bring the trees back, which is
+    /// harmless for a replica that no longer belongs to the group.
+    pub fn drop_group(&self, group_id: u32) -> Result<bool, StoreError> {
+        let raft = self.inner.db.drop_tree(raft_tree_name(group_id))?;
+        let sm = self.inner.db.drop_tree(sm_tree_name(group_id))?;
+        Ok(raft || sm)
+    }
+
+    /// Waits until everything written so far is durable (goes through the flusher).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit_flush(Box::new(move |result| {
+            // The waiter may have been cancelled; nothing to do then.
+            let _ = tx.send(result);
+        }))
+        .map_err(|_| StoreError::FlusherStopped)?;
+        rx.await
+            .map_err(|_| StoreError::FlusherStopped)?
+            .map_err(StoreError::Flush)
+    }
+
+    /// Total size on disk as sled reports it.
+    pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Flush and request counters of the flusher (group-commit factor = requests / flushes).
+    pub fn flush_stats(&self) -> FlushStats {
+        self.inner.flusher.stats()
+    }
+
+    /// Hands `callback` to the flusher; gives it back if the flusher is gone.
+    pub(crate) fn submit_flush(&self, callback: FlushCallback) -> Result<(), FlushCallback> {
+        self.inner.flusher.submit(callback)
+    }
+}
+
+impl fmt::Debug for NodeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeStore")
+            .field("flush_stats", &self.flush_stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_tree_name(group_id: u32) -> String {
+    format!("g{group_id:05}/raft")
+}
+
+fn sm_tree_name(group_id: u32) -> String {
+    format!("g{group_id:05}/sm")
+}
