@@ -55,7 +55,8 @@ pub fn authenticate(meta: &MetaState, metadata: &MetadataMap) -> Result<Caller, 
     let mut found = None;
     for partner in meta.partners.values() {
         // No early exit: every stored hash is compared.
-        let matches = constant_time_eq(presented.as_bytes(), partner.api_key_sha256.to_ascii_lowercase().as_bytes());
+        let matches =
+            constant_time_eq(presented.as_bytes(), partner.api_key_sha256.to_ascii_lowercase().as_bytes());
         if matches && found.is_none() {
             found = Some(partner);
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::state::StatementLine;
-use tally_ledger::{BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
+use tally_ledger::{
+    BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId,
+};
 use tally_proto::v1::ClusterStatusReply;
 
 /// Why the cluster could not answer. Both are retryable with the same idempotency key.

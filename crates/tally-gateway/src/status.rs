@@ -176,18 +176,22 @@ mod tests {
 
     #[test]
     fn ledger_errors_map_by_class() {
-        let error = ApiError::Ledger(LedgerError::InsufficientPoints { available_points: 1, requested_points: 2 });
+        let error =
+            ApiError::Ledger(LedgerError::InsufficientPoints { available_points: 1, requested_points: 2 });
         let status = Status::from(error);
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(status.message(), "insufficient points: 1 available, 2 requested");
-        let error =
-            ApiError::Ledger(LedgerError::KeyReusedWithDifferentRequest { key: "k".into(), field: "amount".into() });
+        let error = ApiError::Ledger(LedgerError::KeyReusedWithDifferentRequest {
+            key: "k".into(),
+            field: "amount".into(),
+        });
         assert_eq!(error.code(), Code::AlreadyExists);
     }
 
     #[test]
     fn backend_errors_say_what_to_do() {
-        let status = Status::from(ApiError::Backend(BackendError::Unavailable("no leader for shard 3".into())));
+        let status =
+            Status::from(ApiError::Backend(BackendError::Unavailable("no leader for shard 3".into())));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("retry with the same idempotency key"), "{}", status.message());
         let status = Status::from(ApiError::Backend(BackendError::DeadlineExceeded("slow".into())));
@@ -201,7 +205,10 @@ mod tests {
 
     #[test]
     fn batch_errors_carry_numeric_codes() {
-        let error = operation_error(&ApiError::Invalid(ValidationError::new("amount_points", "must be at least 1 point")));
+        let error = operation_error(&ApiError::Invalid(ValidationError::new(
+            "amount_points",
+            "must be at least 1 point",
+        )));
         assert_eq!(error.code, 3);
         assert_eq!(error.message, "amount_points must be at least 1 point");
         assert_eq!(code_name(Code::FailedPrecondition), "failed_precondition");

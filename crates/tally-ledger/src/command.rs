@@ -31,49 +31,22 @@ pub struct AgreementTerms {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
     /// Open the member's account in the partner's currency (idempotent: enrolling twice is fine).
-    Enrol {
-        member_id: MemberId,
-        currency: CurrencyCode,
-    },
+    Enrol { member_id: MemberId, currency: CurrencyCode },
     /// Partner issues points to a member: debit the partner's issuance account, credit the
     /// member. Enrols the member implicitly.
-    Earn {
-        member_id: MemberId,
-        currency: CurrencyCode,
-        amount_points: u64,
-    },
+    Earn { member_id: MemberId, currency: CurrencyCode, amount_points: u64 },
     /// Member spends points: debit the member, credit the partner's redemption account.
-    Redeem {
-        member_id: MemberId,
-        currency: CurrencyCode,
-        amount_points: u64,
-    },
+    Redeem { member_id: MemberId, currency: CurrencyCode, amount_points: u64 },
     /// Undo an earn (all of it when `amount_points` is 0, else that part) by the earn's key.
-    ReverseEarn {
-        earn_key: IdempotencyKey,
-        amount_points: u64,
-    },
+    ReverseEarn { earn_key: IdempotencyKey, amount_points: u64 },
     /// Reserve points until `expires_at_ms` (log time). The hold is named by this command's key.
-    AuthorizeHold {
-        member_id: MemberId,
-        currency: CurrencyCode,
-        amount_points: u64,
-        expires_at_ms: u64,
-    },
+    AuthorizeHold { member_id: MemberId, currency: CurrencyCode, amount_points: u64, expires_at_ms: u64 },
     /// Capture a hold (all of it when `amount_points` is 0); the rest is released.
-    CaptureHold {
-        hold_key: IdempotencyKey,
-        amount_points: u64,
-    },
+    CaptureHold { hold_key: IdempotencyKey, amount_points: u64 },
     /// Release a hold without moving points.
     VoidHold { hold_key: IdempotencyKey },
     /// Member to member in one currency, both accounts on this shard.
-    Transfer {
-        from_member_id: MemberId,
-        to_member_id: MemberId,
-        currency: CurrencyCode,
-        amount_points: u64,
-    },
+    Transfer { from_member_id: MemberId, to_member_id: MemberId, currency: CurrencyCode, amount_points: u64 },
     /// Cross-shard transfer, step 1 on the source shard: debit the sender into the shard's
     /// transit account and keep a durable open record named `transfer_id`.
     TransferOut {

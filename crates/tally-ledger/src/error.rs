@@ -15,10 +15,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: &str, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.to_string(),
-            problem: problem.into(),
-        }
+        Self { field: field.to_string(), problem: problem.into() }
     }
 }
 
@@ -45,28 +42,15 @@ pub enum LedgerError {
     #[error("no transfer {transfer_id} is known on this shard")]
     TransferNotFound { transfer_id: String },
     #[error("insufficient points: {available_points} available, {requested_points} requested")]
-    InsufficientPoints {
-        available_points: u64,
-        requested_points: u64,
-    },
+    InsufficientPoints { available_points: u64, requested_points: u64 },
     #[error("hold {hold_key} expired at log time {expires_at_ms} ms; authorize a new hold")]
-    HoldExpired {
-        hold_key: String,
-        expires_at_ms: u64,
-    },
+    HoldExpired { hold_key: String, expires_at_ms: u64 },
     #[error("hold {hold_key} is already {status}; it cannot be captured or voided again")]
     HoldClosed { hold_key: String, status: String },
     #[error("capture of {requested_points} points exceeds the hold's {authorized_points} points")]
-    CaptureExceedsHold {
-        requested_points: u64,
-        authorized_points: u64,
-    },
+    CaptureExceedsHold { requested_points: u64, authorized_points: u64 },
     #[error("reversal of {requested_points} points exceeds the {remaining_points} points of earn {earn_key} not yet reversed")]
-    ReversalExceedsEarn {
-        earn_key: String,
-        requested_points: u64,
-        remaining_points: u64,
-    },
+    ReversalExceedsEarn { earn_key: String, requested_points: u64, remaining_points: u64 },
     #[error("member {member_id} has only {available_points} available points, too few to reverse {requested_points} points of earn {earn_key}")]
     InsufficientPointsForReversal {
         earn_key: String,

@@ -75,10 +75,7 @@ impl PartnerId {
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
         let value = value.into();
         check_text("partner_id", &value, PARTNER_ID_BYTES_MAX)?;
-        if !value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        {
+        if !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
             return Err(ValidationError::new(
                 "partner_id",
                 "may contain only lower-case letters, digits, '-' and '_'",
@@ -114,10 +111,7 @@ impl CurrencyCode {
                 ),
             ));
         }
-        if !value
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
+        if !value.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
             return Err(ValidationError::new(
                 "currency",
                 "may contain only upper-case letters, digits and '_' (for example SKYMILES)",
@@ -144,9 +138,7 @@ pub fn check_amount(field: &'static str, amount_points: u64) -> Result<u64, Vali
     if amount_points > AMOUNT_POINTS_MAX {
         return Err(ValidationError::new(
             field,
-            format!(
-                "is {amount_points}; the largest amount in one operation is {AMOUNT_POINTS_MAX}"
-            ),
+            format!("is {amount_points}; the largest amount in one operation is {AMOUNT_POINTS_MAX}"),
         ));
     }
     Ok(amount_points)

@@ -28,14 +28,13 @@ mod validate;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::{
-    BalanceView, BatchHeader, Command, CommandOutcome, HoldView, Operation, OperationKind,
-    OperationResult, ShardBatch,
+    BalanceView, BatchHeader, Command, CommandOutcome, HoldView, Operation, OperationKind, OperationResult,
+    ShardBatch,
 };
 use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
 use crate::state::{
-    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey,
-    TransferRecord,
+    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, TransferRecord,
 };
 
 /// Sum of debits and credits of one currency over every account of a shard.
@@ -134,10 +133,7 @@ impl Ledger {
         let slot = (command.partner_id.clone(), command.idempotency_key.clone());
         if let Some(record) = self.idempotency.get(&slot) {
             return match request_diff::first_difference(&record.operation, &command.operation) {
-                None => CommandOutcome {
-                    replay: true,
-                    ..record.outcome.clone()
-                },
+                None => CommandOutcome { replay: true, ..record.outcome.clone() },
                 // Not stored: the key keeps answering for the request that first used it.
                 Some(field) => CommandOutcome {
                     result: Err(LedgerError::KeyReusedWithDifferentRequest {
@@ -159,19 +155,11 @@ impl Ledger {
             kind: command.operation.kind(),
         };
         let result = self.apply_operation(&context, &command.operation, changes);
-        let outcome = CommandOutcome {
-            result,
-            replay: false,
-            log_index,
-            log_time_ms: now_ms,
-        };
+        let outcome = CommandOutcome { result, replay: false, log_index, log_time_ms: now_ms };
         // A hold is named by its key, so the key must stay taken while the hold is remembered:
         // a reused key would otherwise overwrite a hold that still reserves points.
         let base_ms = context.retained_until_ms();
-        let expires_at_ms = self
-            .holds
-            .get(&slot)
-            .map_or(base_ms, |hold| hold.forget_at_ms.max(base_ms));
+        let expires_at_ms = self.holds.get(&slot).map_or(base_ms, |hold| hold.forget_at_ms.max(base_ms));
         let record = IdempotencyRecord {
             operation: command.operation.clone(),
             outcome: outcome.clone(),
@@ -189,43 +177,23 @@ impl Ledger {
     ) -> Result<OperationResult, LedgerError> {
         validate::operation(operation, context.now_ms)?;
         match operation {
-            Operation::Enrol {
-                member_id,
-                currency,
-            } => self.enrol(context, member_id, currency, changes),
-            Operation::Earn {
-                member_id,
-                currency,
-                amount_points,
-            } => self.earn(context, member_id, currency, *amount_points, changes),
-            Operation::Redeem {
-                member_id,
-                currency,
-                amount_points,
-            } => self.redeem(context, member_id, currency, *amount_points, changes),
-            Operation::ReverseEarn {
-                earn_key,
-                amount_points,
-            } => self.reverse_earn(context, earn_key, *amount_points, changes),
-            Operation::AuthorizeHold {
-                member_id,
-                currency,
-                amount_points,
-                expires_at_ms,
-            } => {
-                let account_key = AccountKey::member(member_id, currency);
-                self.authorize_hold(
-                    context,
-                    &account_key,
-                    *amount_points,
-                    *expires_at_ms,
-                    changes,
-                )
+            Operation::Enrol { member_id, currency } => self.enrol(context, member_id, currency, changes),
+            Operation::Earn { member_id, currency, amount_points } => {
+                self.earn(context, member_id, currency, *amount_points, changes)
             }
-            Operation::CaptureHold {
-                hold_key,
-                amount_points,
-            } => self.capture_hold(context, hold_key, *amount_points, changes),
+            Operation::Redeem { member_id, currency, amount_points } => {
+                self.redeem(context, member_id, currency, *amount_points, changes)
+            }
+            Operation::ReverseEarn { earn_key, amount_points } => {
+                self.reverse_earn(context, earn_key, *amount_points, changes)
+            }
+            Operation::AuthorizeHold { member_id, currency, amount_points, expires_at_ms } => {
+                let account_key = AccountKey::member(member_id, currency);
+                self.authorize_hold(context, &account_key, *amount_points, *expires_at_ms, changes)
+            }
+            Operation::CaptureHold { hold_key, amount_points } => {
+                self.capture_hold(context, hold_key, *amount_points, changes)
+            }
             Operation::VoidHold { hold_key } => self.void_hold(context, hold_key, changes),
             Operation::Transfer { .. }
             | Operation::TransferOut { .. }
@@ -237,9 +205,7 @@ impl Ledger {
     }
 
     pub fn balance(&self, member_id: &MemberId, currency: &CurrencyCode) -> Option<BalanceView> {
-        let account = self
-            .accounts
-            .get(&AccountKey::member(member_id, currency))?;
+        let account = self.accounts.get(&AccountKey::member(member_id, currency))?;
         Some(BalanceView::of(member_id, currency, account))
     }
 
@@ -284,9 +250,7 @@ impl Ledger {
     /// Number of statement lines of a member account (0 if it does not exist).
     pub fn statement_lines(&self, member_id: &MemberId, currency: &CurrencyCode) -> u64 {
         let key = AccountKey::member(member_id, currency);
-        self.accounts
-            .get(&key)
-            .map_or(0, |account| account.statement_lines)
+        self.accounts.get(&key).map_or(0, |account| account.statement_lines)
     }
 
     /// Log time of the last applied batch.
@@ -296,17 +260,10 @@ impl Ledger {
 
     /// The balance view of a member account that the operation has just written.
     fn view(&self, key: &AccountKey) -> BalanceView {
-        let AccountKey::Member {
-            member_id,
-            currency,
-        } = key
-        else {
+        let AccountKey::Member { member_id, currency } = key else {
             panic!("balance views exist for member accounts only, not {key}");
         };
-        let account = self
-            .accounts
-            .get(key)
-            .unwrap_or_else(|| panic!("account {key} was just written"));
+        let account = self.accounts.get(key).unwrap_or_else(|| panic!("account {key} was just written"));
         BalanceView::of(member_id, currency, account)
     }
 
@@ -314,13 +271,7 @@ impl Ledger {
     fn available(&self, key: &AccountKey) -> Result<u64, LedgerError> {
         match (key, self.accounts.get(key)) {
             (_, Some(account)) => Ok(account.available_points()),
-            (
-                AccountKey::Member {
-                    member_id,
-                    currency,
-                },
-                None,
-            ) => Err(LedgerError::AccountNotFound {
+            (AccountKey::Member { member_id, currency }, None) => Err(LedgerError::AccountNotFound {
                 member_id: member_id.to_string(),
                 currency: currency.to_string(),
             }),
@@ -334,10 +285,7 @@ impl Ledger {
     fn ensure_available(&self, key: &AccountKey, requested_points: u64) -> Result<(), LedgerError> {
         let available_points = self.available(key)?;
         if available_points < requested_points {
-            return Err(LedgerError::InsufficientPoints {
-                available_points,
-                requested_points,
-            });
+            return Err(LedgerError::InsufficientPoints { available_points, requested_points });
         }
         Ok(())
     }

@@ -63,19 +63,13 @@ pub enum MetaError {
     #[error("partner {0} already exists")]
     PartnerExists(String),
     #[error("currency {currency} is already issued by partner {partner_id}")]
-    CurrencyTaken {
-        currency: String,
-        partner_id: String,
-    },
+    CurrencyTaken { currency: String, partner_id: String },
     #[error("no partner {0}")]
     PartnerNotFound(String),
     #[error("no partner issues currency {0}; create the partner first")]
     CurrencyNotFound(String),
     #[error("no exchange agreement from {from_currency} to {to_currency}")]
-    AgreementNotFound {
-        from_currency: String,
-        to_currency: String,
-    },
+    AgreementNotFound { from_currency: String, to_currency: String },
     #[error("invalid agreement: {0}")]
     InvalidAgreement(String),
 }
@@ -87,18 +81,9 @@ pub struct MetaState {
 }
 
 impl MetaState {
-    pub fn apply(
-        &mut self,
-        log_time_ms: u64,
-        command: &MetaCommand,
-    ) -> Result<MetaResult, MetaError> {
+    pub fn apply(&mut self, log_time_ms: u64, command: &MetaCommand) -> Result<MetaResult, MetaError> {
         match command {
-            MetaCommand::CreatePartner {
-                partner_id,
-                display_name,
-                currency,
-                api_key_sha256,
-            } => {
+            MetaCommand::CreatePartner { partner_id, display_name, currency, api_key_sha256 } => {
                 let partner = Partner {
                     partner_id: partner_id.clone(),
                     display_name: display_name.clone(),
@@ -108,10 +93,7 @@ impl MetaState {
                 };
                 self.create_partner(partner).map(MetaResult::PartnerCreated)
             }
-            MetaCommand::RotatePartnerKey {
-                partner_id,
-                api_key_sha256,
-            } => {
+            MetaCommand::RotatePartnerKey { partner_id, api_key_sha256 } => {
                 let partner = self
                     .partners
                     .get_mut(partner_id)
@@ -119,11 +101,7 @@ impl MetaState {
                 partner.api_key_sha256.clone_from(api_key_sha256);
                 Ok(MetaResult::PartnerKeyRotated(partner.clone()))
             }
-            MetaCommand::SetAgreement {
-                from_currency,
-                to_currency,
-                terms,
-            } => {
+            MetaCommand::SetAgreement { from_currency, to_currency, terms } => {
                 let agreement = Agreement {
                     from_currency: from_currency.clone(),
                     to_currency: to_currency.clone(),
@@ -132,10 +110,7 @@ impl MetaState {
                 };
                 self.set_agreement(agreement).map(MetaResult::AgreementSet)
             }
-            MetaCommand::RemoveAgreement {
-                from_currency,
-                to_currency,
-            } => self
+            MetaCommand::RemoveAgreement { from_currency, to_currency } => self
                 .agreements
                 .remove(&(from_currency.clone(), to_currency.clone()))
                 .map(MetaResult::AgreementRemoved)
@@ -147,19 +122,12 @@ impl MetaState {
     }
 
     pub fn partner_by_currency(&self, currency: &CurrencyCode) -> Option<&Partner> {
-        self.partners
-            .values()
-            .find(|partner| &partner.currency == currency)
+        self.partners.values().find(|partner| &partner.currency == currency)
     }
 
     /// The agreement that lets points of `from_currency` become points of `to_currency`.
-    pub fn agreement(
-        &self,
-        from_currency: &CurrencyCode,
-        to_currency: &CurrencyCode,
-    ) -> Option<&Agreement> {
-        self.agreements
-            .get(&(from_currency.clone(), to_currency.clone()))
+    pub fn agreement(&self, from_currency: &CurrencyCode, to_currency: &CurrencyCode) -> Option<&Agreement> {
+        self.agreements.get(&(from_currency.clone(), to_currency.clone()))
     }
 
     fn create_partner(&mut self, partner: Partner) -> Result<Partner, MetaError> {
@@ -174,8 +142,7 @@ impl MetaState {
                 partner_id: issuer.partner_id.to_string(),
             });
         }
-        self.partners
-            .insert(partner.partner_id.clone(), partner.clone());
+        self.partners.insert(partner.partner_id.clone(), partner.clone());
         Ok(partner)
     }
 
@@ -191,12 +158,8 @@ impl MetaState {
                 agreement.from_currency
             )));
         }
-        validate_terms(&agreement.terms)
-            .map_err(|error| MetaError::InvalidAgreement(error.to_string()))?;
-        let pair = (
-            agreement.from_currency.clone(),
-            agreement.to_currency.clone(),
-        );
+        validate_terms(&agreement.terms).map_err(|error| MetaError::InvalidAgreement(error.to_string()))?;
+        let pair = (agreement.from_currency.clone(), agreement.to_currency.clone());
         self.agreements.insert(pair, agreement.clone());
         Ok(agreement)
     }
@@ -232,10 +195,7 @@ pub fn validate_terms(terms: &AgreementTerms) -> Result<(), ValidationError> {
 
 fn check_rate_part(field: &str, value: u64) -> Result<(), ValidationError> {
     if value == 0 || value > RATE_PART_MAX {
-        return Err(ValidationError::new(
-            field,
-            format!("is {value}; it must be 1 to {RATE_PART_MAX}"),
-        ));
+        return Err(ValidationError::new(field, format!("is {value}; it must be 1 to {RATE_PART_MAX}")));
     }
     Ok(())
 }
@@ -263,9 +223,7 @@ pub fn exchange_quote(terms: &AgreementTerms, amount_points: u64) -> Result<(u64
         ));
     }
     match u64::try_from(credited) {
-        Ok(credited_points) if credited_points <= AMOUNT_POINTS_MAX => {
-            Ok((fee_points, credited_points))
-        }
+        Ok(credited_points) if credited_points <= AMOUNT_POINTS_MAX => Ok((fee_points, credited_points)),
         _ => Err(format!(
             "amount {amount_points} converts to {credited} points, above the largest amount in one \
              operation ({AMOUNT_POINTS_MAX}); exchange fewer points"
@@ -274,20 +232,12 @@ pub fn exchange_quote(terms: &AgreementTerms, amount_points: u64) -> Result<(u64
 }
 
 fn check_bounds(terms: &AgreementTerms, amount_points: u64) -> Result<(), String> {
-    let (minimum, maximum, block) = (
-        terms.minimum_points,
-        terms.maximum_points,
-        terms.block_size_points,
-    );
+    let (minimum, maximum, block) = (terms.minimum_points, terms.maximum_points, terms.block_size_points);
     if minimum > 0 && amount_points < minimum {
-        return Err(format!(
-            "amount {amount_points} is below the agreement's minimum of {minimum}"
-        ));
+        return Err(format!("amount {amount_points} is below the agreement's minimum of {minimum}"));
     }
     if maximum > 0 && amount_points > maximum {
-        return Err(format!(
-            "amount {amount_points} is above the agreement's maximum of {maximum}"
-        ));
+        return Err(format!("amount {amount_points} is above the agreement's maximum of {maximum}"));
     }
     if block > 1 && !amount_points.is_multiple_of(block) {
         return Err(format!(

@@ -11,9 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{
-    BalanceView, CommandOutcome, HoldView, Operation, OperationKind, TransferStatus,
-};
+use crate::command::{BalanceView, CommandOutcome, HoldView, Operation, OperationKind, TransferStatus};
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
 
 /// System accounts exist per currency and per shard; a partner's global figure is their sum
@@ -32,14 +30,8 @@ pub enum SystemAccountKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AccountKey {
-    Member {
-        member_id: MemberId,
-        currency: CurrencyCode,
-    },
-    System {
-        kind: SystemAccountKind,
-        currency: CurrencyCode,
-    },
+    Member { member_id: MemberId, currency: CurrencyCode },
+    System { kind: SystemAccountKind, currency: CurrencyCode },
 }
 
 impl SystemAccountKind {
@@ -55,17 +47,11 @@ impl SystemAccountKind {
 
 impl AccountKey {
     pub fn member(member_id: &MemberId, currency: &CurrencyCode) -> Self {
-        AccountKey::Member {
-            member_id: member_id.clone(),
-            currency: currency.clone(),
-        }
+        AccountKey::Member { member_id: member_id.clone(), currency: currency.clone() }
     }
 
     pub fn system(kind: SystemAccountKind, currency: &CurrencyCode) -> Self {
-        AccountKey::System {
-            kind,
-            currency: currency.clone(),
-        }
+        AccountKey::System { kind, currency: currency.clone() }
     }
 
     pub fn currency(&self) -> &CurrencyCode {
@@ -83,10 +69,7 @@ impl AccountKey {
 impl fmt::Display for AccountKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AccountKey::Member {
-                member_id,
-                currency,
-            } => write!(f, "member:{member_id}:{currency}"),
+            AccountKey::Member { member_id, currency } => write!(f, "member:{member_id}:{currency}"),
             AccountKey::System { kind, currency } => write!(f, "{}:{currency}", kind.as_str()),
         }
     }
@@ -225,9 +208,7 @@ impl StateItem {
     pub fn key(&self) -> ItemKey {
         match self {
             StateItem::Account(key, _) => ItemKey::Account(key.clone()),
-            StateItem::Idempotency(partner, key, _) => {
-                ItemKey::Idempotency(partner.clone(), key.clone())
-            }
+            StateItem::Idempotency(partner, key, _) => ItemKey::Idempotency(partner.clone(), key.clone()),
             StateItem::Earn(partner, key, _) => ItemKey::Earn(partner.clone(), key.clone()),
             StateItem::Hold(partner, key, _) => ItemKey::Hold(partner.clone(), key.clone()),
             StateItem::Transfer(id, _) => ItemKey::Transfer(id.clone()),

@@ -11,6 +11,8 @@ use openraft::ServerState;
 use tally_raft::group::group_name;
 use tally_raft::Group;
 use tally_store::NodeStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 const LATENCY_BUCKETS_SECONDS: &[f64] =
     &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
@@ -49,7 +51,7 @@ fn describe_node_metrics() {
 }
 
 /// Follows a group's Raft metrics and mirrors them into gauges labelled by group and node.
-pub fn spawn_group_metrics(node_id: u64, group: Arc<Group>) {
+pub fn spawn_group_metrics(node_id: u64, group: Arc<Group>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     let mut receiver = group.raft.metrics();
     let labels = [("group", group_name(group.group_id)), ("node", node_id.to_string())];
     tokio::spawn(async move {
@@ -67,19 +69,23 @@ pub fn spawn_group_metrics(node_id: u64, group: Arc<Group>) {
                 let healthy = metrics.running_state.is_ok();
                 gauge!("tally_raft_healthy", &labels).set(if healthy { 1.0 } else { 0.0 });
             }
-            if receiver.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = receiver.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
             }
         }
-    });
+    })
 }
 
 /// Samples the flusher's counters and the database size every second.
-pub fn spawn_store_metrics(store: NodeStore) {
+pub fn spawn_store_metrics(store: NodeStore, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(1));
         loop {
-            interval.tick().await;
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
             let stats = store.flush_stats();
             gauge!("tally_store_flushes").set(stats.flushes as f64);
             gauge!("tally_store_flush_requests").set(stats.requests as f64);
@@ -87,5 +93,5 @@ pub fn spawn_store_metrics(store: NodeStore) {
                 gauge!("tally_store_size_bytes").set(size_bytes as f64);
             }
         }
-    });
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -19,6 +19,8 @@ use tally_raft::{
     ProposeError, TallyNode, META_GROUP_ID,
 };
 use tally_store::{NodeStore, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
 
@@ -72,6 +74,9 @@ pub struct Node {
     config: NodeConfig,
     store: NodeStore,
     registry: Arc<GroupRegistry>,
+    /// Tells background tasks to end, so that every handle on the database is released.
+    stop: watch::Sender<bool>,
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Node {
@@ -82,6 +87,8 @@ impl Node {
         let store = NodeStore::open(&config.data_dir.join("db"))?;
         let peers = Arc::new(PeerPool::default());
         let registry = Arc::new(GroupRegistry::default());
+        let (stop, stopped) = watch::channel(false);
+        let mut background = Vec::new();
         for group_id in (0..=config.shard_count).map(|group| group as GroupId) {
             let group = Group::start(
                 config.node_id,
@@ -93,10 +100,10 @@ impl Node {
             )
             .await?;
             let group = registry.insert(group);
-            crate::metrics::spawn_group_metrics(config.node_id, group);
+            background.push(crate::metrics::spawn_group_metrics(config.node_id, group, stopped.clone()));
         }
-        crate::metrics::spawn_store_metrics(store.clone());
-        Ok(Arc::new(Node { config, store, registry }))
+        background.push(crate::metrics::spawn_store_metrics(store.clone(), stopped));
+        Ok(Arc::new(Node { config, store, registry, stop, background: Mutex::new(background) }))
     }
 
     /// Makes this node the only voter of every group that has never been initialized: the
@@ -310,7 +317,8 @@ impl Node {
         totals
     }
 
-    /// Stops every group (the data stays).
+    /// Stops every group and background task (the data stays). Once the caller drops its
+    /// last `Arc<Node>`, the database is closed and the folder can be opened again.
     pub async fn shutdown(&self) {
         for group in self.registry.all() {
             if let Err(error) = group.raft.shutdown().await {
@@ -320,6 +328,12 @@ impl Node {
         if let Err(error) = self.store.flush().await {
             tracing::warn!(%error, "final flush failed");
         }
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.background.lock().expect("background lock poisoned"));
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.registry.clear();
     }
 }
 

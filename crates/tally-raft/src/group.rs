@@ -131,6 +131,11 @@ impl GroupRegistry {
         self.groups.read().expect("registry lock poisoned").get(&group_id).cloned()
     }
 
+    /// Forgets every group (after they were shut down), releasing their storage handles.
+    pub fn clear(&self) {
+        self.groups.write().expect("registry lock poisoned").clear();
+    }
+
     pub fn all(&self) -> Vec<Arc<Group>> {
         self.groups.read().expect("registry lock poisoned").values().cloned().collect()
     }

@@ -243,8 +243,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
         let write = |e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e);
         // No flush: `committed` is only a hint for how far to re-apply on restart. If it is lost
         // in a crash, openraft learns the commit index from the leader again; if it survives, it
-        // never points past the durable log, because it was written after those entries were
-        // flushed and sled recovers a prefix of writes.
+        // never points past the durable log, because the entries it names were written to this
+        // Db before it and sled recovers a prefix of writes.
         match committed {
             Some(log_id) => {
                 let value = encode_value(&log_id).map_err(write)?;
@@ -314,7 +314,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
         // a hole. No flush of its own: sled recovers a prefix of writes, so the append or vote
         // that follows (and which *is* flushed before openraft relies on it) can only become
         // durable together with this truncate. If a crash loses it, no later write survived
-        // either, and the node restarts with its old, never acknowledged-as-new suffix.
+        // either: the node restarts as if it had never received the request that caused the
+        // truncate, and it acknowledged nothing for that request.
         let batch = self.remove_range(log_id.index, u64::MAX).map_err(write)?;
         self.tree.apply_batch(batch).map_err(|e| write(e.into()))?;
         Ok(())

@@ -16,7 +16,8 @@ use crate::{LogStore, StateTree, StoreError};
 /// state machine rely on that ordering (see `LogStore` and `StateTree`).
 ///
 /// Cheap to clone (an `Arc`). The flusher thread stops, after one last flush, when the last
-/// handle is dropped; `LogStore`s hold a handle, `StateTree`s do not.
+/// handle is dropped (`LogStore`s hold a handle, `StateTree`s do not); that drop blocks until the
+/// thread has finished, so the same path can be reopened right away.
 #[derive(Clone)]
 pub struct NodeStore {
     inner: Arc<Inner>,

@@ -3,11 +3,11 @@
 //! No openraft types here: the state machine (in `tally-raft`) decides what the keys and values
 //! are, and is expected to frame its values with [`encode_value`](crate::encode_value).
 //!
-//! Nothing here flushes, on purpose. The Raft log is the write-ahead log: it is flushed before an
-//! entry is committed, and it lives in the same sled `Db`, whose crash recovery keeps a prefix of
-//! all writes. So after a crash the tree holds the effects of some prefix of applies, the
-//! `last_applied` id written in the same batch says which, and openraft re-applies the rest from
-//! the log. (That argument breaks if the state machine ever moves to another Db or engine: then
+//! Nothing here flushes, on purpose. The Raft log is the write-ahead log: an entry is written to
+//! it before it can be applied, it lives in the same sled `Db`, and sled's crash recovery keeps a
+//! prefix of all writes to that `Db`. So after a crash the tree holds the effects of some prefix
+//! of applies whose entries are all still in the log, the `last_applied` id written in the same
+//! batch says which, and openraft re-applies the rest from the log. (That argument breaks if the state machine ever moves to another Db or engine: then
 //! apply would have to flush before reporting.)
 
 use std::collections::HashSet;

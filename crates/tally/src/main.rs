@@ -1,1 +1,114 @@
-fn main() {}
+//! `tally`: run a dev cluster, administer partners and agreements, and try the ledger.
+
+use clap::{Parser, Subcommand};
+use tally::cli::{self, AgreementCommand, Connection, PartnerAuth, PartnerCommand};
+use tally::settings::NodeFlags;
+use tally_gateway::GatewayConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "tally", version, about = "Tally: a Raft-replicated ledger for loyalty points")]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a one-process dev cluster (one node with the meta group and every shard, plus the
+    /// gateway) with its data in a local folder.
+    Dev(NodeFlags),
+    /// Manage partners (admin API).
+    #[command(subcommand)]
+    Partner(PartnerCommand),
+    /// Manage exchange agreements (admin API).
+    #[command(subcommand)]
+    Agreement(AgreementCommand),
+    /// Show every group's Raft state, state digests and per-currency totals.
+    Status,
+    /// Earn points for a member (as a partner).
+    Earn {
+        #[command(flatten)]
+        auth: PartnerAuth,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        points: u64,
+    },
+    /// Redeem a member's points (as a partner).
+    Redeem {
+        #[command(flatten)]
+        auth: PartnerAuth,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        points: u64,
+    },
+    /// Read a member's balance in the partner's currency.
+    Balance {
+        #[arg(long, env = "TALLY_API_KEY")]
+        api_key: String,
+        #[arg(long)]
+        member: String,
+        /// Read the local replica without confirming leadership (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List a member's statement in the partner's currency.
+    Statement {
+        #[arg(long, env = "TALLY_API_KEY")]
+        api_key: String,
+        #[arg(long)]
+        member: String,
+        #[arg(long)]
+        oldest_first: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(flags) => run_dev(flags).await,
+        Command::Partner(command) => cli::partner(&cli.connection, command).await,
+        Command::Agreement(command) => cli::agreement(&cli.connection, command).await,
+        Command::Status => cli::status(&cli.connection).await,
+        Command::Earn { auth, member, points } => cli::earn(&cli.connection, auth, member, points).await,
+        Command::Redeem { auth, member, points } => cli::redeem(&cli.connection, auth, member, points).await,
+        Command::Balance { api_key, member, stale } => cli::balance(&cli.connection, &api_key, member, stale).await,
+        Command::Statement { api_key, member, oldest_first, limit } => {
+            cli::statement(&cli.connection, &api_key, member, oldest_first, limit).await
+        }
+    }
+}
+
+async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let config = flags.load()?;
+    if let Some(metrics_addr) = config.metrics_addr {
+        tally_node::metrics::install_exporter(metrics_addr)?;
+    }
+    let data_dir = config.data_dir.clone();
+    let metrics_addr = config.metrics_addr;
+    let gateway_config =
+        GatewayConfig { idempotency_retention_ms: config.idempotency_retention_ms, ..GatewayConfig::default() };
+    let cluster = tally::dev::start(config, gateway_config).await?;
+    println!("tally dev cluster ready");
+    println!("  gRPC (partner + admin API): {}", cluster.addr);
+    if let Some(metrics_addr) = metrics_addr {
+        println!("  metrics: http://{metrics_addr}/metrics");
+    }
+    println!("  data: {}", data_dir.display());
+    println!("next: tally partner create --id skyair --currency SKYMILES --addr http://{}", cluster.addr);
+    tokio::signal::ctrl_c().await?;
+    println!("stopping");
+    cluster.stop().await
+}

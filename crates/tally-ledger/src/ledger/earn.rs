@@ -19,9 +19,7 @@ impl Ledger {
         let mut stage = Stage::new(self, context);
         stage.open(&member);
         self.commit(stage.finish(), changes);
-        Ok(OperationResult::Enrolled {
-            balance: self.view(&member),
-        })
+        Ok(OperationResult::Enrolled { balance: self.view(&member) })
     }
 
     /// Issues points; the earn record lets the partner reverse them within the key's retention.
@@ -41,11 +39,7 @@ impl Ledger {
         let slot = context.slot();
         // The earn's key is new (its idempotency record was absent), and an earn record never
         // outlives the idempotency record of its key.
-        assert!(
-            !self.earns.contains_key(&slot),
-            "earn key {} already names an earn",
-            context.key
-        );
+        assert!(!self.earns.contains_key(&slot), "earn key {} already names an earn", context.key);
         let record = EarnRecord {
             member_id: member_id.clone(),
             currency: currency.clone(),
@@ -54,9 +48,7 @@ impl Ledger {
             expires_at_ms: context.retained_until_ms(),
         };
         self.put_earn(slot, record, changes);
-        Ok(OperationResult::Earned {
-            balance: self.view(&member),
-        })
+        Ok(OperationResult::Earned { balance: self.view(&member) })
     }
 
     pub(super) fn redeem(
@@ -73,8 +65,6 @@ impl Ledger {
         let mut stage = Stage::new(self, context);
         stage.post(&member, &redemption, amount_points)?;
         self.commit(stage.finish(), changes);
-        Ok(OperationResult::Redeemed {
-            balance: self.view(&member),
-        })
+        Ok(OperationResult::Redeemed { balance: self.view(&member) })
     }
 }

@@ -17,13 +17,7 @@ impl Ledger {
         operation: &Operation,
         changes: &mut ChangeSet,
     ) -> Result<OperationResult, LedgerError> {
-        let Operation::Exchange {
-            member_id,
-            from_currency,
-            to_currency,
-            amount_points,
-            terms,
-        } = operation
+        let Operation::Exchange { member_id, from_currency, to_currency, amount_points, terms } = operation
         else {
             panic!("{:?} is not an exchange", operation.kind());
         };
@@ -31,13 +25,8 @@ impl Ledger {
         let from = AccountKey::member(member_id, from_currency);
         let to = AccountKey::member(member_id, to_currency);
         self.available(&from)?;
-        let (fee_points, credited_points) =
-            exchange_quote(terms, amount_points).map_err(|reason| {
-                LedgerError::ExchangeOutsideAgreement {
-                    amount_points,
-                    reason,
-                }
-            })?;
+        let (fee_points, credited_points) = exchange_quote(terms, amount_points)
+            .map_err(|reason| LedgerError::ExchangeOutsideAgreement { amount_points, reason })?;
         self.ensure_available(&from, amount_points)?;
         let from_settlement = AccountKey::system(SystemAccountKind::Settlement, from_currency);
         let to_settlement = AccountKey::system(SystemAccountKind::Settlement, to_currency);

@@ -17,11 +17,7 @@ impl Ledger {
         expires_at_ms: u64,
         changes: &mut ChangeSet,
     ) -> Result<OperationResult, LedgerError> {
-        let AccountKey::Member {
-            member_id,
-            currency,
-        } = member
-        else {
+        let AccountKey::Member { member_id, currency } = member else {
             panic!("holds reserve member points only");
         };
         self.ensure_available(member, amount_points)?;
@@ -29,11 +25,7 @@ impl Ledger {
         stage.reserve(member, amount_points)?;
         self.commit(stage.finish(), changes);
         let slot = context.slot();
-        assert!(
-            !self.holds.contains_key(&slot),
-            "hold key {} already names a hold",
-            context.key
-        );
+        assert!(!self.holds.contains_key(&slot), "hold key {} already names a hold", context.key);
         let hold = HoldView {
             hold_key: context.key.clone(),
             member_id: member_id.clone(),
@@ -43,21 +35,9 @@ impl Ledger {
             expires_at_ms,
             status: HoldStatus::Open,
         };
-        let forget_at_ms = expires_at_ms
-            .max(context.now_ms)
-            .saturating_add(context.retention_ms);
-        self.put_hold(
-            slot,
-            HoldRecord {
-                hold: hold.clone(),
-                forget_at_ms,
-            },
-            changes,
-        );
-        Ok(OperationResult::HoldAuthorized {
-            balance: self.view(member),
-            hold,
-        })
+        let forget_at_ms = expires_at_ms.max(context.now_ms).saturating_add(context.retention_ms);
+        self.put_hold(slot, HoldRecord { hold: hold.clone(), forget_at_ms }, changes);
+        Ok(OperationResult::HoldAuthorized { balance: self.view(member), hold })
     }
 
     /// A partial capture closes the hold: what is not captured goes back to the member.
@@ -71,11 +51,7 @@ impl Ledger {
         let slot = (context.partner_id.clone(), hold_key.clone());
         let mut record = self.open_hold(&slot, changes)?;
         let authorized_points = record.hold.authorized_points;
-        let captured_points = if amount_points == 0 {
-            authorized_points
-        } else {
-            amount_points
-        };
+        let captured_points = if amount_points == 0 { authorized_points } else { amount_points };
         if captured_points > authorized_points {
             return Err(LedgerError::CaptureExceedsHold {
                 requested_points: captured_points,
@@ -92,10 +68,7 @@ impl Ledger {
         record.hold.captured_points = captured_points;
         let hold = record.hold.clone();
         self.put_hold(slot, record, changes);
-        Ok(OperationResult::HoldCaptured {
-            balance: self.view(&member),
-            hold,
-        })
+        Ok(OperationResult::HoldCaptured { balance: self.view(&member), hold })
     }
 
     pub(super) fn void_hold(
@@ -111,18 +84,11 @@ impl Ledger {
         record.hold.status = HoldStatus::Voided;
         let hold = record.hold.clone();
         self.put_hold(slot, record, changes);
-        Ok(OperationResult::HoldVoided {
-            balance: self.view(&member),
-            hold,
-        })
+        Ok(OperationResult::HoldVoided { balance: self.view(&member), hold })
     }
 
     /// The hold named by `slot` if it is still open, or why it cannot be captured or voided.
-    fn open_hold(
-        &mut self,
-        slot: &Slot,
-        changes: &mut ChangeSet,
-    ) -> Result<HoldRecord, LedgerError> {
+    fn open_hold(&mut self, slot: &Slot, changes: &mut ChangeSet) -> Result<HoldRecord, LedgerError> {
         let hold_key = slot.1.to_string();
         let Some(record) = self.holds.get(slot) else {
             return Err(LedgerError::HoldNotFound { hold_key });
@@ -133,20 +99,13 @@ impl Ledger {
             // second line of defence: a due hold is never captured.
             HoldStatus::Open if expires_at_ms <= self.log_time_ms => {
                 self.expire_hold(slot, changes);
-                Err(LedgerError::HoldExpired {
-                    hold_key,
-                    expires_at_ms,
-                })
+                Err(LedgerError::HoldExpired { hold_key, expires_at_ms })
             }
             HoldStatus::Open => Ok(record.clone()),
-            HoldStatus::Expired => Err(LedgerError::HoldExpired {
-                hold_key,
-                expires_at_ms,
-            }),
-            HoldStatus::Captured | HoldStatus::Voided => Err(LedgerError::HoldClosed {
-                hold_key,
-                status: record.hold.status.as_str().to_string(),
-            }),
+            HoldStatus::Expired => Err(LedgerError::HoldExpired { hold_key, expires_at_ms }),
+            HoldStatus::Captured | HoldStatus::Voided => {
+                Err(LedgerError::HoldClosed { hold_key, status: record.hold.status.as_str().to_string() })
+            }
         }
     }
 }

@@ -47,14 +47,10 @@ impl Ledger {
                 return Err(format!("member account {key} is negative: {account:?}"));
             }
             if account.held_points > account.balance_points() {
-                return Err(format!(
-                    "account {key} holds more than its balance: {account:?}"
-                ));
+                return Err(format!("account {key} holds more than its balance: {account:?}"));
             }
             if !key.is_member() && (account.held_points != 0 || account.statement_lines != 0) {
-                return Err(format!(
-                    "system account {key} has holds or statement lines: {account:?}"
-                ));
+                return Err(format!("system account {key} has holds or statement lines: {account:?}"));
             }
         }
         Ok(())
@@ -82,12 +78,8 @@ impl Ledger {
                     hold.expires_at_ms
                 ));
             }
-            let total = held
-                .entry(AccountKey::member(&hold.member_id, &hold.currency))
-                .or_default();
-            *total = total
-                .checked_add(hold.authorized_points)
-                .ok_or("held points overflow")?;
+            let total = held.entry(AccountKey::member(&hold.member_id, &hold.currency)).or_default();
+            *total = total.checked_add(hold.authorized_points).ok_or("held points overflow")?;
         }
         for (key, account) in &self.accounts {
             let open = held.remove(key).unwrap_or(0);
@@ -99,9 +91,7 @@ impl Ledger {
             }
         }
         match held.into_iter().next() {
-            Some((key, points)) => Err(format!(
-                "open holds of {points} points on missing account {key}"
-            )),
+            Some((key, points)) => Err(format!("open holds of {points} points on missing account {key}")),
             None => Ok(()),
         }
     }
@@ -109,34 +99,20 @@ impl Ledger {
     fn check_records(&self) -> Result<(), String> {
         for ((partner_id, key), record) in &self.idempotency {
             if record.outcome.replay {
-                return Err(format!(
-                    "idempotency record {partner_id}/{key} stores a replay"
-                ));
+                return Err(format!("idempotency record {partner_id}/{key} stores a replay"));
             }
         }
         for ((partner_id, key), earn) in &self.earns {
             if earn.reversed_points > earn.earned_points {
-                return Err(format!(
-                    "earn {partner_id}/{key} reversed more than earned: {earn:?}"
-                ));
+                return Err(format!("earn {partner_id}/{key} reversed more than earned: {earn:?}"));
             }
-            if !self
-                .idempotency
-                .contains_key(&(partner_id.clone(), key.clone()))
-            {
-                return Err(format!(
-                    "earn {partner_id}/{key} outlived its idempotency record"
-                ));
+            if !self.idempotency.contains_key(&(partner_id.clone(), key.clone())) {
+                return Err(format!("earn {partner_id}/{key} outlived its idempotency record"));
             }
         }
         for (partner_id, key) in self.holds.keys() {
-            if !self
-                .idempotency
-                .contains_key(&(partner_id.clone(), key.clone()))
-            {
-                return Err(format!(
-                    "hold {partner_id}/{key} outlived its idempotency record"
-                ));
+            if !self.idempotency.contains_key(&(partner_id.clone(), key.clone())) {
+                return Err(format!("hold {partner_id}/{key} outlived its idempotency record"));
             }
         }
         Ok(())
@@ -147,22 +123,13 @@ impl Ledger {
         let mut hold_expiry = BTreeSet::new();
         let mut forget = BTreeSet::new();
         for ((partner_id, key), record) in &self.idempotency {
-            forget.insert((
-                record.expires_at_ms,
-                ItemKey::Idempotency(partner_id.clone(), key.clone()),
-            ));
+            forget.insert((record.expires_at_ms, ItemKey::Idempotency(partner_id.clone(), key.clone())));
         }
         for ((partner_id, key), record) in &self.earns {
-            forget.insert((
-                record.expires_at_ms,
-                ItemKey::Earn(partner_id.clone(), key.clone()),
-            ));
+            forget.insert((record.expires_at_ms, ItemKey::Earn(partner_id.clone(), key.clone())));
         }
         for (slot, record) in &self.holds {
-            forget.insert((
-                record.forget_at_ms,
-                ItemKey::Hold(slot.0.clone(), slot.1.clone()),
-            ));
+            forget.insert((record.forget_at_ms, ItemKey::Hold(slot.0.clone(), slot.1.clone())));
             if record.hold.status == HoldStatus::Open {
                 hold_expiry.insert((record.hold.expires_at_ms, slot.clone()));
             }

@@ -48,9 +48,7 @@ impl ItemRef<'_> {
 impl Ledger {
     /// Visits every item in [`ItemKey`] order.
     fn for_each_item<'a>(&'a self, mut visit: impl FnMut(ItemRef<'a>)) {
-        self.accounts
-            .iter()
-            .for_each(|(key, account)| visit(ItemRef::Account(key, account)));
+        self.accounts.iter().for_each(|(key, account)| visit(ItemRef::Account(key, account)));
         for ((partner_id, key), record) in &self.idempotency {
             visit(ItemRef::Idempotency(partner_id, key, record));
         }
@@ -60,18 +58,13 @@ impl Ledger {
         for ((partner_id, key), record) in &self.holds {
             visit(ItemRef::Hold(partner_id, key, record));
         }
-        self.transfers
-            .iter()
-            .for_each(|(id, record)| visit(ItemRef::Transfer(id, record)));
-        visit(ItemRef::Clock {
-            log_time_ms: self.log_time_ms,
-        });
+        self.transfers.iter().for_each(|(id, record)| visit(ItemRef::Transfer(id, record)));
+        visit(ItemRef::Clock { log_time_ms: self.log_time_ms });
     }
 
     /// Every item of the state, in a deterministic order (for snapshots and digests).
     pub fn items(&self) -> Vec<StateItem> {
-        let count =
-            self.accounts.len() + self.idempotency.len() + self.earns.len() + self.holds.len();
+        let count = self.accounts.len() + self.idempotency.len() + self.earns.len() + self.holds.len();
         let mut items = Vec::with_capacity(count + self.transfers.len() + 1);
         self.for_each_item(|item| items.push(item.to_item()));
         items
@@ -90,27 +83,19 @@ impl Ledger {
     /// The current value of one item, or `None` if it no longer exists.
     pub fn item(&self, key: &ItemKey) -> Option<StateItem> {
         let item = match key {
-            ItemKey::Account(account_key) => {
-                ItemRef::Account(account_key, self.accounts.get(account_key)?)
-            }
+            ItemKey::Account(account_key) => ItemRef::Account(account_key, self.accounts.get(account_key)?),
             ItemKey::Idempotency(partner_id, key) => {
                 let record = self.idempotency.get(&(partner_id.clone(), key.clone()))?;
                 ItemRef::Idempotency(partner_id, key, record)
             }
-            ItemKey::Earn(partner_id, key) => ItemRef::Earn(
-                partner_id,
-                key,
-                self.earns.get(&(partner_id.clone(), key.clone()))?,
-            ),
-            ItemKey::Hold(partner_id, key) => ItemRef::Hold(
-                partner_id,
-                key,
-                self.holds.get(&(partner_id.clone(), key.clone()))?,
-            ),
+            ItemKey::Earn(partner_id, key) => {
+                ItemRef::Earn(partner_id, key, self.earns.get(&(partner_id.clone(), key.clone()))?)
+            }
+            ItemKey::Hold(partner_id, key) => {
+                ItemRef::Hold(partner_id, key, self.holds.get(&(partner_id.clone(), key.clone()))?)
+            }
             ItemKey::Transfer(id) => ItemRef::Transfer(id, self.transfers.get(id)?),
-            ItemKey::Clock => ItemRef::Clock {
-                log_time_ms: self.log_time_ms,
-            },
+            ItemKey::Clock => ItemRef::Clock { log_time_ms: self.log_time_ms },
         };
         Some(item.to_item())
     }
@@ -141,5 +126,92 @@ impl Ledger {
             scratch.clear();
         }
         ledger
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{CommandOutcome, HoldStatus, HoldView, Operation, OperationResult, TransferStatus};
+    use crate::ids::{CurrencyCode, MemberId};
+    use crate::state::SystemAccountKind;
+
+    fn sample_items() -> Vec<StateItem> {
+        let partner_id = PartnerId::parse("skyair").unwrap();
+        let key = IdempotencyKey::parse("k1").unwrap();
+        let member_id = MemberId::parse("alice").unwrap();
+        let currency = CurrencyCode::parse("SKYMILES").unwrap();
+        let outcome = CommandOutcome {
+            result: Ok(OperationResult::Enrolled {
+                balance: crate::BalanceView::of(&member_id, &currency, &Account::default()),
+            }),
+            replay: false,
+            log_index: 3,
+            log_time_ms: 4,
+        };
+        let hold = HoldView {
+            hold_key: key.clone(),
+            member_id: member_id.clone(),
+            currency: currency.clone(),
+            authorized_points: 5,
+            captured_points: 0,
+            expires_at_ms: 6,
+            status: HoldStatus::Open,
+        };
+        vec![
+            StateItem::Account(AccountKey::system(SystemAccountKind::Transit, &currency), Account::default()),
+            StateItem::Idempotency(
+                partner_id.clone(),
+                key.clone(),
+                IdempotencyRecord {
+                    operation: Operation::Enrol { member_id: member_id.clone(), currency: currency.clone() },
+                    outcome,
+                    expires_at_ms: 9,
+                },
+            ),
+            StateItem::Earn(
+                partner_id.clone(),
+                key.clone(),
+                EarnRecord {
+                    member_id: member_id.clone(),
+                    currency: currency.clone(),
+                    earned_points: 1,
+                    reversed_points: 0,
+                    expires_at_ms: 2,
+                },
+            ),
+            StateItem::Hold(partner_id.clone(), key, HoldRecord { hold, forget_at_ms: 7 }),
+            StateItem::Transfer(
+                TransferId::parse("t1").unwrap(),
+                TransferRecord {
+                    partner_id,
+                    from_member_id: member_id.clone(),
+                    to_member_id: member_id,
+                    currency,
+                    amount_points: 8,
+                    status: TransferStatus::Open,
+                    opened_at_ms: 1,
+                    forget_at_ms: u64::MAX,
+                },
+            ),
+            StateItem::Clock { log_time_ms: 11 },
+        ]
+    }
+
+    /// The digest hashes borrowed items; they must encode exactly like the owned ones a store
+    /// would hash.
+    #[test]
+    fn borrowed_items_encode_like_owned_items() {
+        let ledger = Ledger::from_items(sample_items());
+        let mut visited = 0;
+        ledger.for_each_item(|item| {
+            let owned = item.to_item();
+            assert_eq!(bincode::serialize(&item).unwrap(), owned.canonical_bytes());
+            let decoded: StateItem = bincode::deserialize(&owned.canonical_bytes()).unwrap();
+            assert_eq!(decoded, owned);
+            visited += 1;
+        });
+        assert_eq!(visited, sample_items().len());
+        assert_eq!(ledger.items(), sample_items());
     }
 }

@@ -24,19 +24,12 @@ pub(crate) struct Staged {
 }
 
 fn overflow(what: &str, key: &AccountKey) -> LedgerError {
-    LedgerError::Overflow {
-        what: format!("{what} of account {key}"),
-    }
+    LedgerError::Overflow { what: format!("{what} of account {key}") }
 }
 
 impl<'a> Stage<'a> {
     pub fn new(ledger: &'a Ledger, context: &'a Context<'a>) -> Self {
-        Stage {
-            accounts: &ledger.accounts,
-            context,
-            touched: Vec::new(),
-            lines: Vec::new(),
-        }
+        Stage { accounts: &ledger.accounts, context, touched: Vec::new(), lines: Vec::new() }
     }
 
     /// Index of the staged copy of `key`, loading it (or a new empty account) on first use.
@@ -51,10 +44,7 @@ impl<'a> Stage<'a> {
 
     /// Opens the account if it does not exist yet.
     pub fn open(&mut self, key: &AccountKey) {
-        assert!(
-            key.is_member(),
-            "system accounts open implicitly with their first posting"
-        );
+        assert!(key.is_member(), "system accounts open implicitly with their first posting");
         self.slot(key);
     }
 
@@ -62,14 +52,9 @@ impl<'a> Stage<'a> {
     pub fn reserve(&mut self, key: &AccountKey, amount_points: u64) -> Result<(), LedgerError> {
         let index = self.slot(key);
         let account = &mut self.touched[index].1;
-        account.held_points = account
-            .held_points
-            .checked_add(amount_points)
-            .ok_or_else(|| overflow("held points", key))?;
-        assert!(
-            account.held_points <= account.balance_points(),
-            "a hold reserves more than {key} has"
-        );
+        account.held_points =
+            account.held_points.checked_add(amount_points).ok_or_else(|| overflow("held points", key))?;
+        assert!(account.held_points <= account.balance_points(), "a hold reserves more than {key} has");
         Ok(())
     }
 
@@ -77,10 +62,7 @@ impl<'a> Stage<'a> {
     pub fn release(&mut self, key: &AccountKey, amount_points: u64) {
         let index = self.slot(key);
         let account = &mut self.touched[index].1;
-        assert!(
-            account.held_points >= amount_points,
-            "releasing more than {key} holds"
-        );
+        assert!(account.held_points >= amount_points, "releasing more than {key} holds");
         account.held_points -= amount_points;
     }
 
@@ -93,11 +75,7 @@ impl<'a> Stage<'a> {
     ) -> Result<(), LedgerError> {
         assert!(amount_points > 0, "a posting moves at least one point");
         assert_ne!(debit, credit, "a posting moves points between two accounts");
-        assert_eq!(
-            debit.currency(),
-            credit.currency(),
-            "a posting stays in one currency"
-        );
+        assert_eq!(debit.currency(), credit.currency(), "a posting stays in one currency");
         let debit_index = self.slot(debit);
         let credit_index = self.slot(credit);
         let debits_points = self.touched[debit_index]
@@ -115,14 +93,8 @@ impl<'a> Stage<'a> {
         let debited = &self.touched[debit_index].1;
         if debit.is_member() {
             // Business checks run before staging; reaching here in debit means they missed a case.
-            assert!(
-                debited.credits_points >= debited.debits_points,
-                "member account {debit} in debit"
-            );
-            assert!(
-                debited.held_points <= debited.balance_points(),
-                "{debit} spent points a hold reserves"
-            );
+            assert!(debited.credits_points >= debited.debits_points, "member account {debit} in debit");
+            assert!(debited.held_points <= debited.balance_points(), "{debit} spent points a hold reserves");
         }
         self.line(debit_index, credit, 0, amount_points)?;
         self.line(credit_index, debit, amount_points, 0)
@@ -141,9 +113,7 @@ impl<'a> Stage<'a> {
             return Ok(());
         }
         let sequence = account.statement_lines;
-        account.statement_lines = sequence
-            .checked_add(1)
-            .ok_or_else(|| overflow("statement lines", key))?;
+        account.statement_lines = sequence.checked_add(1).ok_or_else(|| overflow("statement lines", key))?;
         let line = StatementLine {
             sequence,
             log_index: self.context.log_index,
@@ -161,10 +131,7 @@ impl<'a> Stage<'a> {
     }
 
     pub fn finish(self) -> Staged {
-        Staged {
-            touched: self.touched,
-            lines: self.lines,
-        }
+        Staged { touched: self.touched, lines: self.lines }
     }
 }
 

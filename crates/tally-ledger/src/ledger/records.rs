@@ -14,16 +14,8 @@ fn hold_item(slot: &Slot) -> ItemKey {
 }
 
 impl Ledger {
-    pub(super) fn put_idempotency(
-        &mut self,
-        slot: Slot,
-        record: IdempotencyRecord,
-        changes: &mut ChangeSet,
-    ) {
-        assert!(
-            !record.outcome.replay,
-            "the stored outcome is the first answer"
-        );
+    pub(super) fn put_idempotency(&mut self, slot: Slot, record: IdempotencyRecord, changes: &mut ChangeSet) {
+        assert!(!record.outcome.replay, "the stored outcome is the first answer");
         let item = ItemKey::Idempotency(slot.0.clone(), slot.1.clone());
         if let Some(old) = self.idempotency.get(&slot) {
             self.forget.remove(&(old.expires_at_ms, item.clone()));
@@ -34,10 +26,7 @@ impl Ledger {
     }
 
     pub(super) fn put_earn(&mut self, slot: Slot, record: EarnRecord, changes: &mut ChangeSet) {
-        assert!(
-            record.reversed_points <= record.earned_points,
-            "an earn is reversed at most once over"
-        );
+        assert!(record.reversed_points <= record.earned_points, "an earn is reversed at most once over");
         let item = ItemKey::Earn(slot.0.clone(), slot.1.clone());
         if let Some(old) = self.earns.get(&slot) {
             self.forget.remove(&(old.expires_at_ms, item.clone()));
@@ -56,24 +45,17 @@ impl Ledger {
         let item = hold_item(&slot);
         if let Some(old) = self.holds.get(&slot) {
             self.forget.remove(&(old.forget_at_ms, item.clone()));
-            self.hold_expiry
-                .remove(&(old.hold.expires_at_ms, slot.clone()));
+            self.hold_expiry.remove(&(old.hold.expires_at_ms, slot.clone()));
         }
         self.forget.insert((record.forget_at_ms, item.clone()));
         if record.hold.status == HoldStatus::Open {
-            self.hold_expiry
-                .insert((record.hold.expires_at_ms, slot.clone()));
+            self.hold_expiry.insert((record.hold.expires_at_ms, slot.clone()));
         }
         self.holds.insert(slot, record);
         changes.dirty.insert(item);
     }
 
-    pub(super) fn put_transfer(
-        &mut self,
-        id: TransferId,
-        record: TransferRecord,
-        changes: &mut ChangeSet,
-    ) {
+    pub(super) fn put_transfer(&mut self, id: TransferId, record: TransferRecord, changes: &mut ChangeSet) {
         let item = ItemKey::Transfer(id.clone());
         if let Some(old) = self.transfers.get(&id) {
             self.forget.remove(&(old.forget_at_ms, item.clone()));
@@ -90,21 +72,13 @@ impl Ledger {
     /// hold's forget time is never before its expiry, so no open hold is ever dropped.
     pub(super) fn expire_due(&mut self, changes: &mut ChangeSet) {
         let now_ms = self.log_time_ms;
-        while self
-            .hold_expiry
-            .first()
-            .is_some_and(|(expires_at_ms, _)| *expires_at_ms <= now_ms)
-        {
+        while self.hold_expiry.first().is_some_and(|(expires_at_ms, _)| *expires_at_ms <= now_ms) {
             let Some((_, slot)) = self.hold_expiry.pop_first() else {
                 break;
             };
             self.expire_hold(&slot, changes);
         }
-        while self
-            .forget
-            .first()
-            .is_some_and(|(forget_at_ms, _)| *forget_at_ms <= now_ms)
-        {
+        while self.forget.first().is_some_and(|(forget_at_ms, _)| *forget_at_ms <= now_ms) {
             let Some((_, item)) = self.forget.pop_first() else {
                 break;
             };
@@ -116,20 +90,9 @@ impl Ledger {
     /// Releases an open hold whose expiry log time has passed; the record stays, as Expired,
     /// so a late capture gets `HoldExpired` rather than `HoldNotFound`.
     pub(super) fn expire_hold(&mut self, slot: &Slot, changes: &mut ChangeSet) {
-        let mut record = self
-            .holds
-            .get(slot)
-            .cloned()
-            .expect("the expiry index names only existing holds");
-        assert_eq!(
-            record.hold.status,
-            HoldStatus::Open,
-            "only open holds expire"
-        );
-        assert!(
-            record.hold.expires_at_ms <= self.log_time_ms,
-            "a hold expires only at its expiry time"
-        );
+        let mut record = self.holds.get(slot).cloned().expect("the expiry index names only existing holds");
+        assert_eq!(record.hold.status, HoldStatus::Open, "only open holds expire");
+        assert!(record.hold.expires_at_ms <= self.log_time_ms, "a hold expires only at its expiry time");
         let account_key = AccountKey::member(&record.hold.member_id, &record.hold.currency);
         self.release_held(&account_key, record.hold.authorized_points, changes);
         record.hold.status = HoldStatus::Expired;
@@ -137,17 +100,9 @@ impl Ledger {
     }
 
     /// Gives back points an open hold reserved, outside of any posting.
-    pub(super) fn release_held(
-        &mut self,
-        key: &AccountKey,
-        amount_points: u64,
-        changes: &mut ChangeSet,
-    ) {
+    pub(super) fn release_held(&mut self, key: &AccountKey, amount_points: u64, changes: &mut ChangeSet) {
         let account = self.accounts.get_mut(key).expect("a hold's account exists");
-        assert!(
-            account.held_points >= amount_points,
-            "releasing more than {key} holds"
-        );
+        assert!(account.held_points >= amount_points, "releasing more than {key} holds");
         account.held_points -= amount_points;
         changes.dirty.insert(ItemKey::Account(key.clone()));
     }
@@ -156,37 +111,21 @@ impl Ledger {
         match item {
             ItemKey::Idempotency(partner_id, key) => {
                 let removed = self.idempotency.remove(&(partner_id.clone(), key.clone()));
-                assert!(
-                    removed.is_some(),
-                    "the forget index names only existing records"
-                );
+                assert!(removed.is_some(), "the forget index names only existing records");
             }
             ItemKey::Earn(partner_id, key) => {
                 let removed = self.earns.remove(&(partner_id.clone(), key.clone()));
-                assert!(
-                    removed.is_some(),
-                    "the forget index names only existing records"
-                );
+                assert!(removed.is_some(), "the forget index names only existing records");
             }
             ItemKey::Hold(partner_id, key) => {
                 let removed = self.holds.remove(&(partner_id.clone(), key.clone()));
                 let removed = removed.expect("the forget index names only existing records");
-                assert_ne!(
-                    removed.hold.status,
-                    HoldStatus::Open,
-                    "an open hold still reserves points"
-                );
+                assert_ne!(removed.hold.status, HoldStatus::Open, "an open hold still reserves points");
             }
             ItemKey::Transfer(id) => {
-                let removed = self
-                    .transfers
-                    .remove(id)
-                    .expect("the forget index names only existing records");
-                assert_ne!(
-                    removed.status,
-                    TransferStatus::Open,
-                    "an open transfer is never forgotten"
-                );
+                let removed =
+                    self.transfers.remove(id).expect("the forget index names only existing records");
+                assert_ne!(removed.status, TransferStatus::Open, "an open transfer is never forgotten");
             }
             ItemKey::Account(_) | ItemKey::Clock => panic!("{item:?} is never forgotten"),
         }

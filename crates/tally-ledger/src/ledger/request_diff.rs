@@ -25,111 +25,55 @@ pub(super) fn first_difference(stored: &Operation, request: &Operation) -> Optio
         .zip(fields(request))
         .find(|((_, stored_value), (_, request_value))| stored_value != request_value)
         .map(|((name, _), _)| name);
-    assert!(
-        field.is_some(),
-        "every field of {:?} is listed in `fields`",
-        request.kind()
-    );
+    assert!(field.is_some(), "every field of {:?} is listed in `fields`", request.kind());
     field
 }
 
 fn fields(operation: &Operation) -> Fields<'_> {
     use Value::Points;
     match operation {
-        Operation::Enrol {
-            member_id,
-            currency,
-        } => {
-            vec![
-                ("member_id", Value::Text(member_id.as_str())),
-                ("currency", Value::Text(currency.as_str())),
-            ]
+        Operation::Enrol { member_id, currency } => {
+            vec![("member_id", Value::Text(member_id.as_str())), ("currency", Value::Text(currency.as_str()))]
         }
-        Operation::Earn {
-            member_id,
-            currency,
-            amount_points,
-        }
-        | Operation::Redeem {
-            member_id,
-            currency,
-            amount_points,
-        } => vec![
+        Operation::Earn { member_id, currency, amount_points }
+        | Operation::Redeem { member_id, currency, amount_points } => vec![
             ("member_id", Value::Text(member_id.as_str())),
             ("currency", Value::Text(currency.as_str())),
             ("amount_points", Points(*amount_points)),
         ],
-        Operation::ReverseEarn {
-            earn_key,
-            amount_points,
-        } => {
-            vec![
-                ("earn_key", Value::Text(earn_key.as_str())),
-                ("amount_points", Points(*amount_points)),
-            ]
+        Operation::ReverseEarn { earn_key, amount_points } => {
+            vec![("earn_key", Value::Text(earn_key.as_str())), ("amount_points", Points(*amount_points))]
         }
-        Operation::AuthorizeHold {
-            member_id,
-            currency,
-            amount_points,
-            expires_at_ms,
-        } => vec![
+        Operation::AuthorizeHold { member_id, currency, amount_points, expires_at_ms } => vec![
             ("member_id", Value::Text(member_id.as_str())),
             ("currency", Value::Text(currency.as_str())),
             ("amount_points", Points(*amount_points)),
             ("expires_at_ms", Points(*expires_at_ms)),
         ],
-        Operation::CaptureHold {
-            hold_key,
-            amount_points,
-        } => {
+        Operation::CaptureHold { hold_key, amount_points } => {
+            vec![("hold_key", Value::Text(hold_key.as_str())), ("amount_points", Points(*amount_points))]
+        }
+        Operation::VoidHold { hold_key } => vec![("hold_key", Value::Text(hold_key.as_str()))],
+        Operation::Transfer { from_member_id, to_member_id, currency, amount_points } => vec![
+            ("from_member_id", Value::Text(from_member_id.as_str())),
+            ("to_member_id", Value::Text(to_member_id.as_str())),
+            ("currency", Value::Text(currency.as_str())),
+            ("amount_points", Points(*amount_points)),
+        ],
+        Operation::TransferOut { transfer_id, from_member_id, to_member_id, currency, amount_points }
+        | Operation::TransferIn { transfer_id, from_member_id, to_member_id, currency, amount_points } => {
             vec![
-                ("hold_key", Value::Text(hold_key.as_str())),
+                ("transfer_id", Value::Text(transfer_id.as_str())),
+                ("from_member_id", Value::Text(from_member_id.as_str())),
+                ("to_member_id", Value::Text(to_member_id.as_str())),
+                ("currency", Value::Text(currency.as_str())),
                 ("amount_points", Points(*amount_points)),
             ]
         }
-        Operation::VoidHold { hold_key } => vec![("hold_key", Value::Text(hold_key.as_str()))],
-        Operation::Transfer {
-            from_member_id,
-            to_member_id,
-            currency,
-            amount_points,
-        } => vec![
-            ("from_member_id", Value::Text(from_member_id.as_str())),
-            ("to_member_id", Value::Text(to_member_id.as_str())),
-            ("currency", Value::Text(currency.as_str())),
-            ("amount_points", Points(*amount_points)),
-        ],
-        Operation::TransferOut {
-            transfer_id,
-            from_member_id,
-            to_member_id,
-            currency,
-            amount_points,
-        }
-        | Operation::TransferIn {
-            transfer_id,
-            from_member_id,
-            to_member_id,
-            currency,
-            amount_points,
-        } => vec![
-            ("transfer_id", Value::Text(transfer_id.as_str())),
-            ("from_member_id", Value::Text(from_member_id.as_str())),
-            ("to_member_id", Value::Text(to_member_id.as_str())),
-            ("currency", Value::Text(currency.as_str())),
-            ("amount_points", Points(*amount_points)),
-        ],
         Operation::TransferComplete { transfer_id } | Operation::TransferRefund { transfer_id } => {
             vec![("transfer_id", Value::Text(transfer_id.as_str()))]
         }
-        Operation::Exchange {
-            member_id,
-            from_currency,
-            to_currency,
-            amount_points,
-            terms,
-        } => {
+        Operation::Exchange { member_id, from_currency, to_currency, amount_points, terms } => {
             let mut fields = vec![
                 ("member_id", Value::Text(member_id.as_str())),
                 ("from_currency", Value::Text(from_currency.as_str())),
@@ -145,16 +89,10 @@ fn fields(operation: &Operation) -> Fields<'_> {
 fn term_fields(terms: &AgreementTerms) -> Fields<'static> {
     vec![
         ("terms.rate_numerator", Value::Points(terms.rate_numerator)),
-        (
-            "terms.rate_denominator",
-            Value::Points(terms.rate_denominator),
-        ),
+        ("terms.rate_denominator", Value::Points(terms.rate_denominator)),
         ("terms.minimum_points", Value::Points(terms.minimum_points)),
         ("terms.maximum_points", Value::Points(terms.maximum_points)),
-        (
-            "terms.block_size_points",
-            Value::Points(terms.block_size_points),
-        ),
+        ("terms.block_size_points", Value::Points(terms.block_size_points)),
         ("terms.fee_points", Value::Points(terms.fee_points)),
     ]
 }

@@ -18,18 +18,12 @@ impl Ledger {
     ) -> Result<OperationResult, LedgerError> {
         let slot = (context.partner_id.clone(), earn_key.clone());
         let Some(mut earn) = self.earns.get(&slot).cloned() else {
-            return Err(LedgerError::EarnNotFound {
-                earn_key: earn_key.to_string(),
-            });
+            return Err(LedgerError::EarnNotFound { earn_key: earn_key.to_string() });
         };
         let remaining_points = earn.earned_points - earn.reversed_points;
         // Zero asks for whatever is left; asking when nothing is left is an error too, so a
         // partner is told the earn is already fully reversed.
-        let requested_points = if amount_points == 0 {
-            remaining_points
-        } else {
-            amount_points
-        };
+        let requested_points = if amount_points == 0 { remaining_points } else { amount_points };
         if requested_points == 0 || requested_points > remaining_points {
             return Err(LedgerError::ReversalExceedsEarn {
                 earn_key: earn_key.to_string(),

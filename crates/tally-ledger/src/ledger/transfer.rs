@@ -25,12 +25,7 @@ struct Movement<'a> {
 }
 
 impl<'a> Movement<'a> {
-    fn new(
-        from: &'a MemberId,
-        to: &'a MemberId,
-        currency: &'a CurrencyCode,
-        amount_points: u64,
-    ) -> Self {
+    fn new(from: &'a MemberId, to: &'a MemberId, currency: &'a CurrencyCode, amount_points: u64) -> Self {
         Movement {
             from: AccountKey::member(from, currency),
             to: AccountKey::member(to, currency),
@@ -42,12 +37,7 @@ impl<'a> Movement<'a> {
         }
     }
 
-    fn record(
-        &self,
-        context: &Context<'_>,
-        status: TransferStatus,
-        forget_at_ms: u64,
-    ) -> TransferRecord {
+    fn record(&self, context: &Context<'_>, status: TransferStatus, forget_at_ms: u64) -> TransferRecord {
         TransferRecord {
             partner_id: context.partner_id.clone(),
             from_member_id: self.from_member_id.clone(),
@@ -62,10 +52,7 @@ impl<'a> Movement<'a> {
 }
 
 fn closed(transfer_id: &TransferId, status: TransferStatus) -> LedgerError {
-    LedgerError::TransferClosed {
-        transfer_id: transfer_id.to_string(),
-        status: status.as_str().to_string(),
-    }
+    LedgerError::TransferClosed { transfer_id: transfer_id.to_string(), status: status.as_str().to_string() }
 }
 
 impl Ledger {
@@ -76,44 +63,22 @@ impl Ledger {
         changes: &mut ChangeSet,
     ) -> Result<OperationResult, LedgerError> {
         match operation {
-            Operation::Transfer {
-                from_member_id,
-                to_member_id,
-                currency,
-                amount_points,
-            } => {
-                let movement =
-                    Movement::new(from_member_id, to_member_id, currency, *amount_points);
+            Operation::Transfer { from_member_id, to_member_id, currency, amount_points } => {
+                let movement = Movement::new(from_member_id, to_member_id, currency, *amount_points);
                 self.transfer_here(context, &movement, changes)
             }
-            Operation::TransferOut {
-                transfer_id,
-                from_member_id,
-                to_member_id,
-                currency,
-                amount_points,
-            } => {
-                let movement =
-                    Movement::new(from_member_id, to_member_id, currency, *amount_points);
+            Operation::TransferOut { transfer_id, from_member_id, to_member_id, currency, amount_points } => {
+                let movement = Movement::new(from_member_id, to_member_id, currency, *amount_points);
                 self.transfer_out(context, transfer_id, &movement, changes)
             }
-            Operation::TransferIn {
-                transfer_id,
-                from_member_id,
-                to_member_id,
-                currency,
-                amount_points,
-            } => {
-                let movement =
-                    Movement::new(from_member_id, to_member_id, currency, *amount_points);
+            Operation::TransferIn { transfer_id, from_member_id, to_member_id, currency, amount_points } => {
+                let movement = Movement::new(from_member_id, to_member_id, currency, *amount_points);
                 self.transfer_in(context, transfer_id, &movement, changes)
             }
             Operation::TransferComplete { transfer_id } => {
                 self.transfer_complete(context, transfer_id, changes)
             }
-            Operation::TransferRefund { transfer_id } => {
-                self.transfer_refund(context, transfer_id, changes)
-            }
+            Operation::TransferRefund { transfer_id } => self.transfer_refund(context, transfer_id, changes),
             _ => panic!("{:?} is not a transfer", operation.kind()),
         }
     }
@@ -128,10 +93,7 @@ impl Ledger {
         let mut stage = Stage::new(self, context);
         stage.post(&movement.from, &movement.to, movement.amount_points)?;
         self.commit(stage.finish(), changes);
-        Ok(OperationResult::Transferred {
-            from: self.view(&movement.from),
-            to: self.view(&movement.to),
-        })
+        Ok(OperationResult::Transferred { from: self.view(&movement.from), to: self.view(&movement.to) })
     }
 
     fn transfer_out(
@@ -169,30 +131,16 @@ impl Ledger {
         if self.transfers.contains_key(transfer_id) {
             let to = match self.accounts.get(&movement.to) {
                 Some(account) => BalanceView::of(movement.to_member_id, movement.currency, account),
-                None => BalanceView::of(
-                    movement.to_member_id,
-                    movement.currency,
-                    &Account::default(),
-                ),
+                None => BalanceView::of(movement.to_member_id, movement.currency, &Account::default()),
             };
-            return Ok(OperationResult::TransferredIn {
-                to,
-                transfer_id: transfer_id.clone(),
-            });
+            return Ok(OperationResult::TransferredIn { to, transfer_id: transfer_id.clone() });
         }
         let mut stage = Stage::new(self, context);
         stage.post(&movement.transit, &movement.to, movement.amount_points)?;
         self.commit(stage.finish(), changes);
-        let record = movement.record(
-            context,
-            TransferStatus::Completed,
-            context.retained_until_ms(),
-        );
+        let record = movement.record(context, TransferStatus::Completed, context.retained_until_ms());
         self.put_transfer(transfer_id.clone(), record, changes);
-        Ok(OperationResult::TransferredIn {
-            to: self.view(&movement.to),
-            transfer_id: transfer_id.clone(),
-        })
+        Ok(OperationResult::TransferredIn { to: self.view(&movement.to), transfer_id: transfer_id.clone() })
     }
 
     /// Moves no points: the recipient's shard has paid, so the transit points are theirs.
@@ -207,10 +155,7 @@ impl Ledger {
             TransferStatus::Open => {}
             TransferStatus::Completed => {
                 let status = TransferStatus::Completed;
-                return Ok(OperationResult::TransferCompleted {
-                    transfer_id: transfer_id.clone(),
-                    status,
-                });
+                return Ok(OperationResult::TransferCompleted { transfer_id: transfer_id.clone(), status });
             }
             TransferStatus::Refunded => return Err(closed(transfer_id, record.status)),
         }
@@ -218,10 +163,7 @@ impl Ledger {
         record.forget_at_ms = context.retained_until_ms();
         self.put_transfer(transfer_id.clone(), record, changes);
         let status = TransferStatus::Completed;
-        Ok(OperationResult::TransferCompleted {
-            transfer_id: transfer_id.clone(),
-            status,
-        })
+        Ok(OperationResult::TransferCompleted { transfer_id: transfer_id.clone(), status })
     }
 
     fn transfer_refund(
@@ -241,10 +183,7 @@ impl Ledger {
             TransferStatus::Open => {}
             TransferStatus::Refunded => {
                 let from = self.view(&movement.from);
-                return Ok(OperationResult::TransferRefunded {
-                    from,
-                    transfer_id: transfer_id.clone(),
-                });
+                return Ok(OperationResult::TransferRefunded { from, transfer_id: transfer_id.clone() });
             }
             TransferStatus::Completed => return Err(closed(transfer_id, record.status)),
         }
@@ -256,18 +195,13 @@ impl Ledger {
         record.status = TransferStatus::Refunded;
         record.forget_at_ms = context.retained_until_ms();
         self.put_transfer(transfer_id.clone(), record, changes);
-        Ok(OperationResult::TransferRefunded {
-            from: self.view(&from),
-            transfer_id: transfer_id.clone(),
-        })
+        Ok(OperationResult::TransferRefunded { from: self.view(&from), transfer_id: transfer_id.clone() })
     }
 
     fn transfer_record(&self, transfer_id: &TransferId) -> Result<TransferRecord, LedgerError> {
         self.transfers
             .get(transfer_id)
             .cloned()
-            .ok_or_else(|| LedgerError::TransferNotFound {
-                transfer_id: transfer_id.to_string(),
-            })
+            .ok_or_else(|| LedgerError::TransferNotFound { transfer_id: transfer_id.to_string() })
     }
 }

@@ -18,54 +18,28 @@ pub(super) fn operation(operation: &Operation, now_ms: u64) -> Result<(), Valida
             check_amount("amount_points", *amount_points).map(drop)
         }
         // Zero means "all of it" for these two.
-        Operation::ReverseEarn { amount_points, .. }
-        | Operation::CaptureHold { amount_points, .. } => match amount_points {
-            0 => Ok(()),
-            amount_points => check_amount("amount_points", *amount_points).map(drop),
-        },
-        Operation::AuthorizeHold {
-            amount_points,
-            expires_at_ms,
-            ..
-        } => {
+        Operation::ReverseEarn { amount_points, .. } | Operation::CaptureHold { amount_points, .. } => {
+            match amount_points {
+                0 => Ok(()),
+                amount_points => check_amount("amount_points", *amount_points).map(drop),
+            }
+        }
+        Operation::AuthorizeHold { amount_points, expires_at_ms, .. } => {
             check_amount("amount_points", *amount_points)?;
             hold_expiry(*expires_at_ms, now_ms)
         }
-        Operation::Transfer {
-            from_member_id,
-            to_member_id,
-            amount_points,
-            ..
-        }
-        | Operation::TransferOut {
-            from_member_id,
-            to_member_id,
-            amount_points,
-            ..
-        }
-        | Operation::TransferIn {
-            from_member_id,
-            to_member_id,
-            amount_points,
-            ..
-        } => {
+        Operation::Transfer { from_member_id, to_member_id, amount_points, .. }
+        | Operation::TransferOut { from_member_id, to_member_id, amount_points, .. }
+        | Operation::TransferIn { from_member_id, to_member_id, amount_points, .. } => {
             check_amount("amount_points", *amount_points)?;
             distinct_members(from_member_id, to_member_id)
         }
-        Operation::Exchange {
-            from_currency,
-            to_currency,
-            amount_points,
-            terms,
-            ..
-        } => {
+        Operation::Exchange { from_currency, to_currency, amount_points, terms, .. } => {
             check_amount("amount_points", *amount_points)?;
             if from_currency == to_currency {
                 return Err(ValidationError::new(
                     "to_currency",
-                    format!(
-                        "is {to_currency} like from_currency; an exchange needs two currencies"
-                    ),
+                    format!("is {to_currency} like from_currency; an exchange needs two currencies"),
                 ));
             }
             validate_terms(terms)
@@ -95,10 +69,7 @@ fn hold_expiry(expires_at_ms: u64, now_ms: u64) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn distinct_members(
-    from_member_id: &MemberId,
-    to_member_id: &MemberId,
-) -> Result<(), ValidationError> {
+fn distinct_members(from_member_id: &MemberId, to_member_id: &MemberId) -> Result<(), ValidationError> {
     if from_member_id == to_member_id {
         return Err(ValidationError::new(
             "to_member_id",

@@ -1,0 +1,232 @@
+//! The `tally.v1.Admin` service: partners, their API keys, exchange agreements and the
+//! cluster's status. Partner and agreement changes are proposed to the meta group; reads come
+//! from the latest applied meta state.
+//!
+//! API keys are `tly_` and 64 hex digits (32 bytes from the operating system's random source).
+//! A key is returned once, by CreatePartner or RotatePartnerKey; only its SHA-256 is stored.
+
+use std::sync::Arc;
+
+use rand::rngs::OsRng;
+use rand::RngCore;
+use tally_ledger::meta::{validate_terms, MetaCommand, MetaResult};
+use tally_ledger::{PartnerId, ValidationError};
+use tally_proto::v1::admin_server::Admin;
+use tally_proto::v1::{
+    Agreement, ClusterStatusReply, ClusterStatusRequest, CreatePartnerReply, CreatePartnerRequest,
+    ListAgreementsReply, ListAgreementsRequest, ListPartnersReply, ListPartnersRequest,
+    RemoveAgreementRequest, RotatePartnerKeyRequest, SetAgreementRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::backend::Backend;
+use crate::metrics::observe;
+use crate::status::ApiError;
+use crate::submit::{once, with_retry, Deadline, Purpose};
+use crate::{auth, convert, validate, Shared};
+
+/// Longest partner display name.
+pub const DISPLAY_NAME_BYTES_MAX: usize = 200;
+
+/// The operator API. Build it with [`Gateway::admin_service`](crate::Gateway::admin_service).
+pub struct AdminService<B> {
+    shared: Arc<Shared<B>>,
+}
+
+/// A new API key: `tly_` and the hex of 32 random bytes.
+pub fn new_api_key() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!("tly_{}", hex::encode(bytes))
+}
+
+fn partner_id(value: &str) -> Result<PartnerId, ValidationError> {
+    PartnerId::parse(value).map_err(|mut error| {
+        error.field = "partner_id".to_string();
+        error
+    })
+}
+
+fn display_name(value: &str, partner_id: &PartnerId) -> Result<String, ValidationError> {
+    let value = value.trim();
+    if value.len() > DISPLAY_NAME_BYTES_MAX {
+        return Err(ValidationError::new(
+            "display_name",
+            format!("is {} bytes long; the limit is {DISPLAY_NAME_BYTES_MAX}", value.len()),
+        ));
+    }
+    if let Some(position) = value.chars().position(char::is_control) {
+        return Err(ValidationError::new(
+            "display_name",
+            format!("contains a control character at position {position}"),
+        ));
+    }
+    // An empty display name defaults to the partner id.
+    Ok(if value.is_empty() { partner_id.to_string() } else { value.to_string() })
+}
+
+impl<B: Backend> AdminService<B> {
+    pub(crate) fn new(shared: Arc<Shared<B>>) -> Self {
+        Self { shared }
+    }
+
+    fn deadline<R>(&self, request: &Request<R>) -> Deadline {
+        Deadline::for_request(request.metadata(), self.shared.config.request_deadline_ms)
+    }
+
+    /// Proposes a meta command once (meta commands carry no idempotency key).
+    async fn propose(&self, deadline: Deadline, command: MetaCommand) -> Result<MetaResult, ApiError> {
+        once(deadline, Purpose::Read, "the meta group", self.shared.backend.propose_meta(command))
+            .await?
+            .map_err(ApiError::Meta)
+    }
+}
+
+fn unexpected(result: &MetaResult) -> ApiError {
+    ApiError::Internal(format!("the meta group answered {result:?}"))
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Admin for AdminService<B> {
+    async fn create_partner(
+        &self,
+        request: Request<CreatePartnerRequest>,
+    ) -> Result<Response<CreatePartnerReply>, Status> {
+        observe("create_partner", async move {
+            let deadline = self.deadline(&request);
+            let message = request.get_ref();
+            let partner_id = partner_id(&message.partner_id)?;
+            let currency = validate::currency("currency", &message.currency)?;
+            let display_name = display_name(&message.display_name, &partner_id)?;
+            let api_key = new_api_key();
+            let command = MetaCommand::CreatePartner {
+                partner_id,
+                display_name,
+                currency,
+                api_key_sha256: auth::api_key_sha256(&api_key),
+            };
+            match self.propose(deadline, command).await? {
+                MetaResult::PartnerCreated(partner) => {
+                    Ok(CreatePartnerReply { partner: Some(convert::partner(&partner)), api_key })
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn list_partners(
+        &self,
+        _request: Request<ListPartnersRequest>,
+    ) -> Result<Response<ListPartnersReply>, Status> {
+        observe("list_partners", async move {
+            let meta = self.shared.backend.meta();
+            Ok(ListPartnersReply { partners: meta.partners.values().map(convert::partner).collect() })
+        })
+        .await
+    }
+
+    async fn rotate_partner_key(
+        &self,
+        request: Request<RotatePartnerKeyRequest>,
+    ) -> Result<Response<CreatePartnerReply>, Status> {
+        observe("rotate_partner_key", async move {
+            let deadline = self.deadline(&request);
+            let partner_id = partner_id(&request.get_ref().partner_id)?;
+            let api_key = new_api_key();
+            let command =
+                MetaCommand::RotatePartnerKey { partner_id, api_key_sha256: auth::api_key_sha256(&api_key) };
+            match self.propose(deadline, command).await? {
+                MetaResult::PartnerKeyRotated(partner) => {
+                    Ok(CreatePartnerReply { partner: Some(convert::partner(&partner)), api_key })
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn set_agreement(
+        &self,
+        request: Request<SetAgreementRequest>,
+    ) -> Result<Response<Agreement>, Status> {
+        observe("set_agreement", async move {
+            let deadline = self.deadline(&request);
+            let message = request.get_ref();
+            let from_currency = validate::currency("from_currency", &message.from_currency)?;
+            let to_currency = validate::currency("to_currency", &message.to_currency)?;
+            if from_currency == to_currency {
+                return Err(ValidationError::new("to_currency", "must differ from from_currency").into());
+            }
+            let Some(terms) = message.terms.as_ref() else {
+                return Err(ValidationError::new(
+                    "terms",
+                    "must be set (rate_numerator and rate_denominator are required)",
+                )
+                .into());
+            };
+            let terms = convert::terms_from_proto(terms);
+            validate_terms(&terms)?;
+            match self
+                .propose(deadline, MetaCommand::SetAgreement { from_currency, to_currency, terms })
+                .await?
+            {
+                MetaResult::AgreementSet(agreement) => Ok(convert::agreement(&agreement)),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn list_agreements(
+        &self,
+        _request: Request<ListAgreementsRequest>,
+    ) -> Result<Response<ListAgreementsReply>, Status> {
+        observe("list_agreements", async move {
+            let meta = self.shared.backend.meta();
+            Ok(ListAgreementsReply { agreements: meta.agreements.values().map(convert::agreement).collect() })
+        })
+        .await
+    }
+
+    async fn remove_agreement(
+        &self,
+        request: Request<RemoveAgreementRequest>,
+    ) -> Result<Response<Agreement>, Status> {
+        observe("remove_agreement", async move {
+            let deadline = self.deadline(&request);
+            let message = request.get_ref();
+            let from_currency = validate::currency("from_currency", &message.from_currency)?;
+            let to_currency = validate::currency("to_currency", &message.to_currency)?;
+            match self.propose(deadline, MetaCommand::RemoveAgreement { from_currency, to_currency }).await? {
+                MetaResult::AgreementRemoved(agreement) => Ok(convert::agreement(&agreement)),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusReply>, Status> {
+        observe("cluster_status", async move {
+            let deadline = self.deadline(&request);
+            with_retry(deadline, Purpose::Read, "the cluster", || self.shared.backend.cluster_status()).await
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_random_and_shaped() {
+        let key = new_api_key();
+        assert!(key.starts_with("tly_"));
+        assert_eq!(key.len(), 4 + 64);
+        assert_ne!(key, new_api_key());
+    }
+}

@@ -1,0 +1,288 @@
+//! Deadlines, retries and per-shard submission.
+//!
+//! A request's deadline is the earlier of the caller's `grpc-timeout` and the gateway's
+//! [`GatewayConfig::request_deadline_ms`](crate::GatewayConfig::request_deadline_ms), both
+//! counted from the moment the gateway starts on the request. Within it, a call that fails with
+//! `Unavailable` or `Overloaded` is retried with the very same commands (same keys, so the
+//! shard applies each at most once) after a short backoff (5 ms, doubling, at most 100 ms).
+//! A request whose deadline has already passed is not submitted at all, so it changes nothing.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_ledger::{Command, CommandOutcome};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+
+use crate::backend::{Backend, BackendError};
+use crate::status::ApiError;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// The instant by which a request must be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn after(duration: Duration) -> Self {
+        Self { at: Instant::now() + duration }
+    }
+
+    /// The earlier of `grpc-timeout` (when present and well-formed) and `default_ms`.
+    pub fn for_request(metadata: &MetadataMap, default_ms: u64) -> Self {
+        let mut budget = Duration::from_millis(default_ms);
+        if let Some(timeout) =
+            metadata.get(GRPC_TIMEOUT).and_then(|value| value.to_str().ok()).and_then(parse_grpc_timeout)
+        {
+            budget = budget.min(timeout);
+        }
+        Self::after(budget)
+    }
+
+    /// Time left; `None` once the deadline has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        let now = Instant::now();
+        (now < self.at).then(|| self.at - now)
+    }
+
+    pub fn is_past(&self) -> bool {
+        self.remaining().is_none()
+    }
+}
+
+/// Metadata key of the caller's deadline.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3_600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Whether a failure is about a write (the message tells to retry with the same key) or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Write,
+    Read,
+}
+
+impl Purpose {
+    fn error(self, error: BackendError) -> ApiError {
+        match self {
+            Purpose::Write => ApiError::Backend(error),
+            Purpose::Read => ApiError::BackendRead(error),
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the deadline leaves no time for a
+/// retry. Nothing is attempted once the deadline has passed.
+pub async fn with_retry<T, F, Fut>(
+    deadline: Deadline,
+    purpose: Purpose,
+    what: &str,
+    mut attempt: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let mut backoff = BACKOFF_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        let Some(remaining) = deadline.remaining() else {
+            return Err(ApiError::DeadlinePassed);
+        };
+        attempts += 1;
+        let error = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error @ BackendError::DeadlineExceeded(_))) => return Err(purpose.error(error)),
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                return Err(purpose.error(BackendError::DeadlineExceeded(format!(
+                    "{what} did not answer within the deadline"
+                ))))
+            }
+        };
+        match deadline.remaining() {
+            Some(left) if left > backoff => {
+                tracing::debug!(%error, attempts, "{what}: retrying after {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            _ => {
+                let error = match error {
+                    BackendError::Unavailable(detail) => {
+                        BackendError::Unavailable(format!("{detail} (after {attempts} attempts)"))
+                    }
+                    BackendError::Overloaded(detail) => {
+                        BackendError::Overloaded(format!("{detail} (after {attempts} attempts)"))
+                    }
+                    other => other,
+                };
+                return Err(purpose.error(error));
+            }
+        }
+    }
+}
+
+/// One attempt bounded by the deadline, for calls that are not safe to repeat blindly (meta
+/// proposals carry no idempotency key).
+pub async fn once<T, Fut>(
+    deadline: Deadline,
+    purpose: Purpose,
+    what: &str,
+    attempt: Fut,
+) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let Some(remaining) = deadline.remaining() else {
+        return Err(ApiError::DeadlinePassed);
+    };
+    match tokio::time::timeout(remaining, attempt).await {
+        Ok(result) => result.map_err(|error| purpose.error(error)),
+        Err(_elapsed) => Err(purpose
+            .error(BackendError::DeadlineExceeded(format!("{what} did not answer within the deadline")))),
+    }
+}
+
+/// Proposes `commands` to one shard, retrying inside the deadline; one outcome per command.
+pub async fn submit_to_shard<B: Backend>(
+    backend: &B,
+    deadline: Deadline,
+    shard: u32,
+    commands: Vec<Command>,
+) -> Result<Vec<CommandOutcome>, ApiError> {
+    let expected = commands.len();
+    let what = format!("shard {shard}");
+    let outcomes =
+        with_retry(deadline, Purpose::Write, &what, || backend.submit(shard, commands.clone())).await?;
+    if outcomes.len() != expected {
+        return Err(ApiError::Internal(format!(
+            "shard {shard} answered {} outcomes for {expected} commands",
+            outcomes.len()
+        )));
+    }
+    Ok(outcomes)
+}
+
+/// Proposes commands that may belong to several shards: one `submit` per shard, all shards
+/// concurrently, request order kept within each shard. Returns one result per command, in the
+/// order given; a shard that cannot be reached fails only its own commands.
+pub async fn submit_grouped<B: Backend>(
+    backend: &Arc<B>,
+    deadline: Deadline,
+    commands: Vec<(u32, Command)>,
+) -> Vec<Result<CommandOutcome, ApiError>> {
+    let total = commands.len();
+    let mut groups: BTreeMap<u32, (Vec<usize>, Vec<Command>)> = BTreeMap::new();
+    for (position, (shard, command)) in commands.into_iter().enumerate() {
+        let group = groups.entry(shard).or_default();
+        group.0.push(position);
+        group.1.push(command);
+    }
+    let mut results: Vec<Option<Result<CommandOutcome, ApiError>>> = (0..total).map(|_| None).collect();
+    let mut place = |positions: Vec<usize>, answer: Result<Vec<CommandOutcome>, ApiError>| match answer {
+        Ok(outcomes) => {
+            for (position, outcome) in positions.into_iter().zip(outcomes) {
+                results[position] = Some(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            for position in positions {
+                results[position] = Some(Err(error.clone()));
+            }
+        }
+    };
+    if groups.len() == 1 {
+        // One shard: no task to spawn.
+        let (shard, (positions, commands)) = groups.pop_first().expect("one group");
+        place(positions, submit_to_shard(backend.as_ref(), deadline, shard, commands).await);
+    } else {
+        let mut tasks = JoinSet::new();
+        for (shard, (positions, commands)) in groups {
+            let backend = Arc::clone(backend);
+            tasks.spawn(async move {
+                let answer = submit_to_shard(backend.as_ref(), deadline, shard, commands).await;
+                (positions, answer)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((positions, answer)) => place(positions, answer),
+                Err(error) => tracing::error!(%error, "a shard submission task failed"),
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Err(ApiError::Internal("a shard submission task failed".to_string())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3_600)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "10x", "-1m", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_unavailable_until_the_deadline() {
+        let mut calls = 0;
+        let result: Result<(), ApiError> =
+            with_retry(Deadline::after(Duration::from_millis(60)), Purpose::Write, "shard 0", || {
+                calls += 1;
+                async { Err(BackendError::Unavailable("no leader".into())) }
+            })
+            .await;
+        let error = result.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unavailable);
+        assert!(calls >= 3, "{calls}");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_attempted_after_the_deadline() {
+        let mut calls = 0;
+        let result: Result<(), ApiError> =
+            with_retry(Deadline::after(Duration::ZERO), Purpose::Write, "x", || {
+                calls += 1;
+                async { Ok(()) }
+            })
+            .await;
+        assert_eq!(result.unwrap_err(), ApiError::DeadlinePassed);
+        assert_eq!(calls, 0);
+    }
+}

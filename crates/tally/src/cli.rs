@@ -1,0 +1,287 @@
+//! Commands that call a running cluster: partner and agreement administration, status, and a
+//! few partner operations for trying Tally from a shell.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use tally_proto::v1::admin_client::AdminClient;
+use tally_proto::v1::ledger_client::LedgerClient;
+use tally_proto::v1::{
+    AgreementTerms, ClusterStatusRequest, CreatePartnerRequest, EarnRequest, GetBalanceRequest, ListAgreementsRequest,
+    ListPartnersRequest, ListStatementRequest, OperationReply, ReadConsistency, RedeemRequest, RemoveAgreementRequest,
+    RotatePartnerKeyRequest, SetAgreementRequest, StatementOrder,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Address of a Tally gateway (or `tally dev`).
+    #[arg(long, env = "TALLY_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    pub addr: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PartnerCommand {
+    /// Create a partner; prints its API key once.
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List partners.
+    List,
+    /// Replace a partner's API key (the old one stops working).
+    RotateKey {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgreementCommand {
+    /// Set (create or replace) the exchange agreement from one currency to another.
+    Set {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Target points per source points, as N/D (for example 1/2 or 3).
+        #[arg(long)]
+        rate: String,
+        #[arg(long, default_value_t = 0)]
+        minimum: u64,
+        #[arg(long, default_value_t = 0)]
+        maximum: u64,
+        #[arg(long, default_value_t = 0)]
+        block_size: u64,
+        #[arg(long, default_value_t = 0)]
+        fee: u64,
+    },
+    List,
+    Remove {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PartnerAuth {
+    /// The partner's API key (from `tally partner create`).
+    #[arg(long, env = "TALLY_API_KEY")]
+    pub api_key: String,
+    /// Idempotency key; a fresh one is made when omitted.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+async fn channel(connection: &Connection) -> anyhow::Result<Channel> {
+    Channel::from_shared(connection.addr.clone())
+        .context("bad --addr")?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {}; is `tally dev` running?", connection.addr))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+pub async fn partner(connection: &Connection, command: PartnerCommand) -> anyhow::Result<()> {
+    let mut admin = AdminClient::new(channel(connection).await?);
+    match command {
+        PartnerCommand::Create { id, currency, name } => {
+            let request = CreatePartnerRequest { partner_id: id, display_name: name, currency };
+            let reply = admin.create_partner(request).await.map_err(status_error)?.into_inner();
+            let partner = reply.partner.unwrap_or_default();
+            println!("partner {} issues {}", partner.partner_id, partner.currency);
+            println!("api key (shown once): {}", reply.api_key);
+        }
+        PartnerCommand::List => {
+            let reply = admin.list_partners(ListPartnersRequest {}).await.map_err(status_error)?.into_inner();
+            println!("{:<24} {:<16} name", "partner", "currency");
+            for partner in reply.partners {
+                println!("{:<24} {:<16} {}", partner.partner_id, partner.currency, partner.display_name);
+            }
+        }
+        PartnerCommand::RotateKey { id } => {
+            let request = RotatePartnerKeyRequest { partner_id: id };
+            let reply = admin.rotate_partner_key(request).await.map_err(status_error)?.into_inner();
+            println!("new api key (shown once): {}", reply.api_key);
+        }
+    }
+    Ok(())
+}
+
+fn parse_rate(rate: &str) -> anyhow::Result<(u64, u64)> {
+    let (numerator, denominator) = rate.split_once('/').unwrap_or((rate, "1"));
+    let parse = |part: &str| part.trim().parse::<u64>().with_context(|| format!("bad rate {rate:?}: use N/D"));
+    Ok((parse(numerator)?, parse(denominator)?))
+}
+
+pub async fn agreement(connection: &Connection, command: AgreementCommand) -> anyhow::Result<()> {
+    let mut admin = AdminClient::new(channel(connection).await?);
+    match command {
+        AgreementCommand::Set { from, to, rate, minimum, maximum, block_size, fee } => {
+            let (rate_numerator, rate_denominator) = parse_rate(&rate)?;
+            let terms = AgreementTerms {
+                rate_numerator,
+                rate_denominator,
+                minimum_points: minimum,
+                maximum_points: maximum,
+                block_size_points: block_size,
+                fee_points: fee,
+            };
+            let request = SetAgreementRequest { from_currency: from, to_currency: to, terms: Some(terms) };
+            let agreement = admin.set_agreement(request).await.map_err(status_error)?.into_inner();
+            println!("agreement {} -> {} set", agreement.from_currency, agreement.to_currency);
+        }
+        AgreementCommand::List => {
+            let reply = admin.list_agreements(ListAgreementsRequest {}).await.map_err(status_error)?.into_inner();
+            println!("{:<16} {:<16} {:>12} {:>10} {:>10} {:>8} {:>8}", "from", "to", "rate", "min", "max", "block", "fee");
+            for agreement in reply.agreements {
+                let terms = agreement.terms.unwrap_or_default();
+                let rate = format!("{}/{}", terms.rate_numerator, terms.rate_denominator);
+                println!(
+                    "{:<16} {:<16} {:>12} {:>10} {:>10} {:>8} {:>8}",
+                    agreement.from_currency,
+                    agreement.to_currency,
+                    rate,
+                    terms.minimum_points,
+                    terms.maximum_points,
+                    terms.block_size_points,
+                    terms.fee_points
+                );
+            }
+        }
+        AgreementCommand::Remove { from, to } => {
+            let request = RemoveAgreementRequest { from_currency: from, to_currency: to };
+            admin.remove_agreement(request).await.map_err(status_error)?;
+            println!("agreement removed");
+        }
+    }
+    Ok(())
+}
+
+fn authorized<T>(message: T, api_key: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {api_key}").parse().context("API key is not valid metadata")?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn fresh_key(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_nanos()).unwrap_or(0);
+    format!("cli-{prefix}-{nanos}")
+}
+
+fn print_reply(reply: &OperationReply) {
+    let replay = if reply.replay { " (replay)" } else { "" };
+    println!("{} applied at log index {}{replay}", reply.operation, reply.log_index);
+    for balance in &reply.balances {
+        println!(
+            "  {} {}: balance {} held {} available {}",
+            balance.member_id, balance.currency, balance.balance_points, balance.held_points, balance.available_points
+        );
+    }
+}
+
+pub async fn earn(connection: &Connection, auth: PartnerAuth, member: String, points: u64) -> anyhow::Result<()> {
+    let mut ledger = LedgerClient::new(channel(connection).await?);
+    let key = auth.key.unwrap_or_else(|| fresh_key("earn"));
+    let message = EarnRequest { idempotency_key: key, member_id: member, amount_points: points };
+    let reply = ledger.earn(authorized(message, &auth.api_key)?).await.map_err(status_error)?.into_inner();
+    print_reply(&reply);
+    Ok(())
+}
+
+pub async fn redeem(connection: &Connection, auth: PartnerAuth, member: String, points: u64) -> anyhow::Result<()> {
+    let mut ledger = LedgerClient::new(channel(connection).await?);
+    let key = auth.key.unwrap_or_else(|| fresh_key("redeem"));
+    let message = RedeemRequest { idempotency_key: key, member_id: member, amount_points: points };
+    let reply = ledger.redeem(authorized(message, &auth.api_key)?).await.map_err(status_error)?.into_inner();
+    print_reply(&reply);
+    Ok(())
+}
+
+pub async fn balance(connection: &Connection, api_key: &str, member: String, stale: bool) -> anyhow::Result<()> {
+    let mut ledger = LedgerClient::new(channel(connection).await?);
+    let consistency = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+    let message = GetBalanceRequest { member_id: member, consistency: consistency as i32 };
+    let reply = ledger.get_balance(authorized(message, api_key)?).await.map_err(status_error)?.into_inner();
+    let balance = reply.balance.unwrap_or_default();
+    println!(
+        "{} {}: balance {} held {} available {} (log index {}{})",
+        balance.member_id,
+        balance.currency,
+        balance.balance_points,
+        balance.held_points,
+        balance.available_points,
+        reply.applied_log_index,
+        if reply.linearizable { ", linearizable".to_string() } else { format!(", up to {} ms stale", reply.staleness_bound_ms) }
+    );
+    Ok(())
+}
+
+pub async fn statement(
+    connection: &Connection,
+    api_key: &str,
+    member: String,
+    oldest_first: bool,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let mut ledger = LedgerClient::new(channel(connection).await?);
+    let order = if oldest_first { StatementOrder::OldestFirst } else { StatementOrder::NewestFirst };
+    let message = ListStatementRequest { member_id: member, order: order as i32, page_size: limit, page_token: String::new() };
+    let reply = ledger.list_statement(authorized(message, api_key)?).await.map_err(status_error)?.into_inner();
+    println!("{:>6} {:>10} {:<16} {:<28} {:>10} {:>10} {:>12}", "seq", "log index", "operation", "key", "credit", "debit", "balance");
+    for line in &reply.lines {
+        println!(
+            "{:>6} {:>10} {:<16} {:<28} {:>10} {:>10} {:>12}",
+            line.sequence,
+            line.log_index,
+            line.operation,
+            line.idempotency_key,
+            line.credit_points,
+            line.debit_points,
+            line.balance_after_points
+        );
+    }
+    println!("{} of {} lines", reply.lines.len(), reply.total_lines);
+    Ok(())
+}
+
+pub async fn status(connection: &Connection) -> anyhow::Result<()> {
+    let mut admin = AdminClient::new(channel(connection).await?);
+    let reply = admin.cluster_status(ClusterStatusRequest {}).await.map_err(status_error)?.into_inner();
+    println!("{} shards", reply.shard_count);
+    println!(
+        "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10}  digest",
+        "group", "node", "role", "leader", "term", "last log", "committed", "applied"
+    );
+    for group in &reply.groups {
+        println!(
+            "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10}  {}",
+            group.group,
+            group.node_id,
+            group.role,
+            group.leader_node_id,
+            group.term,
+            group.last_log_index,
+            group.committed_index,
+            group.applied_index,
+            &group.state_digest[..16.min(group.state_digest.len())]
+        );
+    }
+    for total in &reply.currency_totals {
+        let conserved = if total.debits_points == total.credits_points { "conserved" } else { "NOT CONSERVED" };
+        println!("{}: debits {} credits {} ({conserved})", total.currency, total.debits_points, total.credits_points);
+    }
+    Ok(())
+}

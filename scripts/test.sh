@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the tools the tests need (when missing), then runs every
+# Rust test of the workspace. Usage: ./scripts/test.sh   (from the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# promtool (Debian's prometheus package) checks the /metrics output in tests/metrics.rs.
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing promtool (Debian package prometheus)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "promtool is missing: install Debian's prometheus package (or your distribution's) and re-run" >&2
+        exit 1
+    fi
+fi
+export TALLY_REQUIRE_PROMTOOL=1
+
+cargo test --workspace --all-targets
