@@ -1,6 +1,6 @@
 //! The `tally.v1.Ledger` service: authenticate, validate, route, submit, answer.
 //!
-//! Every write, single or batched, goes through [`LedgerService::execute`]: each admitted
+//! Every write, single or batched, goes through `LedgerService::execute`: each admitted
 //! write becomes one command on its member's shard (or the steps of a cross-shard transfer),
 //! commands are grouped per shard and each shard gets one `submit` call, shards concurrently.
 

@@ -216,7 +216,7 @@ pub fn exchange(caller: &Caller, meta: &MetaState, request: &ExchangeRequest) ->
             )));
         }
     }
-    let Some(agreement) = meta.agreements.get(&(from_currency.clone(), to_currency.clone())) else {
+    let Some(agreement) = meta.agreement(&from_currency, &to_currency) else {
         return Err(ApiError::FailedPrecondition(format!(
             "no exchange agreement from {from_currency} to {to_currency}; an operator sets one with \
              `tally agreement set`"

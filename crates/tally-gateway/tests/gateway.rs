@@ -670,6 +670,22 @@ async fn an_unreachable_shard_is_unavailable_with_advice() {
 }
 
 #[tokio::test]
+async fn the_callers_deadline_bounds_the_retries() {
+    let gateway = TestGateway::start(4).await;
+    gateway.backend.set_down(gateway.shard_of("alice"), true);
+    let mut request = authed(SKY_KEY, earn("k1", "alice", 100));
+    request.set_timeout(Duration::from_millis(150));
+    let started = std::time::Instant::now();
+    let status = gateway.ledger().earn(request).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert_eq!(gateway.backend.applied(), 0);
+}
+
+#[tokio::test]
 async fn a_request_past_its_deadline_changes_nothing() {
     let config = GatewayConfig { request_deadline_ms: 0, ..GatewayConfig::default() };
     let gateway = TestGateway::start_with(4, config).await;

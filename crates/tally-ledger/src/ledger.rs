@@ -4,14 +4,14 @@
 //! Layout:
 //! - this file: the state, the public reads, and `apply_batch` with the exactly-once wrapper
 //!   around every command;
-//! - [`validate`]: the defensive re-check of request shape against the log time;
-//! - [`posting`]: [`posting::Stage`], which computes every account change of one command
+//! - `validate`: the defensive re-check of request shape against the log time;
+//! - `posting`: `posting::Stage`, which computes every account change of one command
 //!   before any is written, so a failed command writes nothing;
-//! - [`records`]: writes of records with their expiry indexes, and the expiry sweep;
-//! - one module per operation family: [`earn`] (enrol, earn, redeem), [`reversal`], [`hold`],
-//!   [`transfer`] (same-shard and cross-shard), [`exchange`];
-//! - [`request_diff`]: which field differs when a key is reused for another request;
-//! - [`items`]: persisted items, snapshots and the digest; [`invariants`]: the audit.
+//! - `records`: writes of records with their expiry indexes, and the expiry sweep;
+//! - one module per operation family: `earn` (enrol, earn, redeem), `reversal`, `hold`,
+//!   `transfer` (same-shard and cross-shard), `exchange`;
+//! - `request_diff`: which field differs when a key is reused for another request;
+//! - `items`: persisted items, snapshots and the digest; `invariants`: the audit.
 
 mod earn;
 mod exchange;
@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::{
     BalanceView, BatchHeader, Command, CommandOutcome, HoldView, Operation, OperationKind, OperationResult,
-    ShardBatch,
+    ShardBatch, TransferStatus,
 };
 use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
@@ -242,7 +242,7 @@ impl Ledger {
     pub fn open_transfers(&self) -> Vec<(TransferId, TransferRecord)> {
         self.transfers
             .iter()
-            .filter(|(_, record)| record.status == crate::command::TransferStatus::Open)
+            .filter(|(_, record)| record.status == TransferStatus::Open)
             .map(|(id, record)| (id.clone(), record.clone()))
             .collect()
     }

@@ -225,7 +225,7 @@ impl StateItem {
 }
 
 /// What one `apply_batch` changed: the items to rewrite (or delete, when
-/// [`Ledger::item`] no longer has them) and the new statement lines.
+/// [`Ledger::item`](crate::Ledger::item) no longer has them) and the new statement lines.
 #[derive(Clone, Debug, Default)]
 pub struct ChangeSet {
     pub dirty: BTreeSet<ItemKey>,

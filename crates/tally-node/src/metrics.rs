@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 
 const LATENCY_BUCKETS_SECONDS: &[f64] =
     &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
-const BATCH_BUCKETS_COMMANDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const BATCH_BUCKETS_COMMANDS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 
 #[derive(Debug, thiserror::Error)]
 #[error("metrics exporter: {0}")]
@@ -27,7 +28,9 @@ pub fn install_exporter(addr: SocketAddr) -> Result<(), MetricsError> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
-        .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_commands".into()), BATCH_BUCKETS_COMMANDS))
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(Matcher::Suffix("_commands".into()), BATCH_BUCKETS_COMMANDS)
+        })
         .map_err(|error| MetricsError(error.to_string()))?
         .install()
         .map_err(|error| MetricsError(error.to_string()))?;
@@ -46,12 +49,19 @@ fn describe_node_metrics() {
     describe_histogram!("tally_apply_batch_commands", Unit::Count, "Commands applied from one Raft entry.");
     describe_counter!("tally_snapshots_built_total", "Snapshots built by group replicas on this node.");
     describe_gauge!("tally_store_flushes", "sled flushes (fsyncs) done by the node's flusher since start.");
-    describe_gauge!("tally_store_flush_requests", "Durability requests served by those flushes (group commit).");
+    describe_gauge!(
+        "tally_store_flush_requests",
+        "Durability requests served by those flushes (group commit)."
+    );
     describe_gauge!("tally_store_size_bytes", "Size of the node's sled database on disk.");
 }
 
 /// Follows a group's Raft metrics and mirrors them into gauges labelled by group and node.
-pub fn spawn_group_metrics(node_id: u64, group: Arc<Group>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn_group_metrics(
+    node_id: u64,
+    group: Arc<Group>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let mut receiver = group.raft.metrics();
     let labels = [("group", group_name(group.group_id)), ("node", node_id.to_string())];
     tokio::spawn(async move {

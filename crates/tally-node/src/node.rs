@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 use tally_ledger::limits::BATCH_COMMANDS_MAX;
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::state::{AccountKey, StatementLine};
-use tally_ledger::{BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
+use tally_ledger::{
+    BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId,
+};
 use tally_raft::network::PeerPool;
 use tally_raft::proposer::{propose_error, wall_clock_ms};
 use tally_raft::{
-    shard_group_id, Group, GroupData, GroupError, GroupId, GroupRegistry, GroupRequest, GroupResponse, NodeId,
-    ProposeError, TallyNode, META_GROUP_ID,
+    shard_group_id, Group, GroupData, GroupError, GroupId, GroupRegistry, GroupRequest, GroupResponse,
+    NodeId, ProposeError, TallyNode, META_GROUP_ID,
 };
 use tally_store::{NodeStore, StoreError};
 use tokio::sync::watch;
@@ -83,7 +85,10 @@ impl Node {
     /// Opens the data folder and starts every group replica (meta and all shards).
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
-        check_identity(&config.data_dir, &NodeIdentity { node_id: config.node_id, shard_count: config.shard_count })?;
+        check_identity(
+            &config.data_dir,
+            &NodeIdentity { node_id: config.node_id, shard_count: config.shard_count },
+        )?;
         let store = NodeStore::open(&config.data_dir.join("db"))?;
         let peers = Arc::new(PeerPool::default());
         let registry = Arc::new(GroupRegistry::default());
@@ -166,7 +171,11 @@ impl Node {
     }
 
     /// Proposes commands to a shard and waits for their outcomes (one per command, in order).
-    pub async fn submit(&self, shard: u32, commands: Vec<Command>) -> Result<Vec<CommandOutcome>, ProposeError> {
+    pub async fn submit(
+        &self,
+        shard: u32,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandOutcome>, ProposeError> {
         let group = self.group(shard_group_id(shard))?;
         let proposer = group.proposer.as_ref().expect("shard groups have a proposer");
         let mut outcomes = Vec::with_capacity(commands.len());
@@ -234,9 +243,13 @@ impl Node {
             (None, false) => Some(0),
         };
         let Some(start) = start else { return Ok((Vec::new(), 0)) };
-        let lines = group.shared.statement_lines(&account, Some(start), newest_first, limit).map_err(|error| {
-            ProposeError::Unavailable { group_id: group.group_id, reason: format!("reading statement: {error}") }
-        })?;
+        let lines =
+            group.shared.statement_lines(&account, Some(start), newest_first, limit).map_err(|error| {
+                ProposeError::Unavailable {
+                    group_id: group.group_id,
+                    reason: format!("reading statement: {error}"),
+                }
+            })?;
         Ok((lines, total_lines))
     }
 
@@ -258,13 +271,20 @@ impl Node {
         self.registry.get(META_GROUP_ID).expect("every node hosts the meta group").shared.meta_state()
     }
 
-    pub async fn propose_meta(&self, command: MetaCommand) -> Result<Result<MetaResult, MetaError>, ProposeError> {
+    pub async fn propose_meta(
+        &self,
+        command: MetaCommand,
+    ) -> Result<Result<MetaResult, MetaError>, ProposeError> {
         let group = self.group(META_GROUP_ID)?;
         let request = GroupRequest::Meta { log_time_ms: wall_clock_ms(), command };
-        let response = group.raft.client_write(request).await.map_err(|error| propose_error(META_GROUP_ID, error))?;
+        let response =
+            group.raft.client_write(request).await.map_err(|error| propose_error(META_GROUP_ID, error))?;
         match response.data {
             GroupResponse::Meta(result) => Ok(result),
-            other => Err(ProposeError::Unavailable { group_id: META_GROUP_ID, reason: format!("unexpected {other:?}") }),
+            other => Err(ProposeError::Unavailable {
+                group_id: META_GROUP_ID,
+                reason: format!("unexpected {other:?}"),
+            }),
         }
     }
 
@@ -363,13 +383,14 @@ fn staleness_ms(group: &Group) -> u64 {
     }
 }
 
-fn read_error(group_id: GroupId, error: RaftError<NodeId, CheckIsLeaderError<NodeId, TallyNode>>) -> ProposeError {
+fn read_error(
+    group_id: GroupId,
+    error: RaftError<NodeId, CheckIsLeaderError<NodeId, TallyNode>>,
+) -> ProposeError {
     match error {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => ProposeError::NotLeader {
-            group_id,
-            leader_id: forward.leader_id,
-            leader: forward.leader_node,
-        },
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
+            ProposeError::NotLeader { group_id, leader_id: forward.leader_id, leader: forward.leader_node }
+        }
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error)) => {
             ProposeError::Unavailable { group_id, reason: error.to_string() }
         }
@@ -378,7 +399,8 @@ fn read_error(group_id: GroupId, error: RaftError<NodeId, CheckIsLeaderError<Nod
 }
 
 fn check_identity(data_dir: &Path, expected: &NodeIdentity) -> Result<(), NodeError> {
-    let identity_error = |reason: String| NodeError::Identity { path: data_dir.display().to_string(), reason };
+    let identity_error =
+        |reason: String| NodeError::Identity { path: data_dir.display().to_string(), reason };
     std::fs::create_dir_all(data_dir).map_err(|error| identity_error(error.to_string()))?;
     let path = data_dir.join("node-identity.json");
     match std::fs::read(&path) {

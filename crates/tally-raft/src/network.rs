@@ -12,8 +12,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,7 +36,9 @@ pub fn encode_wire<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&WIRE_FORMAT_VERSION, payload)) => bincode::deserialize(payload).map_err(|error| error.to_string()),
+        Some((&WIRE_FORMAT_VERSION, payload)) => {
+            bincode::deserialize(payload).map_err(|error| error.to_string())
+        }
         Some((version, _)) => Err(format!("unsupported Raft wire format version {version}")),
         None => Err("empty Raft message".to_string()),
     }
@@ -88,13 +90,19 @@ pub struct GroupConnection {
 }
 
 impl GroupConnection {
-    async fn call<Req, Resp, E>(&mut self, method: Method, request: &Req, option: &RPCOption) -> Result<Resp, RpcError<E>>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let channel = self.channel.clone().map_err(|reason| RpcError::Unreachable(Unreachable::new(&Text(reason))))?;
+        let channel =
+            self.channel.clone().map_err(|reason| RpcError::Unreachable(Unreachable::new(&Text(reason))))?;
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
@@ -110,8 +118,8 @@ impl GroupConnection {
             Method::InstallSnapshot => client.install_snapshot(grpc_request).await,
         };
         let reply: RaftReply = reply.map_err(status_to_rpc_error)?.into_inner();
-        let result: Result<Resp, RaftError<E>> =
-            decode_wire(&reply.payload).map_err(|reason| RpcError::Network(NetworkError::new(&Text(reason))))?;
+        let result: Result<Resp, RaftError<E>> = decode_wire(&reply.payload)
+            .map_err(|reason| RpcError::Network(NetworkError::new(&Text(reason))))?;
         result.map_err(|error| RpcError::RemoteError(RemoteError::new(self.target, error)))
     }
 }
@@ -163,7 +171,11 @@ impl RaftNetwork<TallyRaft> for GroupConnection {
         self.call(Method::InstallSnapshot, &request, &option).await
     }
 
-    async fn vote(&mut self, request: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcError> {
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
         self.call(Method::Vote, &request, &option).await
     }
 }

@@ -22,7 +22,9 @@ use crate::types::{GroupId, GroupRequest, GroupResponse, NodeId, Raft, TallyNode
 pub enum ProposeError {
     #[error("this node is not the leader of group {group_id}")]
     NotLeader { group_id: GroupId, leader_id: Option<NodeId>, leader: Option<TallyNode> },
-    #[error("group {group_id} has too many proposals queued ({queued_commands_max} commands); slow down or retry")]
+    #[error(
+        "group {group_id} has too many proposals queued ({queued_commands_max} commands); slow down or retry"
+    )]
     Overloaded { group_id: GroupId, queued_commands_max: usize },
     #[error("group {group_id} is unavailable: {reason}")]
     Unavailable { group_id: GroupId, reason: String },
@@ -43,7 +45,7 @@ impl Default for ProposerConfig {
     fn default() -> Self {
         Self {
             queued_proposals_max: 16_384,
-            inflight_entries_max: 4,
+            inflight_entries_max: 1,
             idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
         }
     }
@@ -121,7 +123,13 @@ async fn run(group_id: GroupId, raft: Raft, config: ProposerConfig, mut receiver
     }
 }
 
-async fn propose_batch(group_id: GroupId, raft: &Raft, proposals: Vec<Proposal>, command_count: usize, retention_ms: u64) {
+async fn propose_batch(
+    group_id: GroupId,
+    raft: &Raft,
+    proposals: Vec<Proposal>,
+    command_count: usize,
+    retention_ms: u64,
+) {
     let mut commands = Vec::with_capacity(command_count);
     let mut replies = Vec::with_capacity(proposals.len());
     for proposal in proposals {
@@ -135,7 +143,9 @@ async fn propose_batch(group_id: GroupId, raft: &Raft, proposals: Vec<Proposal>,
     let outcomes = match result {
         Ok(response) => match response.data {
             GroupResponse::Shard(outcomes) => Ok(outcomes),
-            other => Err(ProposeError::Unavailable { group_id, reason: format!("unexpected response {other:?}") }),
+            other => {
+                Err(ProposeError::Unavailable { group_id, reason: format!("unexpected response {other:?}") })
+            }
         },
         Err(error) => Err(propose_error(group_id, error)),
     };
@@ -155,13 +165,14 @@ async fn propose_batch(group_id: GroupId, raft: &Raft, proposals: Vec<Proposal>,
     }
 }
 
-pub fn propose_error(group_id: GroupId, error: OpenraftRaftError<NodeId, OpenraftClientWriteError<NodeId, TallyNode>>) -> ProposeError {
+pub fn propose_error(
+    group_id: GroupId,
+    error: OpenraftRaftError<NodeId, OpenraftClientWriteError<NodeId, TallyNode>>,
+) -> ProposeError {
     match error {
-        OpenraftRaftError::APIError(OpenraftClientWriteError::ForwardToLeader(forward)) => ProposeError::NotLeader {
-            group_id,
-            leader_id: forward.leader_id,
-            leader: forward.leader_node,
-        },
+        OpenraftRaftError::APIError(OpenraftClientWriteError::ForwardToLeader(forward)) => {
+            ProposeError::NotLeader { group_id, leader_id: forward.leader_id, leader: forward.leader_node }
+        }
         OpenraftRaftError::APIError(OpenraftClientWriteError::ChangeMembershipError(error)) => {
             ProposeError::Unavailable { group_id, reason: error.to_string() }
         }

@@ -25,6 +25,11 @@ use crate::types::{
     StoredMembership, TallyRaft, META_GROUP_ID,
 };
 
+/// Puts (`Some`) and deletes (`None`) for one atomic tree batch.
+type TreeWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// The whole content of a tree, for a snapshot install.
+type TreeContent = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Format of snapshot payloads; bump on any change of what a snapshot holds.
 const SNAPSHOT_FORMAT_VERSION: u8 = 1;
 
@@ -132,7 +137,8 @@ impl GroupStateMachine {
             GroupData::Shard(Ledger::from_items(items))
         };
         let state = GroupState { data, applied, membership };
-        let shared = GroupShared { group_id, tree, state: RwLock::new(state), snapshots_built: AtomicU64::new(0) };
+        let shared =
+            GroupShared { group_id, tree, state: RwLock::new(state), snapshots_built: AtomicU64::new(0) };
         Ok(Self { shared: Arc::new(shared), changes: ChangeSet::default() })
     }
 
@@ -141,7 +147,7 @@ impl GroupStateMachine {
     }
 
     /// Applies entries to memory and returns the writes that persist them.
-    fn apply_in_memory(&mut self, entries: Vec<Entry>) -> (Vec<GroupResponse>, Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    fn apply_in_memory(&mut self, entries: Vec<Entry>) -> (Vec<GroupResponse>, TreeWrites) {
         let mut state = self.shared.state.write().expect("group state lock poisoned");
         let mut responses = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
@@ -176,8 +182,9 @@ impl GroupStateMachine {
         (responses, writes)
     }
 
-    fn persisted_writes(&self, state: &GroupState, meta_changed: bool) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut writes = Vec::with_capacity(self.changes.dirty.len() + self.changes.statement_lines.len() + 3);
+    fn persisted_writes(&self, state: &GroupState, meta_changed: bool) -> TreeWrites {
+        let mut writes =
+            Vec::with_capacity(self.changes.dirty.len() + self.changes.statement_lines.len() + 3);
         match &state.data {
             GroupData::Shard(ledger) => {
                 for key in &self.changes.dirty {
@@ -265,11 +272,13 @@ fn install_writes(
     group_id: GroupId,
     meta: &SnapshotMeta,
     snapshot_bytes: &[u8],
-) -> Result<(GroupState, Vec<(Vec<u8>, Vec<u8>)>), StoreError> {
+) -> Result<(GroupState, TreeContent), StoreError> {
     let (&version, payload_bytes) =
         snapshot_bytes.split_first().ok_or_else(|| StoreError::Corrupt { what: "empty snapshot".into() })?;
     if version != SNAPSHOT_FORMAT_VERSION {
-        return Err(StoreError::Corrupt { what: format!("snapshot format version {version} is not supported") });
+        return Err(StoreError::Corrupt {
+            what: format!("snapshot format version {version} is not supported"),
+        });
     }
     let payload: SnapshotPayload = bincode::deserialize(payload_bytes)
         .map_err(|error| StoreError::Corrupt { what: format!("snapshot payload: {error}") })?;
@@ -313,13 +322,19 @@ impl GroupSnapshotBuilder {
                 let items = ledger.items();
                 let mut statement_lines = Vec::new();
                 for item in &items {
-                    let StateItem::Account(account @ AccountKey::Member { .. }, record) = item else { continue };
+                    let StateItem::Account(account @ AccountKey::Member { .. }, record) = item else {
+                        continue;
+                    };
                     if record.statement_lines == 0 {
                         continue;
                     }
                     let limit = usize::try_from(record.statement_lines).unwrap_or(usize::MAX);
                     let lines = self.shared.statement_lines(account, Some(0), false, limit)?;
-                    assert_eq!(lines.len() as u64, record.statement_lines, "statement lines missing for {account:?}");
+                    assert_eq!(
+                        lines.len() as u64,
+                        record.statement_lines,
+                        "statement lines missing for {account:?}"
+                    );
                     statement_lines.extend(lines.into_iter().map(|line| (account.clone(), line)));
                 }
                 Ok(SnapshotPayload::Shard { items, statement_lines })
@@ -332,7 +347,8 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let payload = self.payload().map_err(read_error)?;
         let mut data = vec![SNAPSHOT_FORMAT_VERSION];
-        bincode::serialize_into(&mut data, &payload).map_err(|error| write_error(StoreError::Encode(error.to_string())))?;
+        bincode::serialize_into(&mut data, &payload)
+            .map_err(|error| write_error(StoreError::Encode(error.to_string())))?;
         let counter = self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
         let index = self.cut.applied.map(|log_id| log_id.index).unwrap_or(0);
         let meta = SnapshotMeta {
@@ -342,7 +358,10 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         let encoded = encode_value(&stored).map_err(write_error)?;
-        self.shared.tree.write_batch(vec![(keys::SNAPSHOT_KEY.to_vec(), Some(encoded))]).map_err(write_error)?;
+        self.shared
+            .tree
+            .write_batch(vec![(keys::SNAPSHOT_KEY.to_vec(), Some(encoded))])
+            .map_err(write_error)?;
         metrics::counter!("tally_snapshots_built_total").increment(1);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }

@@ -34,10 +34,9 @@ impl RaftTransportService {
                 self.node_id, request.target_node_id
             )));
         }
-        let group = self
-            .registry
-            .get(request.group_id)
-            .ok_or_else(|| Status::not_found(format!("node {} does not host group {}", self.node_id, request.group_id)))?;
+        let group = self.registry.get(request.group_id).ok_or_else(|| {
+            Status::not_found(format!("node {} does not host group {}", self.node_id, request.group_id))
+        })?;
         let message = decode_wire(&request.payload).map_err(Status::invalid_argument)?;
         Ok((group, message))
     }

@@ -81,4 +81,5 @@ pub type Entry = openraft::Entry<TallyRaft>;
 pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
 pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, TallyNode>;
 pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, TallyNode>;
-pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, TallyNode, RaftError<E>>;
+pub type RpcError<E = openraft::error::Infallible> =
+    openraft::error::RPCError<NodeId, TallyNode, RaftError<E>>;

@@ -33,28 +33,18 @@ pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 ///
 /// Any failure is [`StoreError::Corrupt`], whose `what` starts with the caller's `what`.
 pub fn decode_value<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        what: format!("{what}: {detail}"),
-    };
+    let corrupt = |detail: String| StoreError::Corrupt { what: format!("{what}: {detail}") };
     if bytes.len() < HEADER_LEN {
-        return Err(corrupt(format!(
-            "value is {} bytes, shorter than its header",
-            bytes.len()
-        )));
+        return Err(corrupt(format!("value is {} bytes, shorter than its header", bytes.len())));
     }
     if bytes[0] != VALUE_FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "unknown value format version {}",
-            bytes[0]
-        )));
+        return Err(corrupt(format!("unknown value format version {}", bytes[0])));
     }
     let stored = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let payload = &bytes[HEADER_LEN..];
     let computed = crc32fast::hash(payload);
     if stored != computed {
-        return Err(corrupt(format!(
-            "crc32 mismatch (stored {stored:08x}, computed {computed:08x})"
-        )));
+        return Err(corrupt(format!("crc32 mismatch (stored {stored:08x}, computed {computed:08x})")));
     }
     bincode::deserialize(payload).map_err(|e| corrupt(format!("payload does not decode: {e}")))
 }

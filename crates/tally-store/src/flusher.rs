@@ -62,11 +62,7 @@ impl Flusher {
         let handle = std::thread::Builder::new()
             .name("tally-store-flusher".to_string())
             .spawn(move || run(db, rx, &thread_counters))?;
-        Ok(Flusher {
-            tx: Some(tx),
-            handle: Some(handle),
-            counters,
-        })
+        Ok(Flusher { tx: Some(tx), handle: Some(handle), counters })
     }
 
     /// Queues `callback` for the next flush. Blocks the calling thread only while the queue is
@@ -125,9 +121,7 @@ fn run(db: sled::Db, rx: Receiver<FlushCallback>, counters: &Counters) {
         // starts after they were all received, so a success covers all of their writes.
         let result = db.flush().map(|_| ()).map_err(io::Error::from);
         counters.flushes.fetch_add(1, Ordering::Relaxed);
-        counters
-            .requests
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        counters.requests.fetch_add(pending.len() as u64, Ordering::Relaxed);
         match &result {
             Ok(()) => tracing::trace!(requests = pending.len(), "flushed"),
             Err(e) => tracing::error!(error = %e, requests = pending.len(), "sled flush failed"),

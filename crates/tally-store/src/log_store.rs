@@ -18,8 +18,8 @@ use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader,
-    RaftTypeConfig, StorageError, StorageIOError, Vote,
+    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig,
+    StorageError, StorageIOError, Vote,
 };
 use serde::de::DeserializeOwned;
 
@@ -64,20 +64,13 @@ impl<C> Clone for LogStore<C> {
 
 impl<C> fmt::Debug for LogStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogStore")
-            .field("group_id", &self.group_id)
-            .finish_non_exhaustive()
+        f.debug_struct("LogStore").field("group_id", &self.group_id).finish_non_exhaustive()
     }
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
     pub(crate) fn new(group_id: u32, tree: sled::Tree, node: NodeStore) -> Self {
-        LogStore {
-            group_id,
-            tree,
-            node,
-            _config: PhantomData,
-        }
+        LogStore { group_id, tree, node, _config: PhantomData }
     }
 
     /// The group this log belongs to.
@@ -105,10 +98,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             }
             _ => {
                 return Err(StoreError::Corrupt {
-                    what: format!(
-                        "group {} log key {key:02x?}: not an entry key",
-                        self.group_id
-                    ),
+                    what: format!("group {} log key {key:02x?}: not an entry key", self.group_id),
                 })
             }
         };
@@ -137,11 +127,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<C::NodeId>>, StoreError> {
-        match self
-            .tree
-            .range(entry_key(0)..=entry_key(u64::MAX))
-            .next_back()
-        {
+        match self.tree.range(entry_key(0)..=entry_key(u64::MAX)).next_back() {
             None => Ok(None),
             Some(item) => {
                 let (key, value) = item?;
@@ -191,8 +177,7 @@ impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
         let Some((start, end)) = inclusive_bounds(&range) else {
             return Ok(Vec::new());
         };
-        self.read_range(start, end)
-            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+        self.read_range(start, end).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
 
@@ -201,18 +186,11 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
         let read = |e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let last_purged_log_id: Option<LogId<C::NodeId>> =
-            self.read_meta(KEY_LAST_PURGED).map_err(read)?;
+        let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_meta(KEY_LAST_PURGED).map_err(read)?;
         // purge removes (-inf, last_purged] and records last_purged in one batch, so when any
         // entry is present it is newer than last_purged; when none is, the log ends there.
-        let last_log_id = self
-            .last_entry_log_id()
-            .map_err(read)?
-            .or_else(|| last_purged_log_id.clone());
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        let last_log_id = self.last_entry_log_id().map_err(read)?.or_else(|| last_purged_log_id.clone());
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -222,9 +200,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let write = |e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e);
         let value = encode_value(vote).map_err(write)?;
-        self.tree
-            .insert(KEY_VOTE, value)
-            .map_err(|e| write(e.into()))?;
+        self.tree.insert(KEY_VOTE, value).map_err(|e| write(e.into()))?;
         // The vote must be durable before we return: losing it would let this node vote twice
         // in one term. The flush starts after the insert, so it covers it (and, sled recovering
         // a prefix, every earlier write of this node, including truncates and purges).
@@ -232,8 +208,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        self.read_meta(KEY_VOTE)
-            .map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+        self.read_meta(KEY_VOTE).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
     async fn save_committed(
@@ -248,31 +223,20 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
         match committed {
             Some(log_id) => {
                 let value = encode_value(&log_id).map_err(write)?;
-                self.tree
-                    .insert(KEY_COMMITTED, value)
-                    .map_err(|e| write(e.into()))?;
+                self.tree.insert(KEY_COMMITTED, value).map_err(|e| write(e.into()))?;
             }
             None => {
-                self.tree
-                    .remove(KEY_COMMITTED)
-                    .map_err(|e| write(e.into()))?;
+                self.tree.remove(KEY_COMMITTED).map_err(|e| write(e.into()))?;
             }
         }
         Ok(())
     }
 
-    async fn read_committed(
-        &mut self,
-    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
-        self.read_meta(KEY_COMMITTED)
-            .map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Read, e))
+    async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        self.read_meta(KEY_COMMITTED).map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<C>,
-    ) -> Result<(), StorageError<C::NodeId>>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<C::NodeId>>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -290,11 +254,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
         // One batch: the entries become readable together when `apply_batch` returns (openraft
         // requires them readable when `append` returns), and a crash keeps all or none of them.
         self.tree.apply_batch(batch).map_err(|e| write(e.into()))?;
-        tracing::trace!(
-            group = self.group_id,
-            count,
-            "log entries applied, waiting for flush"
-        );
+        tracing::trace!(group = self.group_id, count, "log entries applied, waiting for flush");
 
         // Durability is reported only by the flusher, after a `db.flush()` that started after the
         // batch above was applied returned Ok. Reporting earlier would let the leader count its
@@ -343,10 +303,8 @@ mod tests {
 
     #[test]
     fn entry_keys_sort_by_index_and_after_metadata() {
-        let keys: Vec<[u8; 9]> = [0u64, 1, 255, 256, 65_536, u64::MAX]
-            .iter()
-            .map(|&i| entry_key(i))
-            .collect();
+        let keys: Vec<[u8; 9]> =
+            [0u64, 1, 255, 256, 65_536, u64::MAX].iter().map(|&i| entry_key(i)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         for meta in [KEY_VOTE, KEY_COMMITTED, KEY_LAST_PURGED] {
             assert!(meta < &entry_key(0)[..]);
@@ -362,13 +320,7 @@ mod tests {
         assert_eq!(inclusive_bounds(&(5..)), Some((5, u64::MAX)));
         assert_eq!(inclusive_bounds(&(..)), Some((0, u64::MAX)));
         assert_eq!(inclusive_bounds(&(..=0)), Some((0, 0)));
-        assert_eq!(
-            inclusive_bounds(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
-            None
-        );
-        assert_eq!(
-            inclusive_bounds(&(Bound::Included(8), Bound::Excluded(3))),
-            None
-        );
+        assert_eq!(inclusive_bounds(&(Bound::Excluded(u64::MAX), Bound::Unbounded)), None);
+        assert_eq!(inclusive_bounds(&(Bound::Included(8), Bound::Excluded(3))), None);
     }
 }

@@ -42,16 +42,11 @@ impl NodeStore {
     fn from_config(config: sled::Config) -> Result<NodeStore, StoreError> {
         let db = config.open()?;
         let flusher = Flusher::start(db.clone()).map_err(StoreError::Io)?;
-        Ok(NodeStore {
-            inner: Arc::new(Inner { db, flusher }),
-        })
+        Ok(NodeStore { inner: Arc::new(Inner { db, flusher }) })
     }
 
     /// The Raft log + vote storage of group `group_id` (tree `"g{group_id:05}/raft"`).
-    pub fn log_store<C: openraft::RaftTypeConfig>(
-        &self,
-        group_id: u32,
-    ) -> Result<LogStore<C>, StoreError> {
+    pub fn log_store<C: openraft::RaftTypeConfig>(&self, group_id: u32) -> Result<LogStore<C>, StoreError> {
         let tree = self.inner.db.open_tree(raft_tree_name(group_id))?;
         Ok(LogStore::new(group_id, tree, self.clone()))
     }
@@ -80,9 +75,7 @@ impl NodeStore {
             let _ = tx.send(result);
         }))
         .map_err(|_| StoreError::FlusherStopped)?;
-        rx.await
-            .map_err(|_| StoreError::FlusherStopped)?
-            .map_err(StoreError::Flush)
+        rx.await.map_err(|_| StoreError::FlusherStopped)?.map_err(StoreError::Flush)
     }
 
     /// Total size on disk as sled reports it.
@@ -103,9 +96,7 @@ impl NodeStore {
 
 impl fmt::Debug for NodeStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeStore")
-            .field("flush_stats", &self.flush_stats())
-            .finish_non_exhaustive()
+        f.debug_struct("NodeStore").field("flush_stats", &self.flush_stats()).finish_non_exhaustive()
     }
 }
 

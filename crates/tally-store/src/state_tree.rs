@@ -90,12 +90,7 @@ impl StateTree {
                 Some(start) => Bound::Included(start.to_vec()),
                 None => prefix_end,
             };
-            collect(
-                self.tree
-                    .range((Bound::Included(prefix.to_vec()), hi))
-                    .rev(),
-                limit,
-            )
+            collect(self.tree.range((Bound::Included(prefix.to_vec()), hi)).rev(), limit)
         } else {
             let lo = start.unwrap_or(prefix).to_vec();
             collect(self.tree.range((Bound::Included(lo), prefix_end)), limit)

@@ -33,8 +33,7 @@ async fn log_vote_and_state_survive_reopen() {
         log.truncate(log_id(1, 0, 9)).await.unwrap();
         log.save_committed(Some(log_id(1, 0, 8))).await.unwrap();
         let sm = node.state_tree(7).unwrap();
-        sm.write_batch(vec![(b"k".to_vec(), Some(b"v".to_vec()))])
-            .unwrap();
+        sm.write_batch(vec![(b"k".to_vec(), Some(b"v".to_vec()))]).unwrap();
         // Nothing else to flush explicitly: dropping the last handle runs the final flush.
     }
     let node = NodeStore::open(dir.path()).unwrap();
@@ -45,15 +44,9 @@ async fn log_vote_and_state_survive_reopen() {
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 0, 8)));
     let entries = log.try_get_log_entries(..).await.unwrap();
-    assert_eq!(
-        payloads(&entries),
-        (4..=8).map(|i| (i, format!("op-{i}"))).collect::<Vec<_>>()
-    );
+    assert_eq!(payloads(&entries), (4..=8).map(|i| (i, format!("op-{i}"))).collect::<Vec<_>>());
     assert!(log.try_get_log_entries(0..4).await.unwrap().is_empty());
-    assert_eq!(
-        node.state_tree(7).unwrap().get(b"k").unwrap(),
-        Some(b"v".to_vec())
-    );
+    assert_eq!(node.state_tree(7).unwrap().get(b"k").unwrap(), Some(b"v".to_vec()));
 
     // Groups are isolated from each other.
     let mut other = node.log_store::<TestConfig>(8).unwrap();
@@ -79,14 +72,8 @@ async fn durable_writes_survive_reopen_with_explicit_flush() {
     let mut log = node.log_store::<TestConfig>(1).unwrap();
     // Big-endian keys: ordering holds past 255 entries.
     let entries = log.try_get_log_entries(250..=300).await.unwrap();
-    assert_eq!(
-        entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-        (250..=300).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        log.get_log_state().await.unwrap().last_log_id,
-        Some(log_id(1, 0, 300))
-    );
+    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (250..=300).collect::<Vec<_>>());
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 0, 300)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,10 +110,7 @@ async fn flusher_group_commits_concurrent_appends_across_groups() {
     let stats = node.flush_stats();
     let expected = u64::from(GROUPS) * APPENDS + 16;
     assert_eq!(stats.requests, expected, "{stats:?}");
-    assert!(
-        stats.flushes < stats.requests,
-        "no group commit observed: {stats:?}"
-    );
+    assert!(stats.flushes < stats.requests, "no group commit observed: {stats:?}");
     println!("group commit: {stats:?}");
 }
 
@@ -134,8 +118,7 @@ async fn flusher_group_commits_concurrent_appends_across_groups() {
 async fn concurrent_flush_calls_share_flushes() {
     let node = NodeStore::temporary().unwrap();
     let sm = node.state_tree(0).unwrap();
-    sm.write_batch(vec![(b"a".to_vec(), Some(b"1".to_vec()))])
-        .unwrap();
+    sm.write_batch(vec![(b"a".to_vec(), Some(b"1".to_vec()))]).unwrap();
     // All 500 requests are queued before the first one can complete (single-threaded runtime:
     // the spawned tasks all send before this task awaits), so far fewer flushes than requests.
     let waits: Vec<_> = (0..500)
@@ -167,18 +150,12 @@ fn state_tree_batches_scans_and_replace() {
     .unwrap();
     assert_eq!(tree.get(b"x").unwrap(), Some(b"1".to_vec()));
     assert_eq!(tree.get(b"y").unwrap(), None);
-    tree.write_batch(vec![
-        (b"x".to_vec(), None),
-        (b"z".to_vec(), Some(b"3".to_vec())),
-    ])
-    .unwrap();
+    tree.write_batch(vec![(b"x".to_vec(), None), (b"z".to_vec(), Some(b"3".to_vec()))]).unwrap();
     assert_eq!(tree.get(b"x").unwrap(), None);
     assert_eq!(tree.get(b"z").unwrap(), Some(b"3".to_vec()));
 
     // 600 keys under "acct/" (big-endian numbers, so past 255), with neighbours on both sides.
-    let mut changes: Vec<_> = (0..600u32)
-        .map(|i| (acct(i), Some(i.to_be_bytes().to_vec())))
-        .collect();
+    let mut changes: Vec<_> = (0..600u32).map(|i| (acct(i), Some(i.to_be_bytes().to_vec()))).collect();
     changes.push((b"acc".to_vec(), Some(b"before".to_vec())));
     changes.push((b"acct0".to_vec(), Some(b"after".to_vec())));
     tree.write_batch(changes).unwrap();
@@ -187,63 +164,31 @@ fn state_tree_batches_scans_and_replace() {
     let all = tree.scan_prefix(b"acct/", None, false, usize::MAX).unwrap();
     assert_eq!(keys(all), (0..600).map(acct).collect::<Vec<_>>());
     let first = tree.scan_prefix(b"acct/", None, false, 3).unwrap();
-    assert_eq!(
-        first,
-        (0..3)
-            .map(|i: u32| (acct(i), i.to_be_bytes().to_vec()))
-            .collect::<Vec<_>>()
-    );
-    let from = tree
-        .scan_prefix(b"acct/", Some(&acct(255)), false, 3)
-        .unwrap();
+    assert_eq!(first, (0..3).map(|i: u32| (acct(i), i.to_be_bytes().to_vec())).collect::<Vec<_>>());
+    let from = tree.scan_prefix(b"acct/", Some(&acct(255)), false, 3).unwrap();
     assert_eq!(keys(from), vec![acct(255), acct(256), acct(257)]);
-    let tail = tree
-        .scan_prefix(b"acct/", Some(&acct(598)), false, 10)
-        .unwrap();
+    let tail = tree.scan_prefix(b"acct/", Some(&acct(598)), false, 10).unwrap();
     assert_eq!(keys(tail), vec![acct(598), acct(599)]);
 
     let last = tree.scan_prefix(b"acct/", None, true, 2).unwrap();
     assert_eq!(keys(last), vec![acct(599), acct(598)]);
-    let down = tree
-        .scan_prefix(b"acct/", Some(&acct(256)), true, 3)
-        .unwrap();
+    let down = tree.scan_prefix(b"acct/", Some(&acct(256)), true, 3).unwrap();
     assert_eq!(keys(down), vec![acct(256), acct(255), acct(254)]);
-    let bottom = tree
-        .scan_prefix(b"acct/", Some(&acct(1)), true, 10)
-        .unwrap();
+    let bottom = tree.scan_prefix(b"acct/", Some(&acct(1)), true, 10).unwrap();
     assert_eq!(keys(bottom), vec![acct(1), acct(0)]);
     // A start between keys: inclusive bound, nearest key in the scan direction.
     let between = [b"acct/".as_slice(), &10u32.to_be_bytes(), b"\x00"].concat();
-    assert_eq!(
-        keys(tree.scan_prefix(b"acct/", Some(&between), true, 1).unwrap()),
-        vec![acct(10)]
-    );
-    assert_eq!(
-        keys(
-            tree.scan_prefix(b"acct/", Some(&between), false, 1)
-                .unwrap()
-        ),
-        vec![acct(11)]
-    );
+    assert_eq!(keys(tree.scan_prefix(b"acct/", Some(&between), true, 1).unwrap()), vec![acct(10)]);
+    assert_eq!(keys(tree.scan_prefix(b"acct/", Some(&between), false, 1).unwrap()), vec![acct(11)]);
 
-    assert!(tree
-        .scan_prefix(b"acct/", None, false, 0)
-        .unwrap()
-        .is_empty());
-    assert!(tree
-        .scan_prefix(b"none/", None, true, 5)
-        .unwrap()
-        .is_empty());
+    assert!(tree.scan_prefix(b"acct/", None, false, 0).unwrap().is_empty());
+    assert!(tree.scan_prefix(b"none/", None, true, 5).unwrap().is_empty());
     assert!(matches!(
         tree.scan_prefix(b"acct/", Some(b"other"), false, 5),
         Err(StoreError::InvalidArgument(_))
     ));
     // A prefix of 0xff bytes has no successor: the scan runs to the end of the tree.
-    tree.write_batch(vec![
-        (vec![0xff, 0xff, 1], Some(vec![1])),
-        (vec![0xff, 0xff], Some(vec![0])),
-    ])
-    .unwrap();
+    tree.write_batch(vec![(vec![0xff, 0xff, 1], Some(vec![1])), (vec![0xff, 0xff], Some(vec![0]))]).unwrap();
     assert_eq!(
         keys(tree.scan_prefix(&[0xff, 0xff], None, true, 5).unwrap()),
         vec![vec![0xff, 0xff, 1], vec![0xff, 0xff]]
@@ -258,10 +203,7 @@ fn state_tree_batches_scans_and_replace() {
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
 
     // replace_all: exactly the new content remains.
-    let new = vec![
-        (b"acct/new".to_vec(), b"n".to_vec()),
-        (b"z".to_vec(), b"33".to_vec()),
-    ];
+    let new = vec![(b"acct/new".to_vec(), b"n".to_vec()), (b"z".to_vec(), b"33".to_vec())];
     tree.replace_all(new.clone()).unwrap();
     let all: Vec<_> = tree.iter_all().collect::<Result<_, _>>().unwrap();
     assert_eq!(all, new);
@@ -277,32 +219,24 @@ fn flipped_state_value_is_corrupt() {
     let node = NodeStore::temporary().unwrap();
     let tree = node.state_tree(0).unwrap();
     let value = encode_value(&(42u64, "balance".to_string())).unwrap();
-    tree.write_batch(vec![(b"acct".to_vec(), Some(value))])
-        .unwrap();
-    let decoded: (u64, String) =
-        decode_value(&tree.get(b"acct").unwrap().unwrap(), "acct").unwrap();
+    tree.write_batch(vec![(b"acct".to_vec(), Some(value))]).unwrap();
+    let decoded: (u64, String) = decode_value(&tree.get(b"acct").unwrap().unwrap(), "acct").unwrap();
     assert_eq!(decoded, (42, "balance".to_string()));
 
     let mut raw = tree.get(b"acct").unwrap().unwrap();
     let last = raw.len() - 1;
     raw[last] ^= 0x01;
-    tree.write_batch(vec![(b"acct".to_vec(), Some(raw.clone()))])
-        .unwrap();
-    let err = decode_value::<(u64, String)>(&tree.get(b"acct").unwrap().unwrap(), "account 7")
-        .unwrap_err();
+    tree.write_batch(vec![(b"acct".to_vec(), Some(raw.clone()))]).unwrap();
+    let err = decode_value::<(u64, String)>(&tree.get(b"acct").unwrap().unwrap(), "account 7").unwrap_err();
     match err {
-        StoreError::Corrupt { what } => assert!(
-            what.starts_with("account 7") && what.contains("crc32"),
-            "{what}"
-        ),
+        StoreError::Corrupt { what } => {
+            assert!(what.starts_with("account 7") && what.contains("crc32"), "{what}")
+        }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     raw[last] ^= 0x01;
     raw[0] = 2;
-    assert!(matches!(
-        decode_value::<(u64, String)>(&raw, "v"),
-        Err(StoreError::Corrupt { .. })
-    ));
+    assert!(matches!(decode_value::<(u64, String)>(&raw, "v"), Err(StoreError::Corrupt { .. })));
 }
 
 /// Test helper: rewrites one stored value of a tree through a raw sled handle on a closed store.
@@ -340,13 +274,7 @@ async fn corrupt_log_values_are_reported_not_returned() {
     patch_raw(dir.path(), "g00003/raft", b"\x00vote", flip(false));
     let entry4 = {
         let db = sled::open(dir.path()).unwrap();
-        let v = db
-            .open_tree("g00003/raft")
-            .unwrap()
-            .get(entry_key(4))
-            .unwrap()
-            .unwrap()
-            .to_vec();
+        let v = db.open_tree("g00003/raft").unwrap().get(entry_key(4)).unwrap().unwrap().to_vec();
         drop(db);
         v
     };
@@ -355,21 +283,12 @@ async fn corrupt_log_values_are_reported_not_returned() {
     let node = NodeStore::open(dir.path()).unwrap();
     let mut log = node.log_store::<TestConfig>(3).unwrap();
     let err = log.try_get_log_entries(1..4).await.unwrap_err().to_string();
-    assert!(
-        err.contains("group 3 log entry 2") && err.contains("crc32 mismatch"),
-        "{err}"
-    );
+    assert!(err.contains("group 3 log entry 2") && err.contains("crc32 mismatch"), "{err}");
     assert_eq!(log.try_get_log_entries(3..5).await.unwrap().len(), 2);
     let err = log.try_get_log_entries(5..6).await.unwrap_err().to_string();
-    assert!(
-        err.contains("stored under index 5 but holds index 4"),
-        "{err}"
-    );
+    assert!(err.contains("stored under index 5 but holds index 4"), "{err}");
     // get_log_state decodes the last entry, so it sees the mismatch too.
     assert!(log.get_log_state().await.is_err());
     let err = log.read_vote().await.unwrap_err().to_string();
-    assert!(
-        err.contains("group 3 vote") && err.contains("crc32 mismatch"),
-        "{err}"
-    );
+    assert!(err.contains("group 3 vote") && err.contains("crc32 mismatch"), "{err}");
 }

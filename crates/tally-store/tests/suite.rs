@@ -14,8 +14,8 @@ use common::TestConfig;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use tally_store::{decode_value, encode_value, LogStore, NodeStore, StateTree, StoreError};
 
@@ -65,34 +65,21 @@ struct TestSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TestConfig> for TestSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, StorageError<u64>> {
-        let (last_log_id, last_membership) = self
-            .cut
-            .clone()
-            .map_err(|e| StorageIOError::read_state_machine(AnyError::error(e)))?;
+        let (last_log_id, last_membership) =
+            self.cut.clone().map_err(|e| StorageIOError::read_state_machine(AnyError::error(e)))?;
         let data = encode_value(&(last_log_id, last_membership.clone())).map_err(sm_write)?;
         let index = last_log_id.map(|id| id.index).unwrap_or(0);
-        let meta = Meta {
-            last_log_id,
-            last_membership,
-            snapshot_id: format!("{index}-{}", self.seq),
-        };
+        let meta = Meta { last_log_id, last_membership, snapshot_id: format!("{index}-{}", self.seq) };
         let stored = encode_value(&(meta.clone(), data.clone())).map_err(sm_write)?;
-        self.tree
-            .write_batch(vec![(CURRENT_SNAPSHOT.to_vec(), Some(stored))])
-            .map_err(sm_write)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        self.tree.write_batch(vec![(CURRENT_SNAPSHOT.to_vec(), Some(stored))]).map_err(sm_write)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
 impl RaftStateMachine<TestConfig> for TestSm {
     type SnapshotBuilder = TestSnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
         self.applied().map_err(sm_read)
     }
 
@@ -116,14 +103,8 @@ impl RaftStateMachine<TestConfig> for TestSm {
         }
         // One batch per apply call: last_applied and membership change together.
         let changes = vec![
-            (
-                LAST_APPLIED.to_vec(),
-                Some(encode_value(&last_applied).map_err(sm_write)?),
-            ),
-            (
-                LAST_MEMBERSHIP.to_vec(),
-                Some(encode_value(&membership).map_err(sm_write)?),
-            ),
+            (LAST_APPLIED.to_vec(), Some(encode_value(&last_applied).map_err(sm_write)?)),
+            (LAST_MEMBERSHIP.to_vec(), Some(encode_value(&membership).map_err(sm_write)?)),
         ];
         self.tree.write_batch(changes).map_err(sm_write)?;
         Ok(responses)
@@ -137,9 +118,7 @@ impl RaftStateMachine<TestConfig> for TestSm {
         }
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -152,34 +131,19 @@ impl RaftStateMachine<TestConfig> for TestSm {
         let (last_applied, membership): (Option<LogId<u64>>, Membership) =
             decode_value(&data, "snapshot data").map_err(sm_read)?;
         let entries = vec![
-            (
-                LAST_APPLIED.to_vec(),
-                encode_value(&last_applied).map_err(sm_write)?,
-            ),
-            (
-                LAST_MEMBERSHIP.to_vec(),
-                encode_value(&membership).map_err(sm_write)?,
-            ),
-            (
-                CURRENT_SNAPSHOT.to_vec(),
-                encode_value(&(meta.clone(), data)).map_err(sm_write)?,
-            ),
+            (LAST_APPLIED.to_vec(), encode_value(&last_applied).map_err(sm_write)?),
+            (LAST_MEMBERSHIP.to_vec(), encode_value(&membership).map_err(sm_write)?),
+            (CURRENT_SNAPSHOT.to_vec(), encode_value(&(meta.clone(), data)).map_err(sm_write)?),
         ];
         self.tree.replace_all(entries).map_err(sm_write)
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TestConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TestConfig>>, StorageError<u64>> {
         let Some(stored) = self.tree.get(CURRENT_SNAPSHOT).map_err(sm_read)? else {
             return Ok(None);
         };
-        let (meta, data): (Meta, Vec<u8>) =
-            decode_value(&stored, "current snapshot").map_err(sm_read)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let (meta, data): (Meta, Vec<u8>) = decode_value(&stored, "current snapshot").map_err(sm_read)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -187,20 +151,15 @@ impl RaftStateMachine<TestConfig> for TestSm {
 /// (joining its flusher) before removing the directory.
 struct Builder;
 
-impl StoreBuilder<TestConfig, LogStore<TestConfig>, TestSm, (NodeStore, tempfile::TempDir)>
-    for Builder
-{
+impl StoreBuilder<TestConfig, LogStore<TestConfig>, TestSm, (NodeStore, tempfile::TempDir)> for Builder {
     async fn build(
         &self,
-    ) -> Result<((NodeStore, tempfile::TempDir), LogStore<TestConfig>, TestSm), StorageError<u64>>
-    {
+    ) -> Result<((NodeStore, tempfile::TempDir), LogStore<TestConfig>, TestSm), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         let node = NodeStore::open(dir.path()).map_err(sm_write)?;
         let log = node.log_store::<TestConfig>(3).map_err(sm_write)?;
-        let sm = TestSm {
-            tree: node.state_tree(3).map_err(sm_write)?,
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
-        };
+        let sm =
+            TestSm { tree: node.state_tree(3).map_err(sm_write)?, snapshot_seq: Arc::new(AtomicU64::new(0)) };
         Ok(((node, dir), log, sm))
     }
 }
@@ -217,10 +176,8 @@ impl StoreBuilder<TestConfig, LogStore<TestConfig>, TestSm, NodeStore> for Tempo
     async fn build(&self) -> Result<(NodeStore, LogStore<TestConfig>, TestSm), StorageError<u64>> {
         let node = NodeStore::temporary().map_err(sm_write)?;
         let log = node.log_store::<TestConfig>(0).map_err(sm_write)?;
-        let sm = TestSm {
-            tree: node.state_tree(0).map_err(sm_write)?,
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
-        };
+        let sm =
+            TestSm { tree: node.state_tree(0).map_err(sm_write)?, snapshot_seq: Arc::new(AtomicU64::new(0)) };
         Ok((node, log, sm))
     }
 }

@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 use tally_proto::v1::admin_client::AdminClient;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
-    AgreementTerms, ClusterStatusRequest, CreatePartnerRequest, EarnRequest, GetBalanceRequest, ListAgreementsRequest,
-    ListPartnersRequest, ListStatementRequest, OperationReply, ReadConsistency, RedeemRequest, RemoveAgreementRequest,
-    RotatePartnerKeyRequest, SetAgreementRequest, StatementOrder,
+    AgreementTerms, ClusterStatusRequest, CreatePartnerRequest, EarnRequest, GetBalanceRequest,
+    ListAgreementsRequest, ListPartnersRequest, ListStatementRequest, OperationReply, ReadConsistency,
+    RedeemRequest, RemoveAgreementRequest, RotatePartnerKeyRequest, SetAgreementRequest, StatementOrder,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -121,7 +121,8 @@ pub async fn partner(connection: &Connection, command: PartnerCommand) -> anyhow
 
 fn parse_rate(rate: &str) -> anyhow::Result<(u64, u64)> {
     let (numerator, denominator) = rate.split_once('/').unwrap_or((rate, "1"));
-    let parse = |part: &str| part.trim().parse::<u64>().with_context(|| format!("bad rate {rate:?}: use N/D"));
+    let parse =
+        |part: &str| part.trim().parse::<u64>().with_context(|| format!("bad rate {rate:?}: use N/D"));
     Ok((parse(numerator)?, parse(denominator)?))
 }
 
@@ -143,8 +144,12 @@ pub async fn agreement(connection: &Connection, command: AgreementCommand) -> an
             println!("agreement {} -> {} set", agreement.from_currency, agreement.to_currency);
         }
         AgreementCommand::List => {
-            let reply = admin.list_agreements(ListAgreementsRequest {}).await.map_err(status_error)?.into_inner();
-            println!("{:<16} {:<16} {:>12} {:>10} {:>10} {:>8} {:>8}", "from", "to", "rate", "min", "max", "block", "fee");
+            let reply =
+                admin.list_agreements(ListAgreementsRequest {}).await.map_err(status_error)?.into_inner();
+            println!(
+                "{:<16} {:<16} {:>12} {:>10} {:>10} {:>8} {:>8}",
+                "from", "to", "rate", "min", "max", "block", "fee"
+            );
             for agreement in reply.agreements {
                 let terms = agreement.terms.unwrap_or_default();
                 let rate = format!("{}/{}", terms.rate_numerator, terms.rate_denominator);
@@ -171,7 +176,8 @@ pub async fn agreement(connection: &Connection, command: AgreementCommand) -> an
 
 fn authorized<T>(message: T, api_key: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    let value: MetadataValue<_> = format!("Bearer {api_key}").parse().context("API key is not valid metadata")?;
+    let value: MetadataValue<_> =
+        format!("Bearer {api_key}").parse().context("API key is not valid metadata")?;
     request.metadata_mut().insert("authorization", value);
     Ok(request)
 }
@@ -187,12 +193,21 @@ fn print_reply(reply: &OperationReply) {
     for balance in &reply.balances {
         println!(
             "  {} {}: balance {} held {} available {}",
-            balance.member_id, balance.currency, balance.balance_points, balance.held_points, balance.available_points
+            balance.member_id,
+            balance.currency,
+            balance.balance_points,
+            balance.held_points,
+            balance.available_points
         );
     }
 }
 
-pub async fn earn(connection: &Connection, auth: PartnerAuth, member: String, points: u64) -> anyhow::Result<()> {
+pub async fn earn(
+    connection: &Connection,
+    auth: PartnerAuth,
+    member: String,
+    points: u64,
+) -> anyhow::Result<()> {
     let mut ledger = LedgerClient::new(channel(connection).await?);
     let key = auth.key.unwrap_or_else(|| fresh_key("earn"));
     let message = EarnRequest { idempotency_key: key, member_id: member, amount_points: points };
@@ -201,7 +216,12 @@ pub async fn earn(connection: &Connection, auth: PartnerAuth, member: String, po
     Ok(())
 }
 
-pub async fn redeem(connection: &Connection, auth: PartnerAuth, member: String, points: u64) -> anyhow::Result<()> {
+pub async fn redeem(
+    connection: &Connection,
+    auth: PartnerAuth,
+    member: String,
+    points: u64,
+) -> anyhow::Result<()> {
     let mut ledger = LedgerClient::new(channel(connection).await?);
     let key = auth.key.unwrap_or_else(|| fresh_key("redeem"));
     let message = RedeemRequest { idempotency_key: key, member_id: member, amount_points: points };
@@ -210,7 +230,12 @@ pub async fn redeem(connection: &Connection, auth: PartnerAuth, member: String, 
     Ok(())
 }
 
-pub async fn balance(connection: &Connection, api_key: &str, member: String, stale: bool) -> anyhow::Result<()> {
+pub async fn balance(
+    connection: &Connection,
+    api_key: &str,
+    member: String,
+    stale: bool,
+) -> anyhow::Result<()> {
     let mut ledger = LedgerClient::new(channel(connection).await?);
     let consistency = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
     let message = GetBalanceRequest { member_id: member, consistency: consistency as i32 };
@@ -224,7 +249,11 @@ pub async fn balance(connection: &Connection, api_key: &str, member: String, sta
         balance.held_points,
         balance.available_points,
         reply.applied_log_index,
-        if reply.linearizable { ", linearizable".to_string() } else { format!(", up to {} ms stale", reply.staleness_bound_ms) }
+        if reply.linearizable {
+            ", linearizable".to_string()
+        } else {
+            format!(", up to {} ms stale", reply.staleness_bound_ms)
+        }
     );
     Ok(())
 }
@@ -238,9 +267,18 @@ pub async fn statement(
 ) -> anyhow::Result<()> {
     let mut ledger = LedgerClient::new(channel(connection).await?);
     let order = if oldest_first { StatementOrder::OldestFirst } else { StatementOrder::NewestFirst };
-    let message = ListStatementRequest { member_id: member, order: order as i32, page_size: limit, page_token: String::new() };
-    let reply = ledger.list_statement(authorized(message, api_key)?).await.map_err(status_error)?.into_inner();
-    println!("{:>6} {:>10} {:<16} {:<28} {:>10} {:>10} {:>12}", "seq", "log index", "operation", "key", "credit", "debit", "balance");
+    let message = ListStatementRequest {
+        member_id: member,
+        order: order as i32,
+        page_size: limit,
+        page_token: String::new(),
+    };
+    let reply =
+        ledger.list_statement(authorized(message, api_key)?).await.map_err(status_error)?.into_inner();
+    println!(
+        "{:>6} {:>10} {:<16} {:<28} {:>10} {:>10} {:>12}",
+        "seq", "log index", "operation", "key", "credit", "debit", "balance"
+    );
     for line in &reply.lines {
         println!(
             "{:>6} {:>10} {:<16} {:<28} {:>10} {:>10} {:>12}",
@@ -280,8 +318,12 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
         );
     }
     for total in &reply.currency_totals {
-        let conserved = if total.debits_points == total.credits_points { "conserved" } else { "NOT CONSERVED" };
-        println!("{}: debits {} credits {} ({conserved})", total.currency, total.debits_points, total.credits_points);
+        let conserved =
+            if total.debits_points == total.credits_points { "conserved" } else { "NOT CONSERVED" };
+        println!(
+            "{}: debits {} credits {} ({conserved})",
+            total.currency, total.debits_points, total.credits_points
+        );
     }
     Ok(())
 }

@@ -44,14 +44,20 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health_reporter.set_service_status("tally.v1.Ledger", tonic_health::ServingStatus::Serving).await;
     health_reporter.set_service_status("tally.v1.Admin", tonic_health::ServingStatus::Serving).await;
+    // Both reflection versions: grpcurl and many other tools still ask for v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(gateway.ledger_service())
         .add_service(gateway.admin_service())
         .add_service(RaftTransportService::server(node.config().node_id, node.registry()));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tally_gateway::{BalanceRead, Backend, BackendError, Consistency, StatementPage};
+use tally_gateway::{Backend, BackendError, BalanceRead, Consistency, StatementPage};
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_node::Node;
@@ -50,7 +50,8 @@ impl Backend for LocalBackend {
         consistency: Consistency,
     ) -> Result<BalanceRead, BackendError> {
         let linearizable = consistency == Consistency::Linearizable;
-        let read = self.node.balance(shard, &member_id, &currency, linearizable).await.map_err(backend_error)?;
+        let read =
+            self.node.balance(shard, &member_id, &currency, linearizable).await.map_err(backend_error)?;
         Ok(BalanceRead {
             balance: read.balance,
             applied_log_index: read.applied_log_index,
@@ -89,7 +90,10 @@ impl Backend for LocalBackend {
         self.node.meta_state()
     }
 
-    async fn propose_meta(&self, command: MetaCommand) -> Result<Result<MetaResult, MetaError>, BackendError> {
+    async fn propose_meta(
+        &self,
+        command: MetaCommand,
+    ) -> Result<Result<MetaResult, MetaError>, BackendError> {
         self.node.propose_meta(command).await.map_err(backend_error)
     }
 

@@ -1,5 +1,7 @@
 //! `tally`: run a dev cluster, administer partners and agreements, and try the ledger.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use tally::cli::{self, AgreementCommand, Connection, PartnerAuth, PartnerCommand};
 use tally::settings::NodeFlags;
@@ -69,8 +71,18 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(flags) => run_dev(flags).await,
         Command::Partner(command) => cli::partner(&cli.connection, command).await,
@@ -78,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Status => cli::status(&cli.connection).await,
         Command::Earn { auth, member, points } => cli::earn(&cli.connection, auth, member, points).await,
         Command::Redeem { auth, member, points } => cli::redeem(&cli.connection, auth, member, points).await,
-        Command::Balance { api_key, member, stale } => cli::balance(&cli.connection, &api_key, member, stale).await,
+        Command::Balance { api_key, member, stale } => {
+            cli::balance(&cli.connection, &api_key, member, stale).await
+        }
         Command::Statement { api_key, member, oldest_first, limit } => {
             cli::statement(&cli.connection, &api_key, member, oldest_first, limit).await
         }
@@ -98,8 +112,10 @@ async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let metrics_addr = config.metrics_addr;
-    let gateway_config =
-        GatewayConfig { idempotency_retention_ms: config.idempotency_retention_ms, ..GatewayConfig::default() };
+    let gateway_config = GatewayConfig {
+        idempotency_retention_ms: config.idempotency_retention_ms,
+        ..GatewayConfig::default()
+    };
     let cluster = tally::dev::start(config, gateway_config).await?;
     println!("tally dev cluster ready");
     println!("  gRPC (partner + admin API): {}", cluster.addr);

@@ -8,9 +8,9 @@ use common::{authorized, balance, statement, TestCluster};
 use tally_proto::v1::batch_operation::Operation as BatchOp;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
-    AgreementTerms, AuthorizeHoldRequest, BatchOperation, CaptureHoldRequest, CreatePartnerRequest, EarnRequest,
-    ExchangeRequest, GetOperationRequest, RedeemRequest, ReverseEarnRequest, SetAgreementRequest,
-    SubmitBatchRequest, TransferRequest, VoidHoldRequest,
+    AgreementTerms, AuthorizeHoldRequest, BatchOperation, CaptureHoldRequest, CreatePartnerRequest,
+    EarnRequest, ExchangeRequest, GetOperationRequest, RedeemRequest, ReverseEarnRequest,
+    SetAgreementRequest, SubmitBatchRequest, TransferRequest, VoidHoldRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -53,7 +53,10 @@ async fn snapshot(fixture: &mut Fixture) -> Snapshot {
     let mut rows = Vec::new();
     for key in [fixture.sky.clone(), fixture.hotel.clone()] {
         for member in ["alice", "bob"] {
-            rows.push((balance(&mut fixture.ledger, &key, member).await, statement(&mut fixture.ledger, &key, member).await));
+            rows.push((
+                balance(&mut fixture.ledger, &key, member).await,
+                statement(&mut fixture.ledger, &key, member).await,
+            ));
         }
     }
     rows
@@ -80,14 +83,24 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
     let ledger = &mut fixture.ledger;
 
     // INVALID_ARGUMENT: malformed requests.
-    expect(ledger.earn(authorized(earn("z", "alice", 0), &sky)).await, Code::InvalidArgument, "amount_points", "zero amount");
+    expect(
+        ledger.earn(authorized(earn("z", "alice", 0), &sky)).await,
+        Code::InvalidArgument,
+        "amount_points",
+        "zero amount",
+    );
     expect(
         ledger.earn(authorized(earn("big", "alice", 1_000_000_000_000_001), &sky)).await,
         Code::InvalidArgument,
         "amount_points",
         "oversized amount",
     );
-    expect(ledger.earn(authorized(earn("", "alice", 5), &sky)).await, Code::InvalidArgument, "idempotency_key", "empty key");
+    expect(
+        ledger.earn(authorized(earn("", "alice", 5), &sky)).await,
+        Code::InvalidArgument,
+        "idempotency_key",
+        "empty key",
+    );
     expect(
         ledger.earn(authorized(earn(&"k".repeat(129), "alice", 5), &sky)).await,
         Code::InvalidArgument,
@@ -100,7 +113,12 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
         "idempotency_key",
         "control character in key",
     );
-    expect(ledger.earn(authorized(earn("m", "", 5), &sky)).await, Code::InvalidArgument, "member_id", "empty member");
+    expect(
+        ledger.earn(authorized(earn("m", "", 5), &sky)).await,
+        Code::InvalidArgument,
+        "member_id",
+        "empty member",
+    );
     expect(
         ledger.earn(authorized(earn("m2", &"m".repeat(129), 5), &sky)).await,
         Code::InvalidArgument,
@@ -113,18 +131,38 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
         to_member_id: "alice".into(),
         amount_points: 5,
     };
-    expect(ledger.transfer(authorized(self_transfer, &sky)).await, Code::InvalidArgument, "member", "self transfer");
+    expect(
+        ledger.transfer(authorized(self_transfer, &sky)).await,
+        Code::InvalidArgument,
+        "member",
+        "self transfer",
+    );
     let hold_forever = AuthorizeHoldRequest {
         idempotency_key: "forever".into(),
         member_id: "alice".into(),
         amount_points: 5,
         expires_in_ms: 0,
     };
-    expect(ledger.authorize_hold(authorized(hold_forever, &sky)).await, Code::InvalidArgument, "expires_in_ms", "zero expiry");
+    expect(
+        ledger.authorize_hold(authorized(hold_forever, &sky)).await,
+        Code::InvalidArgument,
+        "expires_in_ms",
+        "zero expiry",
+    );
 
     // UNAUTHENTICATED: missing or wrong key.
-    expect(ledger.earn(tonic::Request::new(earn("u1", "alice", 5))).await, Code::Unauthenticated, "authorization", "no key");
-    expect(ledger.earn(authorized(earn("u2", "alice", 5), "tly_wrong")).await, Code::Unauthenticated, "key", "wrong key");
+    expect(
+        ledger.earn(tonic::Request::new(earn("u1", "alice", 5))).await,
+        Code::Unauthenticated,
+        "authorization",
+        "no key",
+    );
+    expect(
+        ledger.earn(authorized(earn("u2", "alice", 5), "tly_wrong")).await,
+        Code::Unauthenticated,
+        "key",
+        "wrong key",
+    );
 
     // PERMISSION_DENIED: another partner's currency.
     let foreign = ExchangeRequest {
@@ -134,32 +172,63 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
         to_currency: "OTHERPTS".into(),
         amount_points: 10,
     };
-    expect(ledger.exchange(authorized(foreign, &sky)).await, Code::PermissionDenied, "SKYMILES", "foreign currency");
+    expect(
+        ledger.exchange(authorized(foreign, &sky)).await,
+        Code::PermissionDenied,
+        "SKYMILES",
+        "foreign currency",
+    );
 
     // NOT_FOUND: unknown member, hold, operation.
-    expect(ledger.redeem(authorized(redeem("r1", "bob", 5), &sky)).await, Code::NotFound, "bob", "unknown member");
+    expect(
+        ledger.redeem(authorized(redeem("r1", "bob", 5), &sky)).await,
+        Code::NotFound,
+        "bob",
+        "unknown member",
+    );
     let unknown_hold = CaptureHoldRequest {
         idempotency_key: "c1".into(),
         hold_idempotency_key: "no-such-hold".into(),
         member_id: "alice".into(),
         amount_points: 0,
     };
-    expect(ledger.capture_hold(authorized(unknown_hold, &sky)).await, Code::NotFound, "no-such-hold", "unknown hold");
+    expect(
+        ledger.capture_hold(authorized(unknown_hold, &sky)).await,
+        Code::NotFound,
+        "no-such-hold",
+        "unknown hold",
+    );
     let unknown_void = VoidHoldRequest {
         idempotency_key: "v1".into(),
         hold_idempotency_key: "no-such-hold".into(),
         member_id: "alice".into(),
     };
-    expect(ledger.void_hold(authorized(unknown_void, &sky)).await, Code::NotFound, "no-such-hold", "unknown hold void");
+    expect(
+        ledger.void_hold(authorized(unknown_void, &sky)).await,
+        Code::NotFound,
+        "no-such-hold",
+        "unknown hold void",
+    );
     let unknown_earn = ReverseEarnRequest {
         idempotency_key: "rv1".into(),
         earn_idempotency_key: "no-such-earn".into(),
         amount_points: 0,
         member_id: "alice".into(),
     };
-    expect(ledger.reverse_earn(authorized(unknown_earn, &sky)).await, Code::NotFound, "no-such-earn", "unknown earn");
-    let unknown_operation = GetOperationRequest { idempotency_key: "never-used".into(), member_id: "alice".into() };
-    expect(ledger.get_operation(authorized(unknown_operation, &sky)).await, Code::NotFound, "never-used", "unknown op");
+    expect(
+        ledger.reverse_earn(authorized(unknown_earn, &sky)).await,
+        Code::NotFound,
+        "no-such-earn",
+        "unknown earn",
+    );
+    let unknown_operation =
+        GetOperationRequest { idempotency_key: "never-used".into(), member_id: "alice".into() };
+    expect(
+        ledger.get_operation(authorized(unknown_operation, &sky)).await,
+        Code::NotFound,
+        "never-used",
+        "unknown op",
+    );
 
     // FAILED_PRECONDITION: insufficient points, missing agreement, reversal beyond the earn.
     expect(
@@ -175,7 +244,12 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
         to_currency: "HOTELPTS".into(),
         amount_points: 10,
     };
-    expect(ledger.exchange(authorized(no_agreement, &sky)).await, Code::FailedPrecondition, "agreement", "no agreement");
+    expect(
+        ledger.exchange(authorized(no_agreement, &sky)).await,
+        Code::FailedPrecondition,
+        "agreement",
+        "no agreement",
+    );
     let too_much_reversal = ReverseEarnRequest {
         idempotency_key: "rv2".into(),
         earn_idempotency_key: "seed".into(),
@@ -199,7 +273,9 @@ async fn bad_inputs_get_clear_statuses_and_change_nothing() {
 
     // RESOURCE_EXHAUSTED: a batch over its limit.
     let operations = (0..10_001)
-        .map(|index| BatchOperation { operation: Some(BatchOp::Earn(earn(&format!("b{index}"), "alice", 1))) })
+        .map(|index| BatchOperation {
+            operation: Some(BatchOp::Earn(earn(&format!("b{index}"), "alice", 1))),
+        })
         .collect();
     expect(
         ledger.submit_batch(authorized(SubmitBatchRequest { operations }, &sky)).await,
@@ -217,22 +293,49 @@ async fn a_failed_first_attempt_is_replayed_as_a_failure() {
     let mut fixture = fixture().await;
     let sky = fixture.sky.clone();
     let ledger = &mut fixture.ledger;
-    expect(ledger.redeem(authorized(redeem("once", "alice", 5_000), &sky)).await, Code::FailedPrecondition, "insufficient", "first");
+    expect(
+        ledger.redeem(authorized(redeem("once", "alice", 5_000), &sky)).await,
+        Code::FailedPrecondition,
+        "insufficient",
+        "first",
+    );
     ledger.earn(authorized(earn("top-up", "alice", 10_000), &sky)).await.unwrap();
     // Now the member could afford it, but the key's first answer was a failure: it stays one.
-    expect(ledger.redeem(authorized(redeem("once", "alice", 5_000), &sky)).await, Code::FailedPrecondition, "insufficient", "retry");
+    expect(
+        ledger.redeem(authorized(redeem("once", "alice", 5_000), &sky)).await,
+        Code::FailedPrecondition,
+        "insufficient",
+        "retry",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_rejects_bad_partners_and_agreements() {
     let fixture = fixture().await;
     let mut admin = fixture.cluster.admin().await;
-    let duplicate = CreatePartnerRequest { partner_id: "skyair".into(), display_name: String::new(), currency: "NEWPTS".into() };
+    let duplicate = CreatePartnerRequest {
+        partner_id: "skyair".into(),
+        display_name: String::new(),
+        currency: "NEWPTS".into(),
+    };
     expect(admin.create_partner(duplicate).await, Code::AlreadyExists, "skyair", "duplicate partner");
-    let taken = CreatePartnerRequest { partner_id: "other".into(), display_name: String::new(), currency: "SKYMILES".into() };
+    let taken = CreatePartnerRequest {
+        partner_id: "other".into(),
+        display_name: String::new(),
+        currency: "SKYMILES".into(),
+    };
     expect(admin.create_partner(taken).await, Code::AlreadyExists, "SKYMILES", "currency taken");
-    let bad_currency = CreatePartnerRequest { partner_id: "lower".into(), display_name: String::new(), currency: "miles".into() };
-    expect(admin.create_partner(bad_currency).await, Code::InvalidArgument, "currency", "lower-case currency");
+    let bad_currency = CreatePartnerRequest {
+        partner_id: "lower".into(),
+        display_name: String::new(),
+        currency: "miles".into(),
+    };
+    expect(
+        admin.create_partner(bad_currency).await,
+        Code::InvalidArgument,
+        "currency",
+        "lower-case currency",
+    );
     let zero_rate = SetAgreementRequest {
         from_currency: "SKYMILES".into(),
         to_currency: "HOTELPTS".into(),

@@ -296,11 +296,8 @@ async fn submit_batch_returns_one_result_per_operation() {
             amount_points: 5,
         })),
     });
-    let reply = ledger
-        .submit_batch(authorized(SubmitBatchRequest { operations }, &sky))
-        .await
-        .unwrap()
-        .into_inner();
+    let reply =
+        ledger.submit_batch(authorized(SubmitBatchRequest { operations }, &sky)).await.unwrap().into_inner();
     assert_eq!(reply.results.len(), 201);
     for result in &reply.results[..200] {
         assert!(matches!(result.result, Some(BatchResultKind::Ok(_))), "{result:?}");

@@ -32,7 +32,8 @@ async fn metrics_pass_promtool_and_cover_operations_and_raft() {
     let sky = cluster.create_partner("skyair", "SKYMILES").await;
     let mut ledger = cluster.ledger().await;
     for index in 0..20 {
-        let request = EarnRequest { idempotency_key: format!("k{index}"), member_id: "m".into(), amount_points: 5 };
+        let request =
+            EarnRequest { idempotency_key: format!("k{index}"), member_id: "m".into(), amount_points: 5 };
         ledger.earn(authorized(request, &sky)).await.unwrap();
     }
     let bad = EarnRequest { idempotency_key: "bad".into(), member_id: "m".into(), amount_points: 0 };
@@ -56,16 +57,23 @@ async fn metrics_pass_promtool_and_cover_operations_and_raft() {
 
     let path = std::env::temp_dir().join(format!("tally-metrics-{}.txt", std::process::id()));
     std::fs::write(&path, &body).unwrap();
-    let promtool = Command::new("sh")
-        .arg("-c")
-        .arg(format!("promtool check metrics < {}", path.display()))
-        .output();
+    let promtool =
+        Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", path.display())).output();
     match promtool {
         Ok(output) if output.status.code() != Some(127) => {
-            let complaints = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            assert!(output.status.success() && complaints.trim().is_empty(), "promtool complained:\n{complaints}");
+            let complaints = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                output.status.success() && complaints.trim().is_empty(),
+                "promtool complained:\n{complaints}"
+            );
         }
-        _ if std::env::var_os("TALLY_REQUIRE_PROMTOOL").is_some() => panic!("promtool is required but missing"),
+        _ if std::env::var_os("TALLY_REQUIRE_PROMTOOL").is_some() => {
+            panic!("promtool is required but missing")
+        }
         _ => eprintln!("promtool not installed: skipped the lint (./scripts/test.sh installs it)"),
     }
     cluster.cluster.unwrap().stop().await.unwrap();

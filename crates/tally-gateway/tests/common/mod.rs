@@ -101,6 +101,11 @@ impl InMemoryBackend {
         *meta = Arc::new(state);
     }
 
+    pub fn meta_partner_hash(&self, partner_id: &str) -> String {
+        let meta = self.meta();
+        meta.partners[&PartnerId::parse(partner_id).unwrap()].api_key_sha256.clone()
+    }
+
     pub fn set_down(&self, shard: u32, down: bool) {
         let mut set = lock(&self.down);
         if down {

@@ -7,11 +7,10 @@
 
 use super::posting::Stage;
 use super::{Context, Ledger};
-use crate::command::{Operation, OperationResult, TransferStatus};
+use crate::command::{BalanceView, Operation, OperationResult, TransferStatus};
 use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, MemberId, TransferId};
-use crate::state::{Account, AccountKey, ChangeSet, SystemAccountKind, TransferRecord};
-use crate::BalanceView;
+use crate::state::{AccountKey, ChangeSet, SystemAccountKind, TransferRecord};
 
 /// The fields every transfer step that moves points shares.
 struct Movement<'a> {
@@ -129,10 +128,8 @@ impl Ledger {
         changes: &mut ChangeSet,
     ) -> Result<OperationResult, LedgerError> {
         if self.transfers.contains_key(transfer_id) {
-            let to = match self.accounts.get(&movement.to) {
-                Some(account) => BalanceView::of(movement.to_member_id, movement.currency, account),
-                None => BalanceView::of(movement.to_member_id, movement.currency, &Account::default()),
-            };
+            let account = self.accounts.get(&movement.to).cloned().unwrap_or_default();
+            let to = BalanceView::of(movement.to_member_id, movement.currency, &account);
             return Ok(OperationResult::TransferredIn { to, transfer_id: transfer_id.clone() });
         }
         let mut stage = Stage::new(self, context);

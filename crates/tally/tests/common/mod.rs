@@ -10,8 +10,8 @@ use tally_node::NodeConfig;
 use tally_proto::v1::admin_client::AdminClient;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
-    AgreementTerms, Balance, CreatePartnerRequest, GetBalanceRequest, ListStatementRequest, SetAgreementRequest,
-    StatementLine,
+    AgreementTerms, Balance, CreatePartnerRequest, GetBalanceRequest, ListStatementRequest,
+    SetAgreementRequest, StatementLine,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -74,7 +74,8 @@ impl TestCluster {
     }
 
     pub async fn set_agreement(&self, from: &str, to: &str, terms: AgreementTerms) {
-        let request = SetAgreementRequest { from_currency: from.into(), to_currency: to.into(), terms: Some(terms) };
+        let request =
+            SetAgreementRequest { from_currency: from.into(), to_currency: to.into(), terms: Some(terms) };
         self.admin().await.set_agreement(request).await.unwrap();
     }
 }
@@ -95,8 +96,17 @@ pub async fn balance(ledger: &mut LedgerClient<Channel>, api_key: &str, member: 
     }
 }
 
-pub async fn statement(ledger: &mut LedgerClient<Channel>, api_key: &str, member: &str) -> Vec<StatementLine> {
-    let request = ListStatementRequest { member_id: member.into(), order: 2, page_size: 1000, page_token: String::new() };
+pub async fn statement(
+    ledger: &mut LedgerClient<Channel>,
+    api_key: &str,
+    member: &str,
+) -> Vec<StatementLine> {
+    let request = ListStatementRequest {
+        member_id: member.into(),
+        order: 2,
+        page_size: 1000,
+        page_token: String::new(),
+    };
     match ledger.list_statement(authorized(request, api_key)).await {
         Ok(reply) => reply.into_inner().lines,
         Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
