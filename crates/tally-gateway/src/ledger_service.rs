@@ -101,6 +101,7 @@ impl<B: Backend> LedgerService<B> {
             if deadline.is_past() {
                 return Err(ApiError::DeadlinePassed);
             }
+            self.shared.rate_limiter.admit(&caller.partner_id, 1, std::time::Instant::now())?;
             let mut results = self.execute(&caller, deadline, vec![(rpc, Ok(write))]).await;
             results.pop().unwrap_or_else(|| Err(ApiError::Internal("no result".to_string())))
         })
@@ -331,6 +332,8 @@ impl<B: Backend> Ledger for LedgerService<B> {
             if deadline.is_past() {
                 return Err(ApiError::DeadlinePassed);
             }
+            let operations = batch.operations.len() as u64;
+            self.shared.rate_limiter.admit(&caller.partner_id, operations, std::time::Instant::now())?;
             let now = now_ms();
             let writes = batch
                 .operations

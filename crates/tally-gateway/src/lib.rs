@@ -17,6 +17,7 @@
 //! - [`transfer`]: the three steps of a transfer between members on different shards.
 //! - [`ledger_service`]: the `tally.v1.Ledger` service.
 //! - [`admin_service`]: the `tally.v1.Admin` service.
+//! - [`rate_limit`]: per-partner token buckets (RESOURCE_EXHAUSTED when exceeded).
 //! - [`metrics`]: metric names, [`describe_metrics`] and request instrumentation.
 
 pub mod admin_service;
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod convert;
 pub mod ledger_service;
 pub mod metrics;
+pub mod rate_limit;
 pub mod status;
 pub mod submit;
 pub mod transfer;
@@ -59,6 +61,9 @@ pub struct GatewayConfig {
     /// Upper bound on the time spent on one request, including retries after `Unavailable` or
     /// `Overloaded`. A smaller `grpc-timeout` from the caller wins.
     pub request_deadline_ms: u64,
+    /// Write operations each partner may send per second through this gateway (a SubmitBatch
+    /// counts each of its operations); bursts of up to one second are allowed. 0: no limit.
+    pub partner_operations_per_second_max: u64,
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +71,7 @@ impl Default for GatewayConfig {
         Self {
             idempotency_retention_ms: limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
             request_deadline_ms: REQUEST_DEADLINE_MS_DEFAULT,
+            partner_operations_per_second_max: 0,
         }
     }
 }
@@ -74,6 +80,7 @@ impl Default for GatewayConfig {
 pub(crate) struct Shared<B> {
     pub(crate) backend: Arc<B>,
     pub(crate) config: GatewayConfig,
+    pub(crate) rate_limiter: rate_limit::PartnerRateLimiter,
 }
 
 /// The gateway: build it once, then add [`Gateway::ledger_service`] and
@@ -90,7 +97,8 @@ impl<B: Backend> Clone for Gateway<B> {
 
 impl<B: Backend> Gateway<B> {
     pub fn new(backend: Arc<B>, config: GatewayConfig) -> Self {
-        Self { shared: Arc::new(Shared { backend, config }) }
+        let rate_limiter = rate_limit::PartnerRateLimiter::new(config.partner_operations_per_second_max);
+        Self { shared: Arc::new(Shared { backend, config, rate_limiter }) }
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -53,6 +53,17 @@ fn describe_node_metrics() {
         "tally_store_flush_requests",
         "Durability requests served by those flushes (group commit)."
     );
+    describe_gauge!("tally_store_flush_time_seconds", "Time spent in sled flushes since start, summed.");
+    describe_histogram!(
+        "tally_proposal_duration_seconds",
+        Unit::Seconds,
+        "From proposing a shard batch to its outcomes (append, flush, commit, apply)."
+    );
+    describe_histogram!(
+        "tally_apply_duration_seconds",
+        Unit::Seconds,
+        "Applying one batch of entries, sled write included."
+    );
     describe_gauge!("tally_store_size_bytes", "Size of the node's sled database on disk.");
 }
 
@@ -99,6 +110,7 @@ pub fn spawn_store_metrics(store: NodeStore, mut stop: watch::Receiver<bool>) ->
             let stats = store.flush_stats();
             gauge!("tally_store_flushes").set(stats.flushes as f64);
             gauge!("tally_store_flush_requests").set(stats.requests as f64);
+            gauge!("tally_store_flush_time_seconds").set(stats.flush_time_ns as f64 / 1e9);
             if let Ok(size_bytes) = store.size_on_disk_bytes() {
                 gauge!("tally_store_size_bytes").set(size_bytes as f64);
             }

@@ -139,7 +139,9 @@ async fn propose_batch(
     // The leader stamps the log time; apply never reads a clock.
     let header = BatchHeader { log_time_ms: wall_clock_ms(), idempotency_retention_ms: retention_ms };
     metrics::histogram!("tally_proposal_batch_commands").record(command_count as f64);
+    let started = std::time::Instant::now();
     let result = raft.client_write(GroupRequest::Shard(ShardBatch { header, commands })).await;
+    metrics::histogram!("tally_proposal_duration_seconds").record(started.elapsed().as_secs_f64());
     let outcomes = match result {
         Ok(response) => match response.data {
             GroupResponse::Shard(outcomes) => Ok(outcomes),

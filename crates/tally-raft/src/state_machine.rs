@@ -225,9 +225,11 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
         let (responses, writes) = self.apply_in_memory(entries);
         self.shared.tree.write_batch(writes).map_err(write_error)?;
+        metrics::histogram!("tally_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         Ok(responses)
     }
 

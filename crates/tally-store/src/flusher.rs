@@ -38,12 +38,15 @@ pub struct FlushStats {
     /// Completion requests served (appends, vote saves, explicit flushes). `requests / flushes`
     /// is the group-commit factor.
     pub requests: u64,
+    /// Time spent inside `db.flush()`, summed, in nanoseconds.
+    pub flush_time_ns: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     flushes: AtomicU64,
     requests: AtomicU64,
+    flush_time_ns: AtomicU64,
 }
 
 /// Owns the flusher thread. Dropping it closes the channel, lets the thread finish what is
@@ -86,6 +89,7 @@ impl Flusher {
         FlushStats {
             flushes: self.counters.flushes.load(Ordering::Relaxed),
             requests: self.counters.requests.load(Ordering::Relaxed),
+            flush_time_ns: self.counters.flush_time_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -119,7 +123,10 @@ fn run(db: sled::Db, rx: Receiver<FlushCallback>, counters: &Counters) {
         }
         // Every callback in `pending` was sent after its write was applied, and this flush
         // starts after they were all received, so a success covers all of their writes.
+        let started = std::time::Instant::now();
         let result = db.flush().map(|_| ()).map_err(io::Error::from);
+        let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters.flush_time_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
         counters.flushes.fetch_add(1, Ordering::Relaxed);
         counters.requests.fetch_add(pending.len() as u64, Ordering::Relaxed);
         match &result {

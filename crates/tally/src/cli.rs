@@ -202,31 +202,44 @@ fn print_reply(reply: &OperationReply) {
     }
 }
 
-pub async fn earn(
-    connection: &Connection,
-    auth: PartnerAuth,
-    member: String,
-    points: u64,
-) -> anyhow::Result<()> {
-    let mut ledger = LedgerClient::new(channel(connection).await?);
-    let key = auth.key.unwrap_or_else(|| fresh_key("earn"));
-    let message = EarnRequest { idempotency_key: key, member_id: member, amount_points: points };
-    let reply = ledger.earn(authorized(message, &auth.api_key)?).await.map_err(status_error)?.into_inner();
-    print_reply(&reply);
-    Ok(())
+/// The two point movements offered from the shell.
+#[derive(Clone, Copy, Debug)]
+pub enum Movement {
+    Earn,
+    Redeem,
 }
 
-pub async fn redeem(
+/// Who, and how many points, for `tally earn` and `tally redeem`.
+#[derive(Args, Debug)]
+pub struct MovementArgs {
+    #[command(flatten)]
+    pub auth: PartnerAuth,
+    #[arg(long)]
+    pub member: String,
+    #[arg(long)]
+    pub points: u64,
+}
+
+pub async fn move_points(
     connection: &Connection,
-    auth: PartnerAuth,
-    member: String,
-    points: u64,
+    movement: Movement,
+    args: MovementArgs,
 ) -> anyhow::Result<()> {
     let mut ledger = LedgerClient::new(channel(connection).await?);
-    let key = auth.key.unwrap_or_else(|| fresh_key("redeem"));
-    let message = RedeemRequest { idempotency_key: key, member_id: member, amount_points: points };
-    let reply = ledger.redeem(authorized(message, &auth.api_key)?).await.map_err(status_error)?.into_inner();
-    print_reply(&reply);
+    let MovementArgs { auth, member, points } = args;
+    let reply = match movement {
+        Movement::Earn => {
+            let key = auth.key.unwrap_or_else(|| fresh_key("earn"));
+            let message = EarnRequest { idempotency_key: key, member_id: member, amount_points: points };
+            ledger.earn(authorized(message, &auth.api_key)?).await
+        }
+        Movement::Redeem => {
+            let key = auth.key.unwrap_or_else(|| fresh_key("redeem"));
+            let message = RedeemRequest { idempotency_key: key, member_id: member, amount_points: points };
+            ledger.redeem(authorized(message, &auth.api_key)?).await
+        }
+    };
+    print_reply(&reply.map_err(status_error)?.into_inner());
     Ok(())
 }
 

@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tally::cli::{self, AgreementCommand, Connection, PartnerAuth, PartnerCommand};
+use tally::cli::{self, AgreementCommand, Connection, Movement, MovementArgs, PartnerCommand};
 use tally::settings::NodeFlags;
-use tally_gateway::GatewayConfig;
 
 #[derive(Parser, Debug)]
 #[command(name = "tally", version, about = "Tally: a Raft-replicated ledger for loyalty points")]
@@ -30,23 +29,9 @@ enum Command {
     /// Show every group's Raft state, state digests and per-currency totals.
     Status,
     /// Earn points for a member (as a partner).
-    Earn {
-        #[command(flatten)]
-        auth: PartnerAuth,
-        #[arg(long)]
-        member: String,
-        #[arg(long)]
-        points: u64,
-    },
+    Earn(MovementArgs),
     /// Redeem a member's points (as a partner).
-    Redeem {
-        #[command(flatten)]
-        auth: PartnerAuth,
-        #[arg(long)]
-        member: String,
-        #[arg(long)]
-        points: u64,
-    },
+    Redeem(MovementArgs),
     /// Read a member's balance in the partner's currency.
     Balance {
         #[arg(long, env = "TALLY_API_KEY")]
@@ -88,8 +73,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partner(command) => cli::partner(&cli.connection, command).await,
         Command::Agreement(command) => cli::agreement(&cli.connection, command).await,
         Command::Status => cli::status(&cli.connection).await,
-        Command::Earn { auth, member, points } => cli::earn(&cli.connection, auth, member, points).await,
-        Command::Redeem { auth, member, points } => cli::redeem(&cli.connection, auth, member, points).await,
+        Command::Earn(args) => cli::move_points(&cli.connection, Movement::Earn, args).await,
+        Command::Redeem(args) => cli::move_points(&cli.connection, Movement::Redeem, args).await,
         Command::Balance { api_key, member, stale } => {
             cli::balance(&cli.connection, &api_key, member, stale).await
         }
@@ -106,16 +91,14 @@ async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let config = flags.load()?;
+    let settings = flags.load()?;
+    let gateway_config = settings.gateway_config();
+    let config = settings.node;
     if let Some(metrics_addr) = config.metrics_addr {
         tally_node::metrics::install_exporter(metrics_addr)?;
     }
     let data_dir = config.data_dir.clone();
     let metrics_addr = config.metrics_addr;
-    let gateway_config = GatewayConfig {
-        idempotency_retention_ms: config.idempotency_retention_ms,
-        ..GatewayConfig::default()
-    };
     let cluster = tally::dev::start(config, gateway_config).await?;
     println!("tally dev cluster ready");
     println!("  gRPC (partner + admin API): {}", cluster.addr);

@@ -1,12 +1,56 @@
-//! Configuration: a TOML file (optional) gives a [`NodeConfig`]; flags and environment
-//! variables override it field by field (clap reads `TALLY_*` variables for every flag).
+//! Configuration: one typed struct, [`TallyConfig`], loaded from an optional TOML file
+//! (`[node]` and `[gateway]` sections, every field optional with a documented default); flags
+//! and environment variables override it field by field (clap reads a `TALLY_*` variable for
+//! every flag). `cluster/dev.toml` shows every field with its default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use serde::{Deserialize, Serialize};
+use tally_gateway::GatewayConfig;
 use tally_node::NodeConfig;
+
+/// Everything a `tally dev` process is configured with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TallyConfig {
+    pub node: NodeConfig,
+    pub gateway: GatewaySettings,
+}
+
+/// The gateway's settings as they appear in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Longest time spent on one request, retries included (default 5000 ms); a smaller
+    /// `grpc-timeout` from the caller wins.
+    pub request_deadline_ms: u64,
+    /// Write operations per second each partner may send (default 0: no limit).
+    pub partner_operations_per_second_max: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        let defaults = GatewayConfig::default();
+        Self {
+            request_deadline_ms: defaults.request_deadline_ms,
+            partner_operations_per_second_max: defaults.partner_operations_per_second_max,
+        }
+    }
+}
+
+impl TallyConfig {
+    /// The gateway's configuration; the retention comes from the node so both agree.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            idempotency_retention_ms: self.node.idempotency_retention_ms,
+            request_deadline_ms: self.gateway.request_deadline_ms,
+            partner_operations_per_second_max: self.gateway.partner_operations_per_second_max,
+        }
+    }
+}
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct NodeFlags {
@@ -31,18 +75,31 @@ pub struct NodeFlags {
     /// Idempotency key retention in milliseconds of log time [default: 7 days].
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_MS")]
     pub idempotency_retention_ms: Option<u64>,
+    /// Longest time the gateway spends on one request, retries included [default: 5000].
+    #[arg(long, env = "TALLY_REQUEST_DEADLINE_MS")]
+    pub request_deadline_ms: Option<u64>,
+    /// Write operations per second each partner may send; 0 for no limit [default: 0].
+    #[arg(long, env = "TALLY_PARTNER_OPERATIONS_PER_SECOND_MAX")]
+    pub partner_operations_per_second_max: Option<u64>,
 }
 
 impl NodeFlags {
-    pub fn load(&self) -> anyhow::Result<NodeConfig> {
-        let mut config = match &self.config {
+    pub fn load(&self) -> anyhow::Result<TallyConfig> {
+        let mut file_config: TallyConfig = match &self.config {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
             }
-            None => NodeConfig::default(),
+            None => TallyConfig::default(),
         };
+        if let Some(deadline_ms) = self.request_deadline_ms {
+            file_config.gateway.request_deadline_ms = deadline_ms;
+        }
+        if let Some(rate) = self.partner_operations_per_second_max {
+            file_config.gateway.partner_operations_per_second_max = rate;
+        }
+        let config = &mut file_config.node;
         if let Some(data_dir) = &self.data_dir {
             config.data_dir = data_dir.clone();
         }
@@ -62,6 +119,48 @@ impl NodeFlags {
             config.idempotency_retention_ms = retention_ms;
         }
         config.validate().map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))?;
-        Ok(config)
+        Ok(file_config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_file_is_exactly_the_defaults() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../cluster/dev.toml")).unwrap();
+        let parsed: TallyConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, TallyConfig::default());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "[node]\nshard_count = 4\n[gateway]\nrequest_deadline_ms = 100\n").unwrap();
+        let flags = NodeFlags {
+            config: Some(path),
+            shards: Some(16),
+            partner_operations_per_second_max: Some(50),
+            ..NodeFlags::default()
+        };
+        let config = flags.load().unwrap();
+        assert_eq!(config.node.shard_count, 16, "the flag wins over the file");
+        assert_eq!(config.gateway.request_deadline_ms, 100, "the file wins over the default");
+        assert_eq!(config.gateway_config().partner_operations_per_second_max, 50);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "[node]\nshard_cuont = 4\n").unwrap();
+        let error = NodeFlags { config: Some(path.clone()), ..NodeFlags::default() }.load().unwrap_err();
+        assert!(format!("{error:#}").contains("shard_cuont"), "{error:#}");
+        std::fs::write(&path, "[node]\nshard_count = 0\n").unwrap();
+        let error = NodeFlags { config: Some(path), ..NodeFlags::default() }.load().unwrap_err();
+        assert!(format!("{error:#}").contains("shard_count"), "{error:#}");
     }
 }

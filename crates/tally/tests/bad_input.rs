@@ -349,3 +349,37 @@ async fn admin_rejects_bad_partners_and_agreements() {
     };
     expect(admin.set_agreement(unknown_currency).await, Code::NotFound, "NOPE", "unknown currency");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_over_its_rate_limit_gets_resource_exhausted_and_changes_nothing() {
+    let config = tally_gateway::GatewayConfig { partner_operations_per_second_max: 5, ..Default::default() };
+    let cluster = TestCluster::start_with(config).await;
+    let sky = cluster.create_partner("skyair", "SKYMILES").await;
+    let mut ledger = cluster.ledger().await;
+    let mut accepted = 0;
+    let mut refused = 0;
+    for index in 0..20 {
+        match ledger.earn(authorized(earn(&format!("k{index}"), "alice", 1), &sky)).await {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("rate limit"), "{}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "20 writes in well under a second must exceed 5 per second");
+    // Only accepted writes moved points; a refused key was never applied.
+    assert_eq!(balance(&mut ledger, &sky, "alice").await.unwrap().balance_points, accepted);
+    let operations = (0..6)
+        .map(|index| BatchOperation {
+            operation: Some(BatchOp::Earn(earn(&format!("b{index}"), "alice", 1))),
+        })
+        .collect();
+    expect(
+        ledger.submit_batch(authorized(SubmitBatchRequest { operations }, &sky)).await,
+        Code::ResourceExhausted,
+        "split it",
+        "a batch larger than one second of the limit",
+    );
+}

@@ -34,9 +34,13 @@ pub fn node_config(data_dir: &Path) -> NodeConfig {
 
 impl TestCluster {
     pub async fn start() -> TestCluster {
+        Self::start_with(GatewayConfig::default()).await
+    }
+
+    pub async fn start_with(gateway_config: GatewayConfig) -> TestCluster {
         let temp = tempfile::tempdir().unwrap();
         let data_dir = temp.path().join("data");
-        let cluster = dev::start(node_config(&data_dir), GatewayConfig::default()).await.unwrap();
+        let cluster = dev::start(node_config(&data_dir), gateway_config).await.unwrap();
         TestCluster { cluster: Some(cluster), data_dir, _temp: Some(temp) }
     }
 

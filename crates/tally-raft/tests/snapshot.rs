@@ -1,0 +1,335 @@
+//! Snapshots of a shard (and the meta group) built by a live single-node group, installed into
+//! a fresh `GroupStateMachine` on another store the way openraft installs a received snapshot.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftLogReader};
+use tally_ledger::meta::{MetaCommand, MetaResult};
+use tally_ledger::{BatchHeader, Command, CommandOutcome, CurrencyCode, LedgerError, Operation, ShardBatch};
+use tally_raft::network::PeerPool;
+use tally_raft::proposer::wall_clock_ms;
+use tally_raft::state_machine::GroupStateMachine;
+use tally_raft::{
+    Entry, Group, GroupRequest, GroupResponse, GroupShared, LogId, ProposerConfig, StoredMembership,
+    TallyRaft, META_GROUP_ID,
+};
+use tally_store::NodeStore;
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+/// Triggers a snapshot and waits until one at least as new as `at_least` is current.
+async fn snapshot_now(group: &Group) -> Snapshot<TallyRaft> {
+    let applied = group.raft.metrics().borrow().last_applied.expect("the group applied entries");
+    group.raft.trigger().snapshot().await.expect("trigger a snapshot");
+    group
+        .raft
+        .wait(WAIT)
+        .metrics(|m| m.snapshot.is_some_and(|id| id.index >= applied.index), "snapshot built")
+        .await
+        .unwrap_or_else(|error| panic!("no snapshot at or after {applied}: {error}"));
+    group.raft.get_snapshot().await.expect("read the snapshot").expect("a current snapshot")
+}
+
+/// A fresh state machine of `group_id` on its own temporary store, as a new replica has.
+fn fresh_state_machine(group_id: u32) -> (NodeStore, GroupStateMachine) {
+    let store = NodeStore::temporary().unwrap();
+    let state_machine = GroupStateMachine::open(group_id, store.state_tree(group_id).unwrap()).unwrap();
+    (store, state_machine)
+}
+
+/// What openraft does with a received snapshot: a buffer from the state machine, filled with
+/// the bytes, then `install_snapshot`.
+async fn install(state_machine: &mut GroupStateMachine, snapshot: &Snapshot<TallyRaft>) {
+    let mut buffer = state_machine.begin_receiving_snapshot().await.unwrap();
+    *buffer = Cursor::new(snapshot.snapshot.get_ref().clone());
+    state_machine.install_snapshot(&snapshot.meta, buffer).await.expect("install the snapshot");
+}
+
+fn shard_entry(log_id: LogId, commands: Vec<Command>) -> Entry {
+    let header = BatchHeader {
+        log_time_ms: wall_clock_ms(),
+        idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    };
+    Entry { log_id, payload: EntryPayload::Normal(GroupRequest::Shard(ShardBatch { header, commands })) }
+}
+
+fn shard_outcomes(mut responses: Vec<GroupResponse>) -> Vec<CommandOutcome> {
+    assert_eq!(responses.len(), 1, "one response per entry");
+    match responses.remove(0) {
+        GroupResponse::Shard(outcomes) => outcomes,
+        other => panic!("expected shard outcomes, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_carries_the_whole_shard_into_a_fresh_state_machine() {
+    const ROUNDS: u64 = 5;
+    let store = NodeStore::temporary().unwrap();
+    let group = start_single(&store, &fast_tuning()).await;
+    let mut rounds: Vec<(Vec<Command>, Vec<CommandOutcome>)> = Vec::new();
+    for round in 0..ROUNDS {
+        let commands = round_commands(round);
+        let outcomes = propose(&group, commands.clone()).await;
+        assert_outcomes(&outcomes, &commands, false);
+        rounds.push((commands, outcomes));
+    }
+
+    let snapshot = snapshot_now(&group).await;
+    let source = ledger(&group.shared);
+    assert_ledger_after_rounds(&source, ROUNDS, "source");
+    let source_fingerprint = fingerprint(&group.shared);
+    assert_eq!(snapshot.meta.last_log_id, source_fingerprint.0, "nothing was proposed after the last round");
+    assert_eq!(snapshot.meta.last_membership, source_fingerprint.2);
+    assert!(snapshot.meta.last_membership.membership().voter_ids().eq([1]), "the single voter");
+    let source_lines = all_statement_lines(&group.shared, &source);
+    assert!(source_lines.values().all(|lines| lines.len() >= ROUNDS as usize), "every member has lines");
+
+    let (other_store, mut state_machine) = fresh_state_machine(SHARD);
+    assert_eq!(state_machine.applied_state().await.unwrap(), (None, StoredMembership::default()));
+    assert!(state_machine.get_current_snapshot().await.unwrap().is_none());
+    install(&mut state_machine, &snapshot).await;
+
+    let installed = state_machine.shared();
+    assert_eq!(fingerprint(&installed), source_fingerprint, "applied id, digest and membership");
+    let (applied, membership) = state_machine.applied_state().await.unwrap();
+    assert_eq!((applied, membership), (source_fingerprint.0, source_fingerprint.2.clone()));
+    let installed_ledger = ledger(&installed);
+    assert_eq!(installed_ledger, source, "the whole ledger, idempotency table and records included");
+    assert_ledger_after_rounds(&installed_ledger, ROUNDS, "installed");
+    assert_eq!(all_statement_lines(&installed, &installed_ledger), source_lines);
+    // The installed snapshot is the replica's current one, so it can send it on.
+    let current = state_machine.get_current_snapshot().await.unwrap().expect("installed snapshot is current");
+    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(current.snapshot.get_ref(), snapshot.snapshot.get_ref());
+
+    // A damaged snapshot is refused and leaves the state alone.
+    let mut damaged = snapshot.snapshot.get_ref().clone();
+    damaged[0] = 99;
+    let mut buffer = state_machine.begin_receiving_snapshot().await.unwrap();
+    *buffer = Cursor::new(damaged);
+    assert!(state_machine.install_snapshot(&snapshot.meta, buffer).await.is_err(), "unknown format version");
+    let mut truncated = snapshot.snapshot.get_ref().clone();
+    truncated.truncate(truncated.len() / 2);
+    let mut buffer = state_machine.begin_receiving_snapshot().await.unwrap();
+    *buffer = Cursor::new(truncated);
+    assert!(state_machine.install_snapshot(&snapshot.meta, buffer).await.is_err(), "truncated payload");
+    assert_eq!(fingerprint(&installed), source_fingerprint, "a refused snapshot changes nothing");
+
+    // The install was written to the tree: a restarted replica loads the same state.
+    drop((state_machine, installed));
+    let mut state_machine = GroupStateMachine::open(SHARD, other_store.state_tree(SHARD).unwrap()).unwrap();
+    let reloaded = state_machine.shared();
+    assert_eq!(fingerprint(&reloaded), source_fingerprint, "state reloaded from the tree");
+    assert_eq!(ledger(&reloaded), source);
+    assert_eq!(all_statement_lines(&reloaded, &source), source_lines);
+
+    // The idempotency table travelled: a retry of round 0 on the installed replica is a replay
+    // with the first answer, and changes nothing.
+    let applied = source_fingerprint.0.unwrap();
+    let (round0, round0_outcomes) = rounds[0].clone();
+    let next = LogId { leader_id: applied.leader_id, index: applied.index + 1 };
+    let replayed = shard_outcomes(state_machine.apply([shard_entry(next, round0.clone())]).await.unwrap());
+    let expected: Vec<CommandOutcome> =
+        round0_outcomes.iter().map(|outcome| CommandOutcome { replay: true, ..outcome.clone() }).collect();
+    assert_eq!(replayed, expected, "replays answer with the first outcomes");
+    assert_ledger_after_rounds(&ledger(&reloaded), ROUNDS, "installed, after the replay");
+    // The source answers the same retry the same way.
+    let replayed_on_source = propose(&group, round0.clone()).await;
+    assert_eq!(replayed_on_source, expected);
+
+    // A used key with another request is refused, not applied.
+    let reused = command(
+        "r0-earn-m0",
+        Operation::Earn { member_id: member(0), currency: currency_of(0), amount_points: 1 },
+    );
+    let next = LogId { leader_id: applied.leader_id, index: applied.index + 2 };
+    let outcome = shard_outcomes(state_machine.apply([shard_entry(next, vec![reused])]).await.unwrap());
+    assert!(
+        matches!(&outcome[0].result, Err(LedgerError::KeyReusedWithDifferentRequest { .. })),
+        "{outcome:?}"
+    );
+    assert_ledger_after_rounds(&ledger(&reloaded), ROUNDS, "installed, after the refused reuse");
+    assert_eq!(reloaded.read().applied, Some(next));
+}
+
+/// A snapshot cut while proposals keep arriving holds exactly the state at its own
+/// `last_log_id`: installing it gives the same digest, records and statements as applying
+/// exactly the log entries up to that id to an empty state machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_taken_under_load_is_a_consistent_cut() {
+    let store = NodeStore::temporary().unwrap();
+    let group = Arc::new(start_single(&store, &fast_tuning()).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds_done = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (group, stop, rounds_done) = (group.clone(), stop.clone(), rounds_done.clone());
+        tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Two proposals at once so the proposer has something to batch.
+                let (first, second) = (round_commands(round), extra_earns(round));
+                let (a, b) = tokio::join!(propose(&group, first.clone()), propose(&group, second.clone()));
+                assert_outcomes(&a, &first, false);
+                assert_outcomes(&b, &second, false);
+                round += 1;
+                rounds_done.store(round, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let mut snapshots = Vec::new();
+    for _ in 0..3 {
+        let seen = rounds_done.load(Ordering::Relaxed);
+        while rounds_done.load(Ordering::Relaxed) < seen + 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        snapshots.push(snapshot_now(&group).await);
+    }
+    // Let proposals run on past the last cut before stopping.
+    let seen = rounds_done.load(Ordering::Relaxed);
+    while rounds_done.load(Ordering::Relaxed) < seen + 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("the load task succeeded");
+    let rounds = rounds_done.load(Ordering::Relaxed);
+    // Each round also earned 1 point per member through `extra_earns`.
+    let source = ledger(&group.shared);
+    source.check_invariants().unwrap();
+    let (balance, held) = expected_member_points(rounds);
+    for i in 0..MEMBERS {
+        let view = source.balance(&member(i), &currency_of(i)).unwrap();
+        assert_eq!((view.balance_points, view.held_points), (balance + rounds, held), "m{i} after the load");
+    }
+    let final_applied = group.shared.read().applied.unwrap();
+
+    let mut log = store.log_store::<TallyRaft>(SHARD).unwrap();
+    let mut previous_index = 0;
+    for snapshot in &snapshots {
+        let cut = snapshot.meta.last_log_id.expect("snapshot of a non-empty log");
+        assert!(cut.index > previous_index, "each snapshot is newer than the one before");
+        assert!(cut.index < final_applied.index, "proposals went on after the cut at {cut}");
+        previous_index = cut.index;
+
+        let (_installed_store, mut installed) = fresh_state_machine(SHARD);
+        install(&mut installed, snapshot).await;
+        let installed = installed.shared();
+        let installed_ledger = ledger(&installed);
+        installed_ledger.check_invariants().unwrap_or_else(|broken| panic!("snapshot at {cut}: {broken}"));
+        for (currency, totals) in installed_ledger.currency_totals() {
+            assert_eq!(totals.debits_points, totals.credits_points, "snapshot at {cut}: {currency}");
+        }
+        let installed_lines = all_statement_lines(&installed, &installed_ledger);
+
+        // The same state, rebuilt from exactly the log entries up to the cut.
+        let entries = log.try_get_log_entries(0..=cut.index).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+        assert_eq!(indexes, (0..=cut.index).collect::<Vec<_>>(), "the log is whole up to the cut");
+        assert_eq!(entries.last().unwrap().log_id, cut);
+        let (_rebuilt_store, mut rebuilt) = fresh_state_machine(SHARD);
+        let responses = rebuilt.apply(entries).await.unwrap();
+        assert_eq!(responses.len() as u64, cut.index + 1, "one response per entry");
+        let rebuilt = rebuilt.shared();
+        assert_eq!(fingerprint(&installed), fingerprint(&rebuilt), "snapshot at {cut} vs. the log up to it");
+        let rebuilt_ledger = ledger(&rebuilt);
+        assert_eq!(installed_ledger, rebuilt_ledger, "snapshot at {cut}: ledger");
+        assert_eq!(
+            all_statement_lines(&rebuilt, &rebuilt_ledger),
+            installed_lines,
+            "snapshot at {cut}: lines"
+        );
+    }
+}
+
+/// Earns with keys of their own, proposed next to a round.
+fn extra_earns(round: u64) -> Vec<Command> {
+    (0..MEMBERS)
+        .map(|i| {
+            command(
+                &format!("x{round}-earn-m{i}"),
+                Operation::Earn { member_id: member(i), currency: currency_of(i), amount_points: 1 },
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_snapshot_round_trip() {
+    let store = NodeStore::temporary().unwrap();
+    let group = Group::start(
+        1,
+        META_GROUP_ID,
+        &store,
+        Arc::new(PeerPool::default()),
+        &fast_tuning(),
+        ProposerConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert!(group.proposer.is_none(), "the meta group has no proposer");
+    group.raft.initialize(BTreeMap::from([(1, node_info("127.0.0.1:1"))])).await.unwrap();
+    wait_leader(&group, 1).await;
+    let commands = [
+        MetaCommand::CreatePartner {
+            partner_id: partner(),
+            display_name: "Sky Air".into(),
+            currency: CurrencyCode::parse(SKY).unwrap(),
+            api_key_sha256: "00".repeat(32),
+        },
+        MetaCommand::CreatePartner {
+            partner_id: tally_ledger::PartnerId::parse("inn").unwrap(),
+            display_name: "Inn".into(),
+            currency: CurrencyCode::parse(HOTEL).unwrap(),
+            api_key_sha256: "11".repeat(32),
+        },
+        MetaCommand::RotatePartnerKey { partner_id: partner(), api_key_sha256: "22".repeat(32) },
+    ];
+    for command in commands {
+        let request = GroupRequest::Meta { log_time_ms: wall_clock_ms(), command };
+        let response = group.raft.client_write(request).await.expect("meta write");
+        assert!(
+            matches!(
+                response.data,
+                GroupResponse::Meta(Ok(MetaResult::PartnerCreated(_) | MetaResult::PartnerKeyRotated(_)))
+            ),
+            "{:?}",
+            response.data
+        );
+    }
+    // A shard batch sent to the meta group is answered, not applied.
+    let stray = GroupRequest::Shard(ShardBatch {
+        header: BatchHeader { log_time_ms: wall_clock_ms(), idempotency_retention_ms: HOUR_MS },
+        commands: round_commands(0),
+    });
+    let response = group.raft.client_write(stray).await.unwrap();
+    assert!(matches!(response.data, GroupResponse::WrongGroup(_)), "{:?}", response.data);
+
+    let meta = group.shared.meta_state();
+    assert_eq!(meta.partners.len(), 2);
+    assert_eq!(meta.partners[&partner()].api_key_sha256, "22".repeat(32));
+
+    let snapshot = snapshot_now(&group).await;
+    assert_eq!(snapshot.meta.last_log_id, group.shared.read().applied);
+    let (other_store, mut state_machine) = fresh_state_machine(META_GROUP_ID);
+    install(&mut state_machine, &snapshot).await;
+    let installed: Arc<GroupShared> = state_machine.shared();
+    assert_eq!(*installed.meta_state(), *meta);
+    assert_eq!(
+        state_machine.applied_state().await.unwrap(),
+        (snapshot.meta.last_log_id, snapshot.meta.last_membership.clone())
+    );
+
+    drop((state_machine, installed));
+    let reloaded =
+        GroupStateMachine::open(META_GROUP_ID, other_store.state_tree(META_GROUP_ID).unwrap()).unwrap();
+    assert_eq!(*reloaded.shared().meta_state(), *meta, "meta state reloaded from the tree");
+    assert_eq!(reloaded.shared().read().applied, snapshot.meta.last_log_id);
+}
