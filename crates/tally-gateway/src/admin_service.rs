@@ -75,10 +75,35 @@ impl<B: Backend> AdminService<B> {
     }
 
     /// Proposes a meta command once (meta commands carry no idempotency key).
+    /// Every change is logged (without key material): the audit trail of partner credentials
+    /// and exchange agreements.
     async fn propose(&self, deadline: Deadline, command: MetaCommand) -> Result<MetaResult, ApiError> {
-        once(deadline, Purpose::Read, "the meta group", self.shared.backend.propose_meta(command))
-            .await?
-            .map_err(ApiError::Meta)
+        let description = describe(&command);
+        let result =
+            once(deadline, Purpose::Read, "the meta group", self.shared.backend.propose_meta(command))
+                .await?
+                .map_err(ApiError::Meta);
+        match &result {
+            Ok(_) => tracing::info!(change = %description, "meta change applied"),
+            Err(error) => tracing::info!(change = %description, %error, "meta change refused"),
+        }
+        result
+    }
+}
+
+fn describe(command: &MetaCommand) -> String {
+    match command {
+        MetaCommand::CreatePartner { partner_id, currency, .. } => {
+            format!("create partner {partner_id} issuing {currency}")
+        }
+        MetaCommand::RotatePartnerKey { partner_id, .. } => format!("rotate the API key of {partner_id}"),
+        MetaCommand::SetAgreement { from_currency, to_currency, terms } => format!(
+            "set agreement {from_currency} -> {to_currency} at {}/{}",
+            terms.rate_numerator, terms.rate_denominator
+        ),
+        MetaCommand::RemoveAgreement { from_currency, to_currency } => {
+            format!("remove agreement {from_currency} -> {to_currency}")
+        }
     }
 }
 

@@ -108,6 +108,12 @@ impl Node {
             background.push(crate::metrics::spawn_group_metrics(config.node_id, group, stopped.clone()));
         }
         background.push(crate::metrics::spawn_store_metrics(store.clone(), stopped));
+        tracing::info!(
+            node_id = config.node_id,
+            shards = config.shard_count,
+            data_dir = %config.data_dir.display(),
+            "node started its groups"
+        );
         Ok(Arc::new(Node { config, store, registry, stop, background: Mutex::new(background) }))
     }
 
@@ -128,6 +134,11 @@ impl Node {
                 group_id: group.group_id,
                 reason: error.to_string(),
             })?;
+            tracing::info!(
+                group = group.group_id,
+                node_id = self.config.node_id,
+                "initialized group with this node as its only voter"
+            );
         }
         Ok(())
     }

@@ -146,8 +146,10 @@ impl GroupStateMachine {
         self.shared.clone()
     }
 
-    /// Applies entries to memory and returns the writes that persist them.
-    fn apply_in_memory(&mut self, entries: Vec<Entry>) -> (Vec<GroupResponse>, TreeWrites) {
+    /// Applies entries to memory and persists them. The state lock is held until the tree
+    /// write is done, so a reader never sees a statement line count whose lines are not in
+    /// the tree yet.
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<GroupResponse>, StoreError> {
         let mut state = self.shared.state.write().expect("group state lock poisoned");
         let mut responses = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
@@ -179,7 +181,8 @@ impl GroupStateMachine {
             responses.push(response);
         }
         let writes = self.persisted_writes(&state, meta_changed);
-        (responses, writes)
+        self.shared.tree.write_batch(writes)?;
+        Ok(responses)
     }
 
     fn persisted_writes(&self, state: &GroupState, meta_changed: bool) -> TreeWrites {
@@ -227,8 +230,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     {
         let started = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let (responses, writes) = self.apply_in_memory(entries);
-        self.shared.tree.write_batch(writes).map_err(write_error)?;
+        let responses = self.apply_entries(entries).map_err(write_error)?;
         metrics::histogram!("tally_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         Ok(responses)
     }
@@ -365,6 +367,12 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
             .write_batch(vec![(keys::SNAPSHOT_KEY.to_vec(), Some(encoded))])
             .map_err(write_error)?;
         metrics::counter!("tally_snapshots_built_total").increment(1);
+        tracing::info!(
+            group = self.shared.group_id,
+            snapshot = %meta.snapshot_id,
+            size_bytes = stored.data.len(),
+            "built snapshot"
+        );
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
