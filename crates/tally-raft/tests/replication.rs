@@ -25,13 +25,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// Bound on every wait; the whole test normally takes a few seconds.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The transport server's task, ended by a shutdown signal.
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
 struct TestNode {
     id: NodeId,
     addr: String,
     group: Arc<Group>,
     registry: Arc<GroupRegistry>,
     store: NodeStore,
-    server: Option<(oneshot::Sender<()>, JoinHandle<Result<(), tonic::transport::Error>>)>,
+    server: Option<(oneshot::Sender<()>, ServerTask)>,
     _dir: tempfile::TempDir,
 }
 
@@ -200,7 +203,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_a_learner_by_snapshot() {
     let all: Vec<&TestNode> = nodes.iter().collect();
     let leader = wait_for_leader(&all, "initial election").await;
     for follower in all.iter().filter(|node| node.id != leader) {
-        // Harmless if it were applied (an enrol of an existing account), but it must be refused.
+        // An enrol moves no points, so the balances stay predictable even if it were applied.
         let probe = command(
             &format!("probe-{}", follower.id),
             tally_ledger::Operation::Enrol { member_id: member(0), currency: currency_of(0) },

@@ -49,7 +49,7 @@ pub fn member(i: usize) -> MemberId {
 }
 
 pub fn currency_of(i: usize) -> CurrencyCode {
-    CurrencyCode::parse(if i % 2 == 0 { SKY } else { HOTEL }).unwrap()
+    CurrencyCode::parse([SKY, HOTEL][i % 2]).unwrap()
 }
 
 pub fn key(value: &str) -> IdempotencyKey {
@@ -94,10 +94,9 @@ pub fn round_commands(round: u64) -> Vec<Command> {
     if round > 0 {
         for i in 0..MEMBERS {
             let hold_key = key(&format!("r{}-hold-m{i}", round - 1));
-            let operation = if round % 2 == 0 {
-                Operation::CaptureHold { hold_key, amount_points: CAPTURE_POINTS }
-            } else {
-                Operation::VoidHold { hold_key }
+            let operation = match round % 2 {
+                0 => Operation::CaptureHold { hold_key, amount_points: CAPTURE_POINTS },
+                _ => Operation::VoidHold { hold_key },
             };
             commands.push(command(&format!("r{round}-settle-m{i}"), operation));
         }
@@ -115,7 +114,7 @@ pub fn round_commands(round: u64) -> Vec<Command> {
 /// `(balance, held)` of every member after rounds `0..rounds` applied exactly once each.
 pub fn expected_member_points(rounds: u64) -> (u64, u64) {
     let per_round = EARN_POINTS - REDEEM_POINTS - TRANSFER_POINTS + TRANSFER_POINTS;
-    let captures = (1..rounds).filter(|round| round % 2 == 0).count() as u64;
+    let captures = (2..rounds).step_by(2).count() as u64;
     let held = if rounds > 0 { HOLD_POINTS } else { 0 };
     (per_round * rounds - CAPTURE_POINTS * captures, held)
 }
