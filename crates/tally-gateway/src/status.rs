@@ -54,8 +54,8 @@ pub enum ApiError {
     DeadlinePassed,
     /// The transfer's points left the sender but the recipient is not credited yet.
     #[error(
-        "transfer {0} is in progress; retry with the same idempotency key to finish it \
-         (if nobody does, the cluster finishes it on its own)"
+        "transfer {0} is in progress: the points left the sender but the recipient is not credited yet; \
+         retry with the same idempotency key to finish it"
     )]
     TransferInProgress(TransferId),
     /// A broken promise between the gateway and the cluster (a bug, not the caller's fault).

@@ -7,7 +7,9 @@
 
 use std::collections::HashSet;
 
-use tally_ledger::limits::{HOLD_DURATION_MS_MAX, STATEMENT_PAGE_LINES_MAX, SUBMIT_BATCH_OPERATIONS_MAX};
+use tally_ledger::limits::{
+    HOLD_DURATION_MS_MAX, HOLD_DURATION_MS_MIN, STATEMENT_PAGE_LINES_MAX, SUBMIT_BATCH_OPERATIONS_MAX,
+};
 use tally_ledger::meta::MetaState;
 use tally_ledger::{check_amount, CurrencyCode, IdempotencyKey, MemberId, Operation, ValidationError};
 use tally_proto::v1::{
@@ -140,8 +142,12 @@ pub fn authorize_hold(
     let idempotency_key = write_key("idempotency_key", &request.idempotency_key)?;
     let member_id = member("member_id", &request.member_id)?;
     let amount_points = check_amount("amount_points", request.amount_points)?;
-    if request.expires_in_ms == 0 {
-        return Err(ValidationError::new("expires_in_ms", "must be at least 1 ms").into());
+    if request.expires_in_ms < HOLD_DURATION_MS_MIN {
+        return Err(ValidationError::new(
+            "expires_in_ms",
+            format!("is {}; a hold lasts at least {HOLD_DURATION_MS_MIN} ms", request.expires_in_ms),
+        )
+        .into());
     }
     if request.expires_in_ms > HOLD_DURATION_MS_MAX {
         return Err(ValidationError::new(

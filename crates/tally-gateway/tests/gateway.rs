@@ -181,7 +181,7 @@ async fn send_invalid_requests(gateway: &TestGateway, member: &str) {
             amount_points: 5,
             expires_in_ms: 0
         },
-        "expires_in_ms must be at least 1 ms"
+        "a hold lasts at least 1000 ms"
     );
     invalid!(
         authorize_hold,
@@ -517,7 +517,7 @@ async fn unfinished_cross_shard_transfer_is_finished_by_a_retry() {
     assert_status(
         result,
         Code::Unavailable,
-        "transfer sky:t1 is in progress; retry with the same idempotency key to finish it",
+        "retry with the same idempotency key to finish it",
     );
     assert_eq!(balance(&gateway, SKY_KEY, &alice).await, Some(70));
     gateway.backend.set_down(gateway.shard_of(&bob), false);

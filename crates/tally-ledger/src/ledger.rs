@@ -258,6 +258,13 @@ impl Ledger {
         self.log_time_ms
     }
 
+    /// The earliest expiry log time of an open hold. Expiry happens only when a batch is
+    /// applied, so the leader proposes an empty batch once this time has come (a batch's log
+    /// time is the leader's clock), and every replica releases the hold at the same entry.
+    pub fn next_hold_expiry_ms(&self) -> Option<u64> {
+        self.hold_expiry.first().map(|(expires_at_ms, _)| *expires_at_ms)
+    }
+
     /// The balance view of a member account that the operation has just written.
     fn view(&self, key: &AccountKey) -> BalanceView {
         let AccountKey::Member { member_id, currency } = key else {

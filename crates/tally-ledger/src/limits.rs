@@ -18,6 +18,9 @@ pub const SUBMIT_BATCH_OPERATIONS_MAX: usize = 10_000;
 pub const BATCH_COMMANDS_MAX: usize = 4_096;
 /// Most statement lines returned in one page.
 pub const STATEMENT_PAGE_LINES_MAX: usize = 1_000;
+/// Shortest hold: one second, so that a hold admitted by a gateway is still in the future when
+/// the shard applies it (expiry is stamped at admission, checked against log time).
+pub const HOLD_DURATION_MS_MIN: u64 = 1_000;
 /// Longest hold: 90 days.
 pub const HOLD_DURATION_MS_MAX: u64 = 90 * 24 * 3_600_000;
 /// Default idempotency retention: 7 days of log time.

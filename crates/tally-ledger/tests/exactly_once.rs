@@ -86,7 +86,10 @@ fn variations() -> Vec<(Operation, Vec<(&'static str, Operation)>)> {
             ],
         ),
         (redeem("m", SKY, 5), vec![("amount_points", redeem("m", SKY, 4))]),
-        (reverse("k", 5), vec![("earn_key", reverse("j", 5)), ("amount_points", reverse("k", 0))]),
+        (
+            reverse("k", 5),
+            vec![("earn_idempotency_key", reverse("j", 5)), ("amount_points", reverse("k", 0))],
+        ),
         (
             authorize("m", SKY, 5, START_MS + 10),
             vec![
@@ -95,8 +98,11 @@ fn variations() -> Vec<(Operation, Vec<(&'static str, Operation)>)> {
                 ("expires_at_ms", authorize("m", SKY, 5, START_MS + 11)),
             ],
         ),
-        (capture("k", 5), vec![("hold_key", capture("j", 5)), ("amount_points", capture("k", 0))]),
-        (void("k"), vec![("hold_key", void("j")), ("operation type", capture("k", 0))]),
+        (
+            capture("k", 5),
+            vec![("hold_idempotency_key", capture("j", 5)), ("amount_points", capture("k", 0))],
+        ),
+        (void("k"), vec![("hold_idempotency_key", void("j")), ("operation type", capture("k", 0))]),
         (
             transfer("m", "n", SKY, 5),
             vec![

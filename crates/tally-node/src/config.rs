@@ -24,7 +24,8 @@ pub struct NodeConfig {
     pub shard_count: u32,
     /// How long idempotency keys are kept, in log time (default 7 days).
     pub idempotency_retention_ms: u64,
-    /// Commands waiting for a batch per shard, before callers get RESOURCE_EXHAUSTED.
+    /// Proposals (a single call, or one shard's part of a SubmitBatch) waiting for a batch per
+    /// shard, before callers get RESOURCE_EXHAUSTED.
     pub queued_proposals_max: usize,
     /// Raft entries proposed and not yet applied, per shard.
     pub inflight_entries_max: usize,

@@ -105,7 +105,14 @@ impl Node {
             )
             .await?;
             let group = registry.insert(group);
-            background.push(crate::metrics::spawn_group_metrics(config.node_id, group, stopped.clone()));
+            background.push(crate::metrics::spawn_group_metrics(
+                config.node_id,
+                group.clone(),
+                stopped.clone(),
+            ));
+            if group.proposer.is_some() {
+                background.push(spawn_hold_expiry(group, stopped.clone()));
+            }
         }
         background.push(crate::metrics::spawn_store_metrics(store.clone(), stopped));
         tracing::info!(
@@ -156,6 +163,14 @@ impl Node {
             }
         }
         true
+    }
+
+    /// Healthy when every hosted group runs (no fatal error) and knows its leader.
+    pub fn is_healthy(&self) -> bool {
+        self.registry.all().iter().all(|group| {
+            let metrics = group.raft.metrics().borrow().clone();
+            metrics.running_state.is_ok() && metrics.current_leader.is_some()
+        })
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -366,6 +381,38 @@ impl Node {
         }
         self.registry.clear();
     }
+}
+
+/// How often a shard leader checks whether an open hold has expired by its clock.
+const HOLD_EXPIRY_CHECK_INTERVAL_MS: u64 = 250;
+
+/// On the shard's leader, proposes an empty entry once the earliest open hold has expired by
+/// the leader's clock, so that an idle shard still releases expired holds (through the log, so
+/// every replica does it at the same entry) and reads stop counting them as held.
+fn spawn_hold_expiry(group: Arc<Group>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(HOLD_EXPIRY_CHECK_INTERVAL_MS));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if group.raft.metrics().borrow().state != ServerState::Leader {
+                continue;
+            }
+            let next_expiry_ms = match &group.shared.read().data {
+                GroupData::Shard(ledger) => ledger.next_hold_expiry_ms(),
+                GroupData::Meta(_) => None,
+            };
+            let due = next_expiry_ms.is_some_and(|expires_at_ms| expires_at_ms <= wall_clock_ms());
+            let proposer = group.proposer.as_ref().expect("shard groups have a proposer");
+            if due {
+                if let Err(error) = proposer.propose_clock_tick().await {
+                    tracing::debug!(group = group.group_id, %error, "hold expiry tick not applied");
+                }
+            }
+        }
+    })
 }
 
 fn meta_digest(meta: &MetaState) -> [u8; 32] {

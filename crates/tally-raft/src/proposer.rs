@@ -22,10 +22,8 @@ use crate::types::{GroupId, GroupRequest, GroupResponse, NodeId, Raft, TallyNode
 pub enum ProposeError {
     #[error("this node is not the leader of group {group_id}")]
     NotLeader { group_id: GroupId, leader_id: Option<NodeId>, leader: Option<TallyNode> },
-    #[error(
-        "group {group_id} has too many proposals queued ({queued_commands_max} commands); slow down or retry"
-    )]
-    Overloaded { group_id: GroupId, queued_commands_max: usize },
+    #[error("group {group_id} already has {queued_proposals_max} proposals queued; back off")]
+    Overloaded { group_id: GroupId, queued_proposals_max: usize },
     #[error("group {group_id} is unavailable: {reason}")]
     Unavailable { group_id: GroupId, reason: String },
 }
@@ -79,11 +77,19 @@ impl Proposer {
         self.queue.try_send(Proposal { commands, reply }).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded {
                 group_id: self.group_id,
-                queued_commands_max: self.queued_proposals_max,
+                queued_proposals_max: self.queued_proposals_max,
             },
             mpsc::error::TrySendError::Closed(_) => self.stopped(),
         })?;
         answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Proposes an entry without commands: it carries the leader's log time, so applying it
+    /// releases every hold that has expired by then (expiry happens only through the log).
+    pub async fn propose_clock_tick(&self) -> Result<(), ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Proposal { commands: Vec::new(), reply }).await.map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?.map(|_| ())
     }
 
     fn stopped(&self) -> ProposeError {

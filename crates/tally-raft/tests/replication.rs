@@ -1,6 +1,7 @@
 //! Three nodes in one process, each with its own sled store, group registry and tonic Raft
 //! transport on a 127.0.0.1 port: replication, leader failover with exactly-once retries, and an
 //! empty learner that can only catch up through a snapshot because the leader purged its log.
+//! The three voters also host the meta group, over the same peer channels and servers.
 
 mod common;
 
@@ -9,12 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use openraft::error::RaftError;
 use openraft::{RaftLogReader, ServerState};
+use tally_ledger::meta::{MetaCommand, MetaState};
 use tally_ledger::{Command, CommandOutcome, Ledger};
 use tally_raft::network::PeerPool;
+use tally_raft::proposer::wall_clock_ms;
 use tally_raft::transport::RaftTransportService;
 use tally_raft::{
-    Group, GroupRegistry, NodeId, ProposeError, ProposerConfig, RaftMetrics, RaftTuning, TallyRaft,
+    ClientWriteError, Group, GroupRegistry, GroupRequest, GroupResponse, NodeId, ProposeError,
+    ProposerConfig, RaftMetrics, RaftTuning, TallyRaft, META_GROUP_ID,
 };
 use tally_store::NodeStore;
 use tokio::net::TcpListener;
@@ -32,6 +37,8 @@ struct TestNode {
     id: NodeId,
     addr: String,
     group: Arc<Group>,
+    /// The meta group, on the three founding nodes.
+    meta: Option<Arc<Group>>,
     registry: Arc<GroupRegistry>,
     store: NodeStore,
     server: Option<(oneshot::Sender<()>, ServerTask)>,
@@ -39,16 +46,25 @@ struct TestNode {
 }
 
 impl TestNode {
-    /// A node hosting the shard group (not initialized) and serving its Raft transport.
-    async fn start(id: NodeId, tuning: &RaftTuning) -> TestNode {
+    /// A node hosting the shard group, and the meta group if `with_meta` (neither initialized),
+    /// and serving the Raft transport of both.
+    async fn start(id: NodeId, tuning: &RaftTuning, with_meta: bool) -> TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(dir.path()).unwrap();
         let registry = Arc::new(GroupRegistry::default());
         let peers = Arc::new(PeerPool::default());
-        let group = Group::start(id, SHARD, &store, peers, tuning, ProposerConfig::default()).await.unwrap();
+        let group =
+            Group::start(id, SHARD, &store, peers.clone(), tuning, ProposerConfig::default()).await.unwrap();
         let group = registry.insert(group);
+        let meta = match with_meta {
+            true => {
+                let meta = Group::start(id, META_GROUP_ID, &store, peers, tuning, ProposerConfig::default());
+                Some(registry.insert(meta.await.unwrap()))
+            }
+            false => None,
+        };
         let (shutdown, signal) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(RaftTransportService::server(id, registry.clone()));
@@ -56,16 +72,23 @@ impl TestNode {
             tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = signal.await;
             }));
-        TestNode { id, addr, group, registry, store, server: Some((shutdown, server)), _dir: dir }
+        TestNode { id, addr, group, meta, registry, store, server: Some((shutdown, server)), _dir: dir }
     }
 
     fn metrics(&self) -> RaftMetrics {
         self.group.raft.metrics().borrow().clone()
     }
 
+    fn meta(&self) -> &Group {
+        self.meta.as_deref().unwrap_or_else(|| panic!("node {} does not host the meta group", self.id))
+    }
+
     /// Stops the group and the transport server (the process of this node "dies").
     async fn stop(&mut self) {
         self.group.raft.shutdown().await.expect("raft shutdown");
+        if let Some(meta) = &self.meta {
+            meta.raft.shutdown().await.expect("meta raft shutdown");
+        }
         if let Some((shutdown, server)) = self.server.take() {
             let _ = shutdown.send(());
             match tokio::time::timeout(WAIT, server).await {
@@ -139,6 +162,55 @@ async fn acknowledge(nodes: &[&TestNode], commands: &[Command]) -> Vec<CommandOu
     outcomes.into_iter().map(|outcome| CommandOutcome { replay: false, ..outcome }).collect()
 }
 
+/// Writes to the meta group on whichever node leads it, after checking that a follower refuses.
+async fn meta_write_until_acknowledged(nodes: &[&TestNode], command: MetaCommand) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics: Vec<RaftMetrics> =
+            nodes.iter().map(|node| node.meta().raft.metrics().borrow().clone()).collect();
+        let leader = metrics.iter().find(|m| m.state == ServerState::Leader).map(|m| m.id);
+        if let Some(leader) = leader {
+            if let Some(follower) = nodes.iter().find(|node| node.id != leader) {
+                let request = GroupRequest::Meta { log_time_ms: wall_clock_ms(), command: command.clone() };
+                match follower.meta().raft.client_write(request).await {
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
+                    other => panic!("meta follower {} must refuse a write: {other:?}", follower.id),
+                }
+            }
+            let request = GroupRequest::Meta { log_time_ms: wall_clock_ms(), command: command.clone() };
+            if let Ok(response) = node(nodes, leader).meta().raft.client_write(request).await {
+                match response.data {
+                    GroupResponse::Meta(Ok(_)) => return,
+                    other => panic!("meta write {command:?} failed: {other:?}"),
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no meta write acknowledged within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every node's meta group applied its leader's log and holds the same meta state.
+async fn assert_meta_converged(nodes: &[&TestNode], what: &str) -> Arc<MetaState> {
+    let leader = nodes
+        .iter()
+        .find(|node| node.meta().raft.metrics().borrow().state == ServerState::Leader)
+        .unwrap_or_else(|| panic!("{what}: no meta leader"));
+    let last_log_index = leader.meta().raft.metrics().borrow().last_log_index;
+    let reference = leader.meta().shared.meta_state();
+    for node in nodes {
+        node.meta()
+            .raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(last_log_index, what)
+            .await
+            .unwrap_or_else(|error| panic!("{what}: meta group of node {} lags: {error}", node.id));
+        assert_eq!(*node.meta().shared.meta_state(), *reference, "{what}: meta state of node {}", node.id);
+        assert_eq!(node.meta().shared.read().applied, leader.meta().shared.read().applied);
+    }
+    reference
+}
+
 /// Waits until every node applied everything the leader has in its log, then checks that all
 /// replicas hold identical state: applied id, digest, membership, ledger and statements.
 async fn assert_converged(nodes: &[&TestNode], leader: NodeId, what: &str) -> Ledger {
@@ -194,10 +266,11 @@ async fn three_nodes_replicate_fail_over_and_catch_up_a_learner_by_snapshot() {
     let tuning = replication_tuning();
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        nodes.push(TestNode::start(id, &tuning).await);
+        nodes.push(TestNode::start(id, &tuning, true).await);
     }
     let members: BTreeMap<NodeId, _> = nodes.iter().map(|node| (node.id, node_info(&node.addr))).collect();
     nodes[0].group.raft.initialize(members.clone()).await.expect("initialize on node 1");
+    nodes[0].meta().raft.initialize(members.clone()).await.expect("initialize the meta group on node 1");
 
     // --- replication
     let all: Vec<&TestNode> = nodes.iter().collect();
@@ -226,6 +299,14 @@ async fn three_nodes_replicate_fail_over_and_catch_up_a_learner_by_snapshot() {
     let converged = assert_converged(&all, leader, "three replicas after 10 rounds").await;
     assert_ledger_after_rounds(&converged, 10, "three replicas");
     assert_acknowledged(&converged, &acknowledged);
+    let partner_created = MetaCommand::CreatePartner {
+        partner_id: partner(),
+        display_name: "Sky Air".into(),
+        currency: currency_of(0),
+        api_key_sha256: "00".repeat(32),
+    };
+    meta_write_until_acknowledged(&all, partner_created).await;
+    assert_meta_converged(&all, "three replicas").await;
 
     // --- failover: the leader dies with a proposal in flight.
     let in_flight_commands = round_commands(10);
@@ -275,6 +356,11 @@ async fn three_nodes_replicate_fail_over_and_catch_up_a_learner_by_snapshot() {
     let converged = assert_converged(&survivors, leader, "two survivors after 30 rounds").await;
     assert_ledger_after_rounds(&converged, 30, "two survivors");
     assert_acknowledged(&converged, &acknowledged);
+    // The meta group lost a voter too (its leader, maybe) and still takes writes.
+    let rotated = MetaCommand::RotatePartnerKey { partner_id: partner(), api_key_sha256: "11".repeat(32) };
+    meta_write_until_acknowledged(&survivors, rotated).await;
+    let meta = assert_meta_converged(&survivors, "two survivors").await;
+    assert_eq!(meta.partners[&partner()].api_key_sha256, "11".repeat(32));
 
     // --- a learner that must catch up from a snapshot: the leader has purged its early log.
     // The tuning snapshots every 20 entries, but `RaftTuning` sets openraft's
@@ -291,7 +377,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up_a_learner_by_snapshot() {
         .unwrap_or_else(|error| panic!("the leader did not purge its log up to {snapshot}: {error}"));
     let purged = leader_raft.metrics().borrow().purged.unwrap();
     drop(survivors);
-    nodes.push(TestNode::start(4, &tuning).await);
+    nodes.push(TestNode::start(4, &tuning, false).await);
     let learner = nodes.last().unwrap();
     assert_eq!(learner.metrics().last_applied, None, "the learner starts empty");
     leader_raft.add_learner(4, node_info(&learner.addr), true).await.expect("add the learner");

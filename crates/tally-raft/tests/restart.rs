@@ -47,6 +47,12 @@ async fn restart_keeps_state_and_the_log_continues() {
     let last_log_index = group.raft.metrics().borrow().last_log_index.unwrap();
     let term = group.raft.metrics().borrow().current_term;
     assert_eq!(before.0.unwrap().index, last_log_index, "everything proposed is applied");
+    // Snapshot and purge the whole log: the restart must rest on the snapshot and applied state.
+    group.raft.trigger().snapshot().await.unwrap();
+    let snapshot_id = before.0.unwrap();
+    group.raft.wait(WAIT).snapshot(snapshot_id, "snapshot before the restart").await.unwrap();
+    group.raft.trigger().purge_log(last_log_index).await.unwrap();
+    group.raft.wait(WAIT).purged(Some(snapshot_id), "purge the whole log").await.unwrap();
     stop(group, store).await;
 
     let store = reopen_store(dir.path()).await;
@@ -57,6 +63,11 @@ async fn restart_keeps_state_and_the_log_continues() {
     let after = fingerprint(&group.shared);
     let restarted_term = group.raft.metrics().borrow().current_term;
     assert!(restarted_term >= term, "the term never goes back");
+    let metrics = group.raft.metrics().borrow().clone();
+    assert_eq!(metrics.snapshot, Some(snapshot_id), "the snapshot survived the restart");
+    assert_eq!(metrics.purged, Some(snapshot_id), "and so did the purge");
+    let current = group.raft.get_snapshot().await.unwrap().expect("the current snapshot");
+    assert_eq!(current.meta.last_log_id, Some(snapshot_id));
     let restarted_last_log = group.raft.metrics().borrow().last_log_index.unwrap();
     if restarted_last_log == last_log_index {
         assert_eq!(after.0, before.0, "same applied log id after the restart");

@@ -21,6 +21,7 @@ pub struct DevCluster {
     pub node: Arc<Node>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    health: JoinHandle<()>,
 }
 
 /// Starts the node, makes it the sole voter of every group, waits for leaders, then serves.
@@ -41,9 +42,8 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
     tally_gateway::describe_metrics();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    health_reporter.set_service_status("tally.v1.Ledger", tonic_health::ServingStatus::Serving).await;
-    health_reporter.set_service_status("tally.v1.Admin", tonic_health::ServingStatus::Serving).await;
+    update_health(&node, &health_reporter).await;
+    let health = tokio::spawn(report_health(node.clone(), health_reporter));
     // Both reflection versions: grpcurl and many other tools still ask for v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
@@ -66,12 +66,34 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_signal.await;
     }));
-    Ok(DevCluster { addr, node, shutdown: Some(shutdown), server: Some(server) })
+    Ok(DevCluster { addr, node, shutdown: Some(shutdown), server: Some(server), health })
+}
+
+/// Keeps `grpc.health.v1` in step with the node: SERVING while every group runs and has a
+/// leader, NOT_SERVING otherwise (checked every second).
+async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        update_health(&node, &reporter).await;
+    }
+}
+
+async fn update_health(node: &Node, reporter: &tonic_health::server::HealthReporter) {
+    let status = if node.is_healthy() {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in ["", "tally.v1.Ledger", "tally.v1.Admin"] {
+        reporter.set_service_status(service, status).await;
+    }
 }
 
 impl DevCluster {
     /// Stops serving, shuts every group down and flushes the database.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.health.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

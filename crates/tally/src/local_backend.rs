@@ -24,7 +24,7 @@ impl LocalBackend {
 fn backend_error(error: ProposeError) -> BackendError {
     match error {
         ProposeError::NotLeader { group_id, leader_id, .. } => BackendError::Unavailable(format!(
-            "{} has no leader on this node (leader: {}); retry with the same idempotency key",
+            "{} has no leader on this node (leader: {})",
             group_name(group_id),
             leader_id.map(|id| format!("node {id}")).unwrap_or_else(|| "being elected".into())
         )),

@@ -324,3 +324,40 @@ pub async fn assert_conserved(cluster: &TestCluster) {
         assert_eq!(total.debits_points, total.credits_points, "{} is not conserved", total.currency);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_hold_is_released_on_an_idle_shard_and_cannot_be_captured() {
+    let cluster = TestCluster::start().await;
+    let sky = cluster.create_partner("skyair", "SKYMILES").await;
+    let mut ledger = cluster.ledger().await;
+    ledger.earn(authorized(earn("seed", "erin", 300), &sky)).await.unwrap();
+    let hold = AuthorizeHoldRequest {
+        idempotency_key: "short".into(),
+        member_id: "erin".into(),
+        amount_points: 100,
+        expires_in_ms: 1_000,
+    };
+    let held = ledger.authorize_hold(authorized(hold, &sky)).await.unwrap().into_inner();
+    assert_eq!(held.balances[0].available_points, 200);
+    // No other write reaches the shard: the leader's expiry tick must release the hold.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = balance(&mut ledger, &sky, "erin").await.unwrap();
+        if now.held_points == 0 {
+            assert_eq!((now.balance_points, now.available_points), (300, 300));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hold was not released: {now:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let capture = CaptureHoldRequest {
+        idempotency_key: "late-capture".into(),
+        hold_idempotency_key: "short".into(),
+        member_id: "erin".into(),
+        amount_points: 0,
+    };
+    let error = ledger.capture_hold(authorized(capture, &sky)).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(error.message().contains("expired"), "{}", error.message());
+    assert_eq!(balance(&mut ledger, &sky, "erin").await.unwrap().balance_points, 300);
+}

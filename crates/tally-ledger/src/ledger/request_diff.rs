@@ -42,7 +42,10 @@ fn fields(operation: &Operation) -> Fields<'_> {
             ("amount_points", Points(*amount_points)),
         ],
         Operation::ReverseEarn { earn_key, amount_points } => {
-            vec![("earn_key", Value::Text(earn_key.as_str())), ("amount_points", Points(*amount_points))]
+            vec![
+                ("earn_idempotency_key", Value::Text(earn_key.as_str())),
+                ("amount_points", Points(*amount_points)),
+            ]
         }
         Operation::AuthorizeHold { member_id, currency, amount_points, expires_at_ms } => vec![
             ("member_id", Value::Text(member_id.as_str())),
@@ -51,9 +54,12 @@ fn fields(operation: &Operation) -> Fields<'_> {
             ("expires_at_ms", Points(*expires_at_ms)),
         ],
         Operation::CaptureHold { hold_key, amount_points } => {
-            vec![("hold_key", Value::Text(hold_key.as_str())), ("amount_points", Points(*amount_points))]
+            vec![
+                ("hold_idempotency_key", Value::Text(hold_key.as_str())),
+                ("amount_points", Points(*amount_points)),
+            ]
         }
-        Operation::VoidHold { hold_key } => vec![("hold_key", Value::Text(hold_key.as_str()))],
+        Operation::VoidHold { hold_key } => vec![("hold_idempotency_key", Value::Text(hold_key.as_str()))],
         Operation::Transfer { from_member_id, to_member_id, currency, amount_points } => vec![
             ("from_member_id", Value::Text(from_member_id.as_str())),
             ("to_member_id", Value::Text(to_member_id.as_str())),

@@ -53,7 +53,10 @@ fn hold_expiry(expires_at_ms: u64, now_ms: u64) -> Result<(), ValidationError> {
     if expires_at_ms <= now_ms {
         return Err(ValidationError::new(
             "expires_at_ms",
-            format!("is {expires_at_ms}, not after the log time {now_ms}; a hold must end later"),
+            format!(
+                "is {expires_at_ms} (admission time + expires_in_ms), not after the log time {now_ms} at \
+                 which the hold was applied; ask for a longer expires_in_ms"
+            ),
         ));
     }
     let latest_ms = now_ms.saturating_add(HOLD_DURATION_MS_MAX);

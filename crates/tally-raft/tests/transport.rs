@@ -1,0 +1,120 @@
+//! The tonic Raft transport on its own: a `GroupConnection` from `GroupNetworkFactory` against a
+//! real `RaftTransportService`, and the error mapping that drives openraft's retries.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use openraft::error::{RPCError, RaftError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::VoteRequest;
+use openraft::Vote;
+use tally_proto::internal::raft_transport_client::RaftTransportClient;
+use tally_proto::internal::RaftRequest;
+use tally_raft::network::{encode_wire, GroupNetworkFactory, PeerPool};
+use tally_raft::transport::RaftTransportService;
+use tally_raft::{Group, GroupRegistry, ProposerConfig};
+use tally_store::NodeStore;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Node 1 hosting the shard group (uninitialized), served on a fresh 127.0.0.1 port.
+async fn serve_node_1() -> (String, Arc<Group>, tokio::sync::oneshot::Sender<()>, NodeStore) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = NodeStore::temporary().unwrap();
+    let registry = Arc::new(GroupRegistry::default());
+    let group = Group::start(
+        1,
+        SHARD,
+        &store,
+        Arc::new(PeerPool::default()),
+        &fast_tuning(),
+        ProposerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let group = registry.insert(group);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder().add_service(RaftTransportService::server(1, registry));
+    tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stopped.await;
+    }));
+    (addr, group, stop, store)
+}
+
+fn option() -> RPCOption {
+    RPCOption::new(Duration::from_secs(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reach_the_right_group_and_map_failures_for_openraft() {
+    let (addr, group, stop, _store) = serve_node_1().await;
+    let peers = Arc::new(PeerPool::default());
+    let mut shard = GroupNetworkFactory { group_id: SHARD, peers: peers.clone() };
+    let request = VoteRequest::new(Vote::new(5, 2), None);
+
+    // A vote reaches node 1's shard group and comes back with its answer.
+    let mut to_node_1 = shard.new_client(1, &node_info(&addr)).await;
+    let response = to_node_1.vote(request.clone(), option()).await.expect("vote over the transport");
+    assert!(response.vote_granted, "an empty replica grants the vote: {response:?}");
+    assert_eq!(response.vote, Vote::new(5, 2));
+    assert_eq!(group.raft.metrics().borrow().vote, Vote::new(5, 2), "node 1 saved the granted vote");
+
+    // The address is node 1's but the message is for node 2 (a wrong address book): refused,
+    // and reported as unreachable so openraft backs off instead of replicating to itself.
+    let mut wrong_target = shard.new_client(2, &node_info(&addr)).await;
+    match wrong_target.vote(request.clone(), option()).await {
+        Err(RPCError::Unreachable(error)) => {
+            assert!(error.to_string().contains("not node 2"), "{error}")
+        }
+        other => panic!("a message for another node must be refused: {other:?}"),
+    }
+
+    // A group node 1 does not host.
+    let mut other_group = GroupNetworkFactory { group_id: 7, peers: peers.clone() };
+    match other_group.new_client(1, &node_info(&addr)).await.vote(request.clone(), option()).await {
+        Err(RPCError::Unreachable(error)) => assert!(error.to_string().contains("group 7"), "{error}"),
+        other => panic!("an unknown group must be refused: {other:?}"),
+    }
+
+    // Nothing listens at this address.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    match shard.new_client(3, &node_info(&closed_addr)).await.vote(request.clone(), option()).await {
+        Err(RPCError::Unreachable(_)) => {}
+        other => panic!("a refused connection is unreachable: {other:?}"),
+    }
+
+    // A malformed address fails on use, not in `new_client` (which must not fail).
+    let mut bad_address = shard.new_client(4, &node_info("not an address")).await;
+    assert!(matches!(bad_address.vote(request.clone(), option()).await, Err(RPCError::Unreachable(_))));
+
+    // Undecodable payloads are rejected by the server with InvalidArgument.
+    let mut client = RaftTransportClient::connect(format!("http://{addr}")).await.unwrap();
+    let garbage = RaftRequest { group_id: SHARD, target_node_id: 1, payload: vec![9, 1, 2, 3] };
+    let status = client.vote(garbage).await.expect_err("unknown wire version");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("version 9"), "{}", status.message());
+    let mut truncated = encode_wire(&request);
+    truncated.truncate(3);
+    let status = client
+        .vote(RaftRequest { group_id: SHARD, target_node_id: 1, payload: truncated })
+        .await
+        .expect_err("truncated payload");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // The remote's own error travels back whole: a stopped group answers Fatal.
+    group.raft.shutdown().await.unwrap();
+    match to_node_1.vote(VoteRequest::new(Vote::new(6, 2), None), option()).await {
+        Err(RPCError::RemoteError(remote)) => {
+            assert_eq!(remote.target, 1);
+            assert!(matches!(remote.source, RaftError::Fatal(_)), "{:?}", remote.source);
+        }
+        other => panic!("a stopped group answers with its fatal error: {other:?}"),
+    }
+    let _ = stop.send(());
+}
