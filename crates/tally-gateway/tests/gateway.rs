@@ -514,11 +514,7 @@ async fn unfinished_cross_shard_transfer_is_finished_by_a_retry() {
     client.earn(authed(SKY_KEY, earn("e1", &alice, 100))).await.unwrap();
     gateway.backend.set_down(gateway.shard_of(&bob), true);
     let result = client.transfer(authed(SKY_KEY, transfer("t1", &alice, &bob, 30))).await;
-    assert_status(
-        result,
-        Code::Unavailable,
-        "retry with the same idempotency key to finish it",
-    );
+    assert_status(result, Code::Unavailable, "retry with the same idempotency key to finish it");
     assert_eq!(balance(&gateway, SKY_KEY, &alice).await, Some(70));
     gateway.backend.set_down(gateway.shard_of(&bob), false);
     let reply =

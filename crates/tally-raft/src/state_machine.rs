@@ -9,7 +9,7 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, StorageIOError};
@@ -55,6 +55,10 @@ pub struct GroupShared {
     pub tree: StateTree,
     state: RwLock<GroupState>,
     snapshots_built: AtomicU64,
+    /// The last log id of the current (stored) snapshot. Its lock orders the writes of the
+    /// current snapshot: a build runs concurrently with applies and installs, and must never
+    /// replace a newer installed snapshot with its older cut.
+    current_snapshot: Mutex<Option<LogId>>,
 }
 
 impl GroupShared {
@@ -120,6 +124,7 @@ impl GroupStateMachine {
         let mut meta_state = MetaState::default();
         let mut applied = None;
         let mut membership = StoredMembership::default();
+        let mut current_snapshot = None;
         for row in tree.iter_all() {
             let (key, value) = row?;
             match key.first() {
@@ -128,6 +133,9 @@ impl GroupStateMachine {
                 _ if key == keys::APPLIED_KEY => applied = decode_value(&value, "applied log id")?,
                 _ if key == keys::MEMBERSHIP_KEY => membership = decode_value(&value, "membership")?,
                 _ if key == keys::META_STATE_KEY => meta_state = decode_value(&value, "meta state")?,
+                _ if key == keys::SNAPSHOT_KEY => {
+                    current_snapshot = decode_value::<StoredSnapshot>(&value, "snapshot")?.meta.last_log_id;
+                }
                 _ => {}
             }
         }
@@ -137,8 +145,13 @@ impl GroupStateMachine {
             GroupData::Shard(Ledger::from_items(items))
         };
         let state = GroupState { data, applied, membership };
-        let shared =
-            GroupShared { group_id, tree, state: RwLock::new(state), snapshots_built: AtomicU64::new(0) };
+        let shared = GroupShared {
+            group_id,
+            tree,
+            state: RwLock::new(state),
+            snapshots_built: AtomicU64::new(0),
+            current_snapshot: Mutex::new(current_snapshot),
+        };
         Ok(Self { shared: Arc::new(shared), changes: ChangeSet::default() })
     }
 
@@ -256,7 +269,9 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         let data = snapshot.into_inner();
         let new_state = install_writes(self.shared.group_id, meta, &data).map_err(read_error)?;
         let (state, writes) = new_state;
+        let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
         self.shared.tree.replace_all(writes).map_err(write_error)?;
+        *current_snapshot = meta.last_log_id;
         *self.shared.state.write().expect("group state lock poisoned") = state;
         tracing::info!(group = self.shared.group_id, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
@@ -362,10 +377,19 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         let encoded = encode_value(&stored).map_err(write_error)?;
-        self.shared
-            .tree
-            .write_batch(vec![(keys::SNAPSHOT_KEY.to_vec(), Some(encoded))])
-            .map_err(write_error)?;
+        {
+            let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
+            // An install may have finished while this build ran; its snapshot is newer and
+            // must stay the current one (the log behind it may already be purged). openraft
+            // drops this older build's result itself.
+            if *current_snapshot <= meta.last_log_id {
+                self.shared
+                    .tree
+                    .write_batch(vec![(keys::SNAPSHOT_KEY.to_vec(), Some(encoded))])
+                    .map_err(write_error)?;
+                *current_snapshot = meta.last_log_id;
+            }
+        }
         metrics::counter!("tally_snapshots_built_total").increment(1);
         tracing::info!(
             group = self.shared.group_id,

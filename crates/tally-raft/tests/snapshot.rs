@@ -446,7 +446,6 @@ async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
 /// covers the log the replica purged after the install, and is what it sends on and restarts
 /// from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a snapshot build finishing after an install overwrites the newer installed snapshot as current"]
 async fn a_build_finishing_after_an_install_keeps_the_installed_snapshot_current() {
     const T: u64 = 1_700_000_000_000;
     let entries: Vec<Entry> = (1..=4)
