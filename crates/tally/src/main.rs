@@ -86,6 +86,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colour codes only on a terminal, so that log files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
