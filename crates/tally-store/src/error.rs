@@ -16,6 +16,10 @@ pub enum StoreError {
     #[error("corrupt stored value: {what}")]
     Corrupt { what: String },
 
+    /// Another process holds the database (sled takes an exclusive file lock).
+    #[error("the database at {path} is in use by another process; stop it or choose another data folder")]
+    Locked { path: String },
+
     /// A value could not be serialized.
     #[error("cannot encode value: {0}")]
     Encode(String),

@@ -31,7 +31,16 @@ struct Inner {
 impl NodeStore {
     /// Opens (or creates) the node's one sled Db at `path` and starts the flusher thread.
     pub fn open(path: &Path) -> Result<NodeStore, StoreError> {
-        Self::from_config(sled::Config::new().path(path))
+        Self::from_config(sled::Config::new().path(path)).map_err(|error| match error {
+            // sled 0.34 reports its file lock as an `Other` error wrapping the WouldBlock.
+            StoreError::Sled(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked { path: path.display().to_string() }
+            }
+            other => other,
+        })
     }
 
     /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.

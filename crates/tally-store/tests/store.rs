@@ -292,3 +292,13 @@ async fn corrupt_log_values_are_reported_not_returned() {
     let err = log.read_vote().await.unwrap_err().to_string();
     assert!(err.contains("group 3 vote") && err.contains("crc32 mismatch"), "{err}");
 }
+
+#[test]
+fn a_second_open_of_the_same_folder_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let _first = tally_store::NodeStore::open(&path).unwrap();
+    let error = tally_store::NodeStore::open(&path).unwrap_err();
+    assert!(matches!(error, tally_store::StoreError::Locked { .. }), "{error:?}");
+    assert!(error.to_string().contains("in use by another process"), "{error}");
+}
