@@ -7,6 +7,7 @@
 //! a crash the tree reflects some prefix of applies, `applied` says which, and openraft
 //! re-applies the rest from the log. A restart therefore never applies an entry twice.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -15,7 +16,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
-use tally_ledger::state::{AccountKey, ChangeSet, StateItem, StatementLine};
+use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, StatementLine};
 use tally_ledger::Ledger;
 use tally_store::{decode_value, encode_value, StateTree, StoreError};
 
@@ -107,6 +108,22 @@ struct StoredSnapshot {
 pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
     changes: ChangeSet,
+    /// Stored journals by the log time at which their last record expires, then their key.
+    journals: BTreeSet<(u64, u64)>,
+}
+
+/// Idempotency and earn records go to the apply call's journal (see `keys`).
+fn is_journaled(key: &ItemKey) -> bool {
+    matches!(key, ItemKey::Idempotency(..) | ItemKey::Earn(..))
+}
+
+/// The log time at which a journaled record is deleted (the ledger forgets it at that time).
+fn journal_expiry_ms(item: &StateItem) -> u64 {
+    match item {
+        StateItem::Idempotency(_, _, record) => record.expires_at_ms,
+        StateItem::Earn(_, _, record) => record.expires_at_ms,
+        other => panic!("{:?} is not journaled", other.key()),
+    }
 }
 
 fn read_error(error: impl std::error::Error + 'static) -> StorageError {
@@ -125,10 +142,20 @@ impl GroupStateMachine {
         let mut applied = None;
         let mut membership = StoredMembership::default();
         let mut current_snapshot = None;
+        // Later journals hold later versions: the tree is walked in log index order.
+        let mut journaled: BTreeMap<ItemKey, StateItem> = BTreeMap::new();
+        let mut journals = BTreeSet::new();
         for row in tree.iter_all() {
             let (key, value) = row?;
             match key.first() {
                 Some(&keys::ITEM_PREFIX) => items.push(decode_value::<StateItem>(&value, "state item")?),
+                Some(&keys::JOURNAL_PREFIX) => {
+                    let journal: Vec<StateItem> = decode_value(&value, "journal")?;
+                    let index = journal_index(&key)?;
+                    let expiry_ms = journal.iter().map(journal_expiry_ms).max().unwrap_or(0);
+                    journals.insert((expiry_ms, index));
+                    journaled.extend(journal.into_iter().map(|item| (item.key(), item)));
+                }
                 Some(&keys::STATEMENT_PREFIX) => {}
                 _ if key == keys::APPLIED_KEY => applied = decode_value(&value, "applied log id")?,
                 _ if key == keys::MEMBERSHIP_KEY => membership = decode_value(&value, "membership")?,
@@ -139,6 +166,16 @@ impl GroupStateMachine {
                 _ => {}
             }
         }
+        // A running replica deleted every record whose expiry is at or before its clock; skip
+        // them here too, so digests agree at the same applied index.
+        let clock_ms = items
+            .iter()
+            .find_map(|item| match item {
+                StateItem::Clock { log_time_ms } => Some(*log_time_ms),
+                _ => None,
+            })
+            .unwrap_or(0);
+        items.extend(journaled.into_values().filter(|item| journal_expiry_ms(item) > clock_ms));
         let data = if group_id == META_GROUP_ID {
             GroupData::Meta(Arc::new(meta_state))
         } else {
@@ -152,7 +189,7 @@ impl GroupStateMachine {
             snapshots_built: AtomicU64::new(0),
             current_snapshot: Mutex::new(current_snapshot),
         };
-        Ok(Self { shared: Arc::new(shared), changes: ChangeSet::default() })
+        Ok(Self { shared: Arc::new(shared), changes: ChangeSet::default(), journals })
     }
 
     pub fn shared(&self) -> Arc<GroupShared> {
@@ -163,7 +200,8 @@ impl GroupStateMachine {
     /// write is done, so a reader never sees a statement line count whose lines are not in
     /// the tree yet.
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<GroupResponse>, StoreError> {
-        let mut state = self.shared.state.write().expect("group state lock poisoned");
+        let shared = self.shared.clone();
+        let mut state = shared.state.write().expect("group state lock poisoned");
         let mut responses = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
         self.changes.clear();
@@ -194,18 +232,37 @@ impl GroupStateMachine {
             responses.push(response);
         }
         let writes = self.persisted_writes(&state, meta_changed);
-        self.shared.tree.write_batch(writes)?;
+        shared.tree.write_batch(writes)?;
         Ok(responses)
     }
 
-    fn persisted_writes(&self, state: &GroupState, meta_changed: bool) -> TreeWrites {
+    fn persisted_writes(&mut self, state: &GroupState, meta_changed: bool) -> TreeWrites {
         let mut writes =
             Vec::with_capacity(self.changes.dirty.len() + self.changes.statement_lines.len() + 3);
         match &state.data {
             GroupData::Shard(ledger) => {
+                let mut journal = Vec::new();
                 for key in &self.changes.dirty {
+                    if is_journaled(key) {
+                        // A deleted record needs no write: it expired, and so will its journal.
+                        journal.extend(ledger.item(key));
+                        continue;
+                    }
                     let value = ledger.item(key).map(|item| encode(&item));
                     writes.push((keys::item_key(key), value));
+                }
+                let journal_index = state.applied.map(|log_id| log_id.index).unwrap_or(0);
+                if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
+                    writes.push((keys::journal_key(journal_index), Some(encode(&journal))));
+                    self.journals.insert((expiry_ms, journal_index));
+                }
+                // A journal goes once every record in it has expired by log time.
+                while let Some(&(expiry_ms, index)) = self.journals.first() {
+                    if expiry_ms > ledger.log_time_ms() {
+                        break;
+                    }
+                    self.journals.pop_first();
+                    writes.push((keys::journal_key(index), None));
                 }
                 for (account, line) in &self.changes.statement_lines {
                     writes.push((keys::statement_key(account, line.sequence), Some(encode(line))));
@@ -220,6 +277,13 @@ impl GroupStateMachine {
         writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&state.membership))));
         writes
     }
+}
+
+fn journal_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key[1..]
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { what: format!("journal key of {} bytes", key.len()) })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 /// Encodes a value for the tree. Encoding into memory fails only on a serde bug, so a panic
@@ -268,11 +332,12 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let new_state = install_writes(self.shared.group_id, meta, &data).map_err(read_error)?;
-        let (state, writes) = new_state;
+        let Installed { state, content: writes, journal } = new_state;
         let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
         self.shared.tree.replace_all(writes).map_err(write_error)?;
         *current_snapshot = meta.last_log_id;
         *self.shared.state.write().expect("group state lock poisoned") = state;
+        self.journals = journal.into_iter().collect();
         tracing::info!(group = self.shared.group_id, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
@@ -286,12 +351,20 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 }
 
+/// A decoded snapshot: the new in-memory state, the tree's new content, and its one journal
+/// (expiry of its last record, key).
+struct Installed {
+    state: GroupState,
+    content: TreeContent,
+    journal: Option<(u64, u64)>,
+}
+
 /// Decodes a received snapshot into the new in-memory state and the tree's new content.
 fn install_writes(
     group_id: GroupId,
     meta: &SnapshotMeta,
     snapshot_bytes: &[u8],
-) -> Result<(GroupState, TreeContent), StoreError> {
+) -> Result<Installed, StoreError> {
     let (&version, payload_bytes) =
         snapshot_bytes.split_first().ok_or_else(|| StoreError::Corrupt { what: "empty snapshot".into() })?;
     if version != SNAPSHOT_FORMAT_VERSION {
@@ -302,11 +375,23 @@ fn install_writes(
     let payload: SnapshotPayload = bincode::deserialize(payload_bytes)
         .map_err(|error| StoreError::Corrupt { what: format!("snapshot payload: {error}") })?;
     let mut writes = Vec::new();
+    let mut journal_entry = None;
     let data = match payload {
         SnapshotPayload::Shard { items, statement_lines } => {
             assert_ne!(group_id, META_GROUP_ID, "a shard snapshot was sent to the meta group");
+            let mut journal = Vec::new();
             for item in &items {
-                writes.push((keys::item_key(&item.key()), encode(item)));
+                if is_journaled(&item.key()) {
+                    journal.push(item.clone());
+                } else {
+                    writes.push((keys::item_key(&item.key()), encode(item)));
+                }
+            }
+            // The snapshot's records become one journal under its last log index.
+            let journal_index = meta.last_log_id.map(|log_id| log_id.index).unwrap_or(0);
+            if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
+                writes.push((keys::journal_key(journal_index), encode(&journal)));
+                journal_entry = Some((expiry_ms, journal_index));
             }
             for (account, line) in &statement_lines {
                 writes.push((keys::statement_key(account, line.sequence), encode(line)));
@@ -325,7 +410,7 @@ fn install_writes(
     // The installed snapshot becomes the current one, so this node can send it on.
     let stored = StoredSnapshot { meta: meta.clone(), data: snapshot_bytes.to_vec() };
     writes.push((keys::SNAPSHOT_KEY.to_vec(), encode(&stored)));
-    Ok((state, writes))
+    Ok(Installed { state, content: writes, journal: journal_entry })
 }
 
 pub struct GroupSnapshotBuilder {

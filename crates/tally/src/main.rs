@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: the state machine allocates many small strings and
+/// records per command, and glibc's malloc/free took about a third of apply's CPU time
+/// (measured: `Ledger::apply_batch` 13 µs per earn with glibc, 6.5 µs with mimalloc).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use tally::cli::{self, AgreementCommand, Connection, Movement, MovementArgs, PartnerCommand};
 use tally::settings::NodeFlags;
