@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 use tally_proto::v1::admin_client::AdminClient;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
-    AgreementTerms, ClusterStatusRequest, CreatePartnerRequest, EarnRequest, GetBalanceRequest,
-    ListAgreementsRequest, ListPartnersRequest, ListStatementRequest, OperationReply, ReadConsistency,
-    RedeemRequest, RemoveAgreementRequest, RotatePartnerKeyRequest, SetAgreementRequest, StatementOrder,
+    AgreementTerms, ClusterStatusRequest, CreatePartnerRequest, GetBalanceRequest, ListAgreementsRequest,
+    ListPartnersRequest, ListStatementRequest, OperationReply, ReadConsistency, RemoveAgreementRequest,
+    RotatePartnerKeyRequest, SetAgreementRequest, StatementOrder,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -71,17 +71,28 @@ pub enum AgreementCommand {
     },
 }
 
-#[derive(Args, Debug)]
+/// A partner's credentials and, for writes, the idempotency key; accepted anywhere on the
+/// command line.
+#[derive(Args, Debug, Clone)]
 pub struct PartnerAuth {
-    /// The partner's API key (from `tally partner create`).
-    #[arg(long, env = "TALLY_API_KEY")]
-    pub api_key: String,
-    /// Idempotency key; a fresh one is made when omitted.
-    #[arg(long)]
+    /// The partner's API key (from `tally partner create`), for partner commands.
+    #[arg(long, env = "TALLY_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Idempotency key of a write (a fresh one is made when omitted: pass it to retry), or the
+    /// key to look up with `tally operation`.
+    #[arg(long, global = true)]
     pub key: Option<String>,
 }
 
-async fn channel(connection: &Connection) -> anyhow::Result<Channel> {
+impl PartnerAuth {
+    pub fn api_key(&self) -> anyhow::Result<&str> {
+        self.api_key
+            .as_deref()
+            .ok_or_else(|| anyhow!("this command acts as a partner: pass --api-key or set TALLY_API_KEY"))
+    }
+}
+
+pub(crate) async fn channel(connection: &Connection) -> anyhow::Result<Channel> {
     Channel::from_shared(connection.addr.clone())
         .context("bad --addr")?
         .connect()
@@ -89,7 +100,7 @@ async fn channel(connection: &Connection) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot reach {}; is `tally dev` running?", connection.addr))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -174,7 +185,7 @@ pub async fn agreement(connection: &Connection, command: AgreementCommand) -> an
     Ok(())
 }
 
-fn authorized<T>(message: T, api_key: &str) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn authorized<T>(message: T, api_key: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     let value: MetadataValue<_> =
         format!("Bearer {api_key}").parse().context("API key is not valid metadata")?;
@@ -182,12 +193,12 @@ fn authorized<T>(message: T, api_key: &str) -> anyhow::Result<tonic::Request<T>>
     Ok(request)
 }
 
-fn fresh_key(prefix: &str) -> String {
+pub(crate) fn fresh_key(prefix: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_nanos()).unwrap_or(0);
     format!("cli-{prefix}-{nanos}")
 }
 
-fn print_reply(reply: &OperationReply) {
+pub(crate) fn print_reply(reply: &OperationReply) {
     let replay = if reply.replay { " (replay)" } else { "" };
     println!("{} applied at log index {}{replay}", reply.operation, reply.log_index);
     for balance in &reply.balances {
@@ -200,47 +211,27 @@ fn print_reply(reply: &OperationReply) {
             balance.available_points
         );
     }
-}
-
-/// The two point movements offered from the shell.
-#[derive(Clone, Copy, Debug)]
-pub enum Movement {
-    Earn,
-    Redeem,
-}
-
-/// Who, and how many points, for `tally earn` and `tally redeem`.
-#[derive(Args, Debug)]
-pub struct MovementArgs {
-    #[command(flatten)]
-    pub auth: PartnerAuth,
-    #[arg(long)]
-    pub member: String,
-    #[arg(long)]
-    pub points: u64,
-}
-
-pub async fn move_points(
-    connection: &Connection,
-    movement: Movement,
-    args: MovementArgs,
-) -> anyhow::Result<()> {
-    let mut ledger = LedgerClient::new(channel(connection).await?);
-    let MovementArgs { auth, member, points } = args;
-    let reply = match movement {
-        Movement::Earn => {
-            let key = auth.key.unwrap_or_else(|| fresh_key("earn"));
-            let message = EarnRequest { idempotency_key: key, member_id: member, amount_points: points };
-            ledger.earn(authorized(message, &auth.api_key)?).await
-        }
-        Movement::Redeem => {
-            let key = auth.key.unwrap_or_else(|| fresh_key("redeem"));
-            let message = RedeemRequest { idempotency_key: key, member_id: member, amount_points: points };
-            ledger.redeem(authorized(message, &auth.api_key)?).await
-        }
-    };
-    print_reply(&reply.map_err(status_error)?.into_inner());
-    Ok(())
+    if let Some(hold) = &reply.hold {
+        let status = tally_proto::v1::HoldStatus::try_from(hold.status)
+            .map(|status| status.as_str_name().trim_start_matches("HOLD_STATUS_").to_lowercase())
+            .unwrap_or_else(|_| hold.status.to_string());
+        println!(
+            "  hold {}: {status}, authorized {} captured {} expires at {} ms",
+            hold.hold_idempotency_key, hold.authorized_points, hold.captured_points, hold.expires_at_ms
+        );
+    }
+    if reply.operation == "reverse_earn" {
+        println!("  reversed {}, {} still reversible", reply.reversed_points, reply.earn_remaining_points);
+    }
+    if reply.operation == "exchange" {
+        println!(
+            "  debited {} (fee {}), credited {}",
+            reply.debited_points, reply.fee_points, reply.credited_points
+        );
+    }
+    if !reply.transfer_id.is_empty() {
+        println!("  transfer id {}", reply.transfer_id);
+    }
 }
 
 pub async fn balance(

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use tally::cli::{self, AgreementCommand, Connection, Movement, MovementArgs, PartnerCommand};
+use tally::cli::{self, AgreementCommand, Connection, PartnerAuth, PartnerCommand};
+use tally::operations::{self, Write};
 use tally::settings::NodeFlags;
 
 #[derive(Parser, Debug)]
@@ -17,6 +18,8 @@ use tally::settings::NodeFlags;
 struct Cli {
     #[command(flatten)]
     connection: Connection,
+    #[command(flatten)]
+    auth: PartnerAuth,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,14 +37,16 @@ enum Command {
     Agreement(AgreementCommand),
     /// Show every group's Raft state, state digests and per-currency totals.
     Status,
-    /// Earn points for a member (as a partner).
-    Earn(MovementArgs),
-    /// Redeem a member's points (as a partner).
-    Redeem(MovementArgs),
+    #[command(flatten)]
+    Write(Write),
+    /// The stored result of the partner's idempotency key given with --key.
+    Operation {
+        /// The member the operation concerned (it routes to the member's shard).
+        #[arg(long)]
+        member: String,
+    },
     /// Read a member's balance in the partner's currency.
     Balance {
-        #[arg(long, env = "TALLY_API_KEY")]
-        api_key: String,
         #[arg(long)]
         member: String,
         /// Read the local replica without confirming leadership (may be stale).
@@ -50,8 +55,6 @@ enum Command {
     },
     /// List a member's statement in the partner's currency.
     Statement {
-        #[arg(long, env = "TALLY_API_KEY")]
-        api_key: String,
         #[arg(long)]
         member: String,
         #[arg(long)]
@@ -88,18 +91,17 @@ fn error_chain(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let Cli { connection, auth, command } = cli;
+    match command {
         Command::Dev(flags) => run_dev(flags).await,
-        Command::Partner(command) => cli::partner(&cli.connection, command).await,
-        Command::Agreement(command) => cli::agreement(&cli.connection, command).await,
-        Command::Status => cli::status(&cli.connection).await,
-        Command::Earn(args) => cli::move_points(&cli.connection, Movement::Earn, args).await,
-        Command::Redeem(args) => cli::move_points(&cli.connection, Movement::Redeem, args).await,
-        Command::Balance { api_key, member, stale } => {
-            cli::balance(&cli.connection, &api_key, member, stale).await
-        }
-        Command::Statement { api_key, member, oldest_first, limit } => {
-            cli::statement(&cli.connection, &api_key, member, oldest_first, limit).await
+        Command::Partner(command) => cli::partner(&connection, command).await,
+        Command::Agreement(command) => cli::agreement(&connection, command).await,
+        Command::Status => cli::status(&connection).await,
+        Command::Write(write) => operations::send(&connection, &auth, write).await,
+        Command::Operation { member } => operations::operation(&connection, &auth, member).await,
+        Command::Balance { member, stale } => cli::balance(&connection, auth.api_key()?, member, stale).await,
+        Command::Statement { member, oldest_first, limit } => {
+            cli::statement(&connection, auth.api_key()?, member, oldest_first, limit).await
         }
     }
 }

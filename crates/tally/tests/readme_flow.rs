@@ -115,14 +115,70 @@ fn cli_flow_from_the_readme() {
         stdout_of(&tally(&addr, &["statement", "--api-key", api_key, "--member", "alice"]), "statement");
     assert!(statement.contains("2 of 2 lines"), "{statement}");
 
+    // Every other write from the shell.
+    let run = |args: &[&str], what: &str| stdout_of(&tally(&addr, args), what);
+    let sky = |rest: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = rest.iter().map(|arg| arg.to_string()).collect();
+        args.extend(["--api-key".to_string(), api_key.to_string()]);
+        args
+    };
+    let call = |rest: &[&str], what: &str| {
+        let args = sky(rest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args, what)
+    };
+    assert!(call(&["enrol", "--member", "bob"], "enrol").contains("bob SKYMILES: balance 0"));
+    let held = call(&["hold", "--member", "alice", "--points", "300", "--key", "h1"], "hold");
+    assert!(held.contains("held 300 available 1000") && held.contains("hold h1: open"), "{held}");
+    let captured = call(&["capture", "--hold-key", "h1", "--member", "alice", "--points", "100"], "capture");
+    assert!(captured.contains("balance 1200 held 0") && captured.contains("captured"), "{captured}");
+    call(&["hold", "--member", "alice", "--points", "50", "--key", "h2"], "hold");
+    let voided = call(&["void", "--hold-key", "h2", "--member", "alice"], "void");
+    assert!(voided.contains("hold h2: voided"), "{voided}");
+    let reversed =
+        call(&["reverse", "--earn-key", "first", "--member", "alice", "--points", "200"], "reverse");
+    assert!(reversed.contains("reversed 200, 1300 still reversible"), "{reversed}");
+    let transferred = call(&["transfer", "--from", "alice", "--to", "bob", "--points", "100"], "transfer");
+    assert!(transferred.contains("bob SKYMILES: balance 100"), "{transferred}");
+    let exchanged = call(
+        &[
+            "exchange",
+            "--member",
+            "alice",
+            "--from-currency",
+            "SKYMILES",
+            "--to-currency",
+            "HOTELPTS",
+            "--points",
+            "200",
+        ],
+        "exchange",
+    );
+    assert!(
+        exchanged.contains("credited 100") && exchanged.contains("alice HOTELPTS: balance 100"),
+        "{exchanged}"
+    );
+    let looked_up = call(&["operation", "--key", "h1", "--member", "alice"], "operation");
+    assert!(looked_up.contains("authorize_hold"), "{looked_up}");
+
     let refused = tally(&addr, &["redeem", "--api-key", api_key, "--member", "alice", "--points", "20000"]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("FailedPrecondition") && message.contains("insufficient"), "{message}");
 
-    // Every posting debits one account and credits another: 1500 earned + 200 redeemed.
+    let statement =
+        stdout_of(&tally(&addr, &["statement", "--api-key", api_key, "--member", "alice"]), "statement");
+    assert!(
+        statement.contains("6 of 6 lines"),
+        "earn, redeem, capture, reversal, transfer, exchange: {statement}"
+    );
+
+    // Every posting debits one account and credits another: 1500 earned + 200 redeemed + 100
+    // captured + 200 reversed + 200 exchanged, and the transfer twice (alice and bob live on
+    // different shards, so it goes out of alice's shard and into bob's through transit).
     let status = stdout_of(&tally(&addr, &["status"]), "status");
-    assert!(status.contains("SKYMILES: debits 1700 credits 1700 (conserved)"), "{status}");
+    assert!(status.contains("SKYMILES: debits 2400 credits 2400 (conserved)"), "{status}");
+    assert!(status.contains("HOTELPTS: debits 100 credits 100 (conserved)"), "{status}");
 }
 
 fn grpcurl(addr: &str, args: &[&str]) -> Option<Output> {
