@@ -1,6 +1,7 @@
 //! A group replica hosted by a node: its Raft handle, its state, and (for shards) its proposer.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::{Config, SnapshotPolicy};
@@ -25,8 +26,11 @@ pub struct RaftTuning {
     pub install_snapshot_timeout_ms: u64,
     /// Entries per AppendEntries; each entry holds up to 4,096 commands.
     pub max_payload_entries: u64,
-    /// Build a snapshot after this many log entries since the last one.
+    /// Build a snapshot after this many log entries since the last one...
     pub snapshot_logs_since_last: u64,
+    /// ...or after this many bytes of log appended since the last one, whichever comes first
+    /// (an entry holds anything from one command to 4,096, so a count alone bounds nothing).
+    pub snapshot_log_bytes: u64,
     /// Log entries kept after a snapshot, so slightly lagging followers need no snapshot.
     pub logs_kept_after_snapshot: u64,
 }
@@ -39,7 +43,8 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2_000,
             install_snapshot_timeout_ms: 10_000,
             max_payload_entries: 64,
-            snapshot_logs_since_last: 10_000,
+            snapshot_logs_since_last: 200_000,
+            snapshot_log_bytes: 256 * 1024 * 1024,
             logs_kept_after_snapshot: 1_000,
         }
     }
@@ -102,15 +107,46 @@ impl Group {
     ) -> Result<Group, GroupError> {
         let config = Arc::new(tuning.openraft_config(group_id)?);
         let log_store = store.log_store::<TallyRaft>(group_id)?;
+        let appended_bytes = log_store.appended_bytes();
         let state_machine = GroupStateMachine::open(group_id, store.state_tree(group_id)?)?;
         let shared = state_machine.shared();
         let network = GroupNetworkFactory { group_id, peers };
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|error| GroupError::Start(error.to_string()))?;
+        tokio::spawn(snapshot_by_log_size(raft.clone(), appended_bytes, tuning.snapshot_log_bytes));
         let proposer =
             (group_id != META_GROUP_ID).then(|| Proposer::start(group_id, raft.clone(), proposer_config));
         Ok(Group { group_id, raft, shared, proposer })
+    }
+}
+
+/// openraft's own policy counts entries; this task bounds the log's size too: once
+/// `snapshot_log_bytes` have been appended since its last trigger, it asks for a snapshot
+/// (after which openraft purges the log behind it). Ends when the group stops.
+async fn snapshot_by_log_size(raft: Raft, appended_bytes: Arc<AtomicU64>, snapshot_log_bytes: u64) {
+    let mut metrics = raft.metrics();
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut bytes_at_last_trigger = 0u64;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let bytes = appended_bytes.load(Ordering::Relaxed);
+        if bytes.saturating_sub(bytes_at_last_trigger) < snapshot_log_bytes {
+            continue;
+        }
+        bytes_at_last_trigger = bytes;
+        tracing::info!(group = %raft.config().cluster_name, appended_bytes = bytes, "log size reached: snapshot");
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -528,3 +528,27 @@ async fn journaled_records_reload_at_their_latest_version_and_expired_ones_stay_
     assert!(live.operation(&partner(), &key("r")).is_some());
     assert_tree_matches_memory(&store, &shared, "after the expiry");
 }
+
+/// Entries can carry thousands of commands, so the log is bounded by size as well as by entry
+/// count: with a count that is never reached and a small byte limit, a snapshot still comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_built_once_the_log_reaches_its_size_limit() {
+    let store = NodeStore::temporary().unwrap();
+    let tuning = tally_raft::RaftTuning {
+        snapshot_logs_since_last: 1_000_000,
+        snapshot_log_bytes: 20_000,
+        ..fast_tuning()
+    };
+    let group = common::start_single(&store, &tuning).await;
+    assert!(group.raft.metrics().borrow().snapshot.is_none(), "no snapshot before any write");
+    for round in 0..10 {
+        common::propose(&group, round_commands(round)).await;
+    }
+    let waited = group
+        .raft
+        .wait(Some(std::time::Duration::from_secs(10)))
+        .metrics(|metrics| metrics.snapshot.is_some(), "a snapshot by log size")
+        .await;
+    assert!(waited.is_ok(), "no snapshot after {} log bytes", 20_000);
+    group.raft.shutdown().await.unwrap();
+}

@@ -15,6 +15,8 @@ use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -48,6 +50,9 @@ pub struct LogStore<C> {
     group_id: u32,
     tree: sled::Tree,
     node: NodeStore,
+    /// Encoded bytes appended since the store was opened (shared by clones), so the group can
+    /// bound its log by size as well as by entry count.
+    appended_bytes: Arc<AtomicU64>,
     _config: PhantomData<C>,
 }
 
@@ -57,6 +62,7 @@ impl<C> Clone for LogStore<C> {
             group_id: self.group_id,
             tree: self.tree.clone(),
             node: self.node.clone(),
+            appended_bytes: self.appended_bytes.clone(),
             _config: PhantomData,
         }
     }
@@ -70,7 +76,12 @@ impl<C> fmt::Debug for LogStore<C> {
 
 impl<C: RaftTypeConfig> LogStore<C> {
     pub(crate) fn new(group_id: u32, tree: sled::Tree, node: NodeStore) -> Self {
-        LogStore { group_id, tree, node, _config: PhantomData }
+        LogStore { group_id, tree, node, appended_bytes: Arc::new(AtomicU64::new(0)), _config: PhantomData }
+    }
+
+    /// A live counter of the encoded bytes appended to this log since it was opened.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended_bytes.clone()
     }
 
     /// The group this log belongs to.
@@ -243,13 +254,16 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
     {
         let mut batch = sled::Batch::default();
         let mut count = 0usize;
+        let mut size_bytes = 0usize;
         for entry in entries {
             let log_id = entry.get_log_id();
             let value = encode_value(&entry)
                 .map_err(|e| sto_err(ErrorSubject::Log(log_id.clone()), ErrorVerb::Write, e))?;
+            size_bytes += value.len();
             batch.insert(&entry_key(log_id.index)[..], value);
             count += 1;
         }
+        self.appended_bytes.fetch_add(size_bytes as u64, Ordering::Relaxed);
         let write = |e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e);
         // One batch: the entries become readable together when `apply_batch` returns (openraft
         // requires them readable when `append` returns), and a crash keeps all or none of them.

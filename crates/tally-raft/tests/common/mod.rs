@@ -190,6 +190,7 @@ pub fn fast_tuning() -> RaftTuning {
         install_snapshot_timeout_ms: 2_000,
         max_payload_entries: 64,
         snapshot_logs_since_last: 10_000,
+        snapshot_log_bytes: 1 << 40,
         logs_kept_after_snapshot: 10_000,
     }
 }
