@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tally_ledger::limits::BATCH_COMMANDS_MAX;
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::state::{AccountKey, StatementLine};
+use tally_ledger::CurrencyTotals;
 use tally_ledger::{
     BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId,
 };
@@ -168,7 +169,8 @@ impl Node {
     /// Healthy when every hosted group runs (no fatal error) and knows its leader.
     pub fn is_healthy(&self) -> bool {
         self.registry.all().iter().all(|group| {
-            let metrics = group.raft.metrics().borrow().clone();
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow();
             metrics.running_state.is_ok() && metrics.current_leader.is_some()
         })
     }
@@ -349,15 +351,15 @@ impl Node {
     }
 
     /// Per-currency sums of debits and credits over every shard hosted here.
-    pub fn currency_totals(&self) -> BTreeMap<CurrencyCode, (u128, u128)> {
-        let mut totals: BTreeMap<CurrencyCode, (u128, u128)> = BTreeMap::new();
+    pub fn currency_totals(&self) -> BTreeMap<CurrencyCode, CurrencyTotals> {
+        let mut totals: BTreeMap<CurrencyCode, CurrencyTotals> = BTreeMap::new();
         for group in self.registry.all() {
             let state = group.shared.read();
             let GroupData::Shard(ledger) = &state.data else { continue };
             for (currency, sums) in ledger.currency_totals() {
                 let entry = totals.entry(currency).or_default();
-                entry.0 += sums.debits_points;
-                entry.1 += sums.credits_points;
+                entry.debits_points += sums.debits_points;
+                entry.credits_points += sums.credits_points;
             }
         }
         totals
@@ -434,7 +436,8 @@ fn role_name(state: ServerState) -> &'static str {
 /// For a stale read: how long since this replica last heard from a quorum (as leader) or,
 /// on a follower, an upper bound we cannot give precisely, so the election timeout.
 fn staleness_ms(group: &Group) -> u64 {
-    let metrics = group.raft.metrics().borrow().clone();
+    let metrics = group.raft.metrics();
+    let metrics = metrics.borrow();
     match metrics.state {
         ServerState::Leader => metrics.millis_since_quorum_ack.unwrap_or(0),
         _ => group.raft.config().election_timeout_max,

@@ -45,14 +45,8 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
     update_health(&node, &health_reporter).await;
     let health = tokio::spawn(report_health(node.clone(), health_reporter));
     // Both reflection versions: grpcurl and many other tools still ask for v1alpha.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -67,6 +61,13 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
         let _ = shutdown_signal.await;
     }));
     Ok(DevCluster { addr, node, shutdown: Some(shutdown), server: Some(server), health })
+}
+
+/// Server reflection over every Tally proto and the health proto.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Keeps `grpc.health.v1` in step with the node: SERVING while every group runs and has a

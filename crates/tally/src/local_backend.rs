@@ -113,7 +113,7 @@ impl Backend for LocalBackend {
                 last_log_index: view.last_log_index,
                 committed_index: view.committed_index,
                 applied_index: view.applied_index,
-                state_digest: hex_digest(&view.state_digest),
+                state_digest: hex::encode(view.state_digest),
                 voters: view.voters,
             })
             .collect();
@@ -121,16 +121,12 @@ impl Backend for LocalBackend {
             .node
             .currency_totals()
             .into_iter()
-            .map(|(currency, (debits, credits))| CurrencyTotal {
+            .map(|(currency, totals)| CurrencyTotal {
                 currency: currency.to_string(),
-                debits_points: debits.to_string(),
-                credits_points: credits.to_string(),
+                debits_points: totals.debits_points.to_string(),
+                credits_points: totals.credits_points.to_string(),
             })
             .collect();
         Ok(ClusterStatusReply { shard_count: self.node.shard_count(), groups, currency_totals })
     }
-}
-
-fn hex_digest(digest: &[u8; 32]) -> String {
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
