@@ -3,7 +3,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = "../../proto";
     println!("cargo:rerun-if-changed={proto_root}");
-    let files = ["tally/v1/ledger.proto", "tally/v1/admin.proto", "tally/internal/raft.proto"];
+    let files = [
+        "tally/v1/ledger.proto",
+        "tally/v1/admin.proto",
+        "tally/internal/raft.proto",
+        "tally/internal/node.proto",
+    ];
     let file_descriptors = protox::compile(files, [proto_root])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     // Server reflection needs the encoded descriptor set.

@@ -13,17 +13,22 @@ use tally_ledger::meta::{validate_terms, MetaCommand, MetaResult};
 use tally_ledger::{PartnerId, ValidationError};
 use tally_proto::v1::admin_server::Admin;
 use tally_proto::v1::{
-    Agreement, ClusterStatusReply, ClusterStatusRequest, CreatePartnerReply, CreatePartnerRequest,
-    ListAgreementsReply, ListAgreementsRequest, ListPartnersReply, ListPartnersRequest,
-    RemoveAgreementRequest, RotatePartnerKeyRequest, SetAgreementRequest,
+    AddNodeRequest, Agreement, ClusterChangeReply, ClusterStatusReply, ClusterStatusRequest,
+    CreatePartnerReply, CreatePartnerRequest, ListAgreementsReply, ListAgreementsRequest, ListPartnersReply,
+    ListPartnersRequest, MoveLeaderRequest, MoveReplicaRequest, RemoveAgreementRequest, RemoveNodeRequest,
+    RotatePartnerKeyRequest, SetAgreementRequest, TriggerSnapshotRequest,
 };
 use tonic::{Request, Response, Status};
 
-use crate::backend::Backend;
+use crate::backend::{AdminAction, Backend};
 use crate::metrics::observe;
 use crate::status::ApiError;
 use crate::submit::{once, with_retry, Deadline, Purpose};
 use crate::{auth, convert, validate, Shared};
+
+/// Default time an operator action (moving replicas, removing a node) may take when the caller
+/// sets no `grpc-timeout`: a replica catching up on a large shard takes a while.
+pub const ADMIN_ACTION_DEADLINE_MS_DEFAULT: u64 = 600_000;
 
 /// Longest partner display name.
 pub const DISPLAY_NAME_BYTES_MAX: usize = 200;
@@ -74,6 +79,22 @@ impl<B: Backend> AdminService<B> {
         Deadline::for_request(request.metadata(), self.shared.config.request_deadline_ms)
     }
 
+    /// Runs an operator action once (it is not idempotent as a whole) and logs it.
+    async fn act<R>(
+        &self,
+        request: &Request<R>,
+        action: AdminAction,
+    ) -> Result<ClusterChangeReply, ApiError> {
+        let deadline = Deadline::for_request(request.metadata(), ADMIN_ACTION_DEADLINE_MS_DEFAULT);
+        let description = format!("{action:?}");
+        let result = once(deadline, Purpose::Read, "the cluster", self.shared.backend.admin(action)).await;
+        match &result {
+            Ok(steps) => tracing::info!(action = %description, ?steps, "operator action done"),
+            Err(error) => tracing::warn!(action = %description, %error, "operator action failed"),
+        }
+        result.map(|steps| ClusterChangeReply { steps })
+    }
+
     /// Proposes a meta command once (meta commands carry no idempotency key).
     /// Every change is logged (without key material): the audit trail of partner credentials
     /// and exchange agreements.
@@ -103,6 +124,14 @@ fn describe(command: &MetaCommand) -> String {
         ),
         MetaCommand::RemoveAgreement { from_currency, to_currency } => {
             format!("remove agreement {from_currency} -> {to_currency}")
+        }
+        MetaCommand::InitCluster { layout } => {
+            format!("initialize the cluster on nodes {:?}", layout.nodes.keys())
+        }
+        MetaCommand::AddNode { node_id, address } => format!("add node {node_id} at {address}"),
+        MetaCommand::RemoveNode { node_id } => format!("remove node {node_id}"),
+        MetaCommand::SetShardReplicas { shard, replicas, .. } => {
+            format!("place shard {shard} on nodes {replicas:?}")
         }
     }
 }
@@ -238,6 +267,83 @@ impl<B: Backend> Admin for AdminService<B> {
         observe("cluster_status", async move {
             let deadline = self.deadline(&request);
             with_retry(deadline, Purpose::Read, "the cluster", || self.shared.backend.cluster_status()).await
+        })
+        .await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<ClusterChangeReply>, Status> {
+        observe("add_node", async move {
+            let address = request.get_ref().address.trim().to_string();
+            if address.is_empty() || address.len() > 255 || address.contains(char::is_whitespace) {
+                return Err(
+                    ValidationError::new("address", "must be host:port of the node's gRPC address").into()
+                );
+            }
+            self.act(&request, AdminAction::AddNode { address }).await
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<ClusterChangeReply>, Status> {
+        observe("remove_node", async move {
+            let node_id = request.get_ref().node_id;
+            if node_id == 0 {
+                return Err(ValidationError::new("node_id", "must be set (node ids start at 1)").into());
+            }
+            self.act(&request, AdminAction::RemoveNode { node_id }).await
+        })
+        .await
+    }
+
+    async fn move_replica(
+        &self,
+        request: Request<MoveReplicaRequest>,
+    ) -> Result<Response<ClusterChangeReply>, Status> {
+        observe("move_replica", async move {
+            let message = request.get_ref();
+            let (shard, from_node_id, to_node_id) = (message.shard, message.from_node_id, message.to_node_id);
+            if from_node_id == 0 || to_node_id == 0 {
+                return Err(ValidationError::new("from_node_id", "and to_node_id must both be set").into());
+            }
+            if from_node_id == to_node_id {
+                return Err(ValidationError::new("to_node_id", "must differ from from_node_id").into());
+            }
+            self.act(&request, AdminAction::MoveReplica { shard, from_node_id, to_node_id }).await
+        })
+        .await
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<ClusterChangeReply>, Status> {
+        observe("move_leader", async move {
+            let message = request.get_ref();
+            if message.to_node_id == 0 {
+                return Err(ValidationError::new("to_node_id", "must be set (node ids start at 1)").into());
+            }
+            self.act(
+                &request,
+                AdminAction::MoveLeader { shard: message.shard, to_node_id: message.to_node_id },
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<ClusterChangeReply>, Status> {
+        observe("trigger_snapshot", async move {
+            let shard = request.get_ref().shard;
+            self.act(&request, AdminAction::TriggerSnapshot { shard }).await
         })
         .await
     }

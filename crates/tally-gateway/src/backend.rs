@@ -24,6 +24,33 @@ pub enum BackendError {
     /// The caller's deadline passed before the cluster answered; the outcome is unknown.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// An operator's request the cluster's current state does not allow (not retryable as is).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Operator actions on the cluster's shape, done by the backend step by step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminAction {
+    AddNode {
+        address: String,
+    },
+    RemoveNode {
+        node_id: u64,
+    },
+    MoveReplica {
+        shard: u32,
+        from_node_id: u64,
+        to_node_id: u64,
+    },
+    MoveLeader {
+        shard: u32,
+        to_node_id: u64,
+    },
+    /// `None`: every group.
+    TriggerSnapshot {
+        shard: Option<u32>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,4 +126,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Result<MetaResult, MetaError>, BackendError>> + Send;
 
     fn cluster_status(&self) -> impl Future<Output = Result<ClusterStatusReply, BackendError>> + Send;
+
+    /// Runs an operator action and returns the steps it took. Backends without several nodes
+    /// refuse the actions that need them.
+    fn admin(&self, action: AdminAction) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send {
+        async move { Err(BackendError::Refused(format!("{action:?} needs a multi-node cluster"))) }
+    }
 }

@@ -39,7 +39,7 @@ use tally_proto::v1::admin_server::AdminServer;
 use tally_proto::v1::ledger_server::LedgerServer;
 
 pub use admin_service::AdminService;
-pub use backend::{Backend, BackendError, BalanceRead, Consistency, StatementPage};
+pub use backend::{AdminAction, Backend, BackendError, BalanceRead, Consistency, StatementPage};
 pub use ledger_service::LedgerService;
 pub use metrics::describe_metrics;
 pub use status::ApiError;

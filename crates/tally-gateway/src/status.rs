@@ -74,6 +74,7 @@ fn backend_write_message(error: &BackendError) -> String {
         BackendError::DeadlineExceeded(detail) => format!(
             "deadline exceeded: {detail}; outcome unknown; retry with the same key or call GetOperation"
         ),
+        BackendError::Refused(detail) => format!("refused: {detail}"),
     }
 }
 
@@ -86,6 +87,7 @@ fn backend_read_message(error: &BackendError) -> String {
         BackendError::DeadlineExceeded(detail) => {
             format!("deadline exceeded: {detail}; retry the request with a longer deadline")
         }
+        BackendError::Refused(detail) => format!("refused: {detail}"),
     }
 }
 
@@ -112,11 +114,13 @@ impl ApiError {
                 | MetaError::CurrencyNotFound(_)
                 | MetaError::AgreementNotFound { .. } => Code::NotFound,
                 MetaError::InvalidAgreement(_) => Code::InvalidArgument,
+                MetaError::Layout(_) => Code::FailedPrecondition,
             },
             ApiError::Backend(error) | ApiError::BackendRead(error) => match error {
                 BackendError::Unavailable(_) => Code::Unavailable,
                 BackendError::Overloaded(_) => Code::ResourceExhausted,
                 BackendError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+                BackendError::Refused(_) => Code::FailedPrecondition,
             },
             ApiError::DeadlinePassed => Code::DeadlineExceeded,
             ApiError::TransferInProgress(_) => Code::Unavailable,

@@ -117,7 +117,9 @@ where
         attempts += 1;
         let error = match tokio::time::timeout(remaining, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error @ BackendError::DeadlineExceeded(_))) => return Err(purpose.error(error)),
+            Ok(Err(error @ (BackendError::DeadlineExceeded(_) | BackendError::Refused(_)))) => {
+                return Err(purpose.error(error))
+            }
             Ok(Err(error)) => error,
             Err(_elapsed) => {
                 return Err(purpose.error(BackendError::DeadlineExceeded(format!(

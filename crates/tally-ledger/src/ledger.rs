@@ -38,7 +38,7 @@ use crate::state::{
 };
 
 /// Sum of debits and credits of one currency over every account of a shard.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CurrencyTotals {
     pub debits_points: u128,
     pub credits_points: u128,

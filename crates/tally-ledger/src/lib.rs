@@ -25,5 +25,8 @@ pub use command::*;
 pub use error::{ErrorCode, LedgerError, ValidationError};
 pub use ids::*;
 pub use ledger::{CurrencyTotals, Ledger};
-pub use meta::{Agreement, MetaCommand, MetaError, MetaResult, MetaState, Partner};
+pub use meta::{
+    Agreement, ClusterLayout, MetaCommand, MetaError, MetaResult, MetaState, NodeInfo, Partner,
+    ShardPlacement,
+};
 pub use state::*;

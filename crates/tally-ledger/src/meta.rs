@@ -1,4 +1,5 @@
-//! The meta group's state: partners (with hashed API keys) and exchange agreements.
+//! The meta group's state: partners (with hashed API keys), exchange agreements, and the
+//! cluster layout (nodes and the placement of every shard's replicas).
 
 use std::collections::BTreeMap;
 
@@ -48,6 +49,26 @@ pub enum MetaCommand {
         from_currency: CurrencyCode,
         to_currency: CurrencyCode,
     },
+    /// Records the nodes and the initial placement. Applying the same layout again is a no-op
+    /// (so `tally cluster init` can be re-run); a different one is refused.
+    InitCluster {
+        layout: ClusterLayout,
+    },
+    AddNode {
+        node_id: u64,
+        address: String,
+    },
+    /// Refused while the node still holds a replica.
+    RemoveNode {
+        node_id: u64,
+    },
+    /// Records a shard's new replica set after a move; `expected_version` guards against two
+    /// concurrent moves of one shard.
+    SetShardReplicas {
+        shard: u32,
+        replicas: Vec<u64>,
+        expected_version: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +77,7 @@ pub enum MetaResult {
     PartnerKeyRotated(Partner),
     AgreementSet(Agreement),
     AgreementRemoved(Agreement),
+    Layout(ClusterLayout),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -72,12 +94,118 @@ pub enum MetaError {
     AgreementNotFound { from_currency: String, to_currency: String },
     #[error("invalid agreement: {0}")]
     InvalidAgreement(String),
+    #[error("cluster layout: {0}")]
+    Layout(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
     pub partners: BTreeMap<PartnerId, Partner>,
     pub agreements: BTreeMap<(CurrencyCode, CurrencyCode), Agreement>,
+    /// `None` until `tally cluster init` (or dev mode) records it.
+    pub layout: Option<ClusterLayout>,
+}
+
+/// A node of the cluster as the meta group knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    /// host:port serving the node's gRPC (Raft transport and node API).
+    pub address: String,
+}
+
+/// Where one shard's replicas live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    /// Voters of the shard's group. The first is the node that bootstrapped the group (and so
+    /// its first leader).
+    pub replicas: Vec<u64>,
+    /// Bumped by every recorded move; 0 means the initial placement.
+    pub version: u64,
+}
+
+/// Nodes and shard placement: what gateways route by and what SRE operations change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLayout {
+    pub shard_count: u32,
+    pub replication_factor: u32,
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    /// Indexed by shard number.
+    pub shards: Vec<ShardPlacement>,
+}
+
+impl ClusterLayout {
+    /// The initial layout: shard `k` on `replication_factor` consecutive nodes starting at the
+    /// `k mod n`-th node (in id order), so that first leaders and replicas are spread evenly.
+    pub fn initial(
+        nodes: Vec<NodeInfo>,
+        shard_count: u32,
+        replication_factor: u32,
+    ) -> Result<ClusterLayout, MetaError> {
+        let layout_error = |reason: String| MetaError::Layout(reason);
+        if nodes.is_empty() {
+            return Err(layout_error("at least one node is needed".into()));
+        }
+        if replication_factor == 0 {
+            return Err(layout_error("replication_factor must be at least 1".into()));
+        }
+        if shard_count == 0 {
+            return Err(layout_error("shard_count must be at least 1".into()));
+        }
+        let mut by_id = BTreeMap::new();
+        for node in nodes {
+            if node.node_id == 0 {
+                return Err(layout_error("node ids start at 1".into()));
+            }
+            if let Some(previous) = by_id.insert(node.node_id, node.clone()) {
+                return Err(layout_error(format!(
+                    "node id {} is used by both {} and {}",
+                    node.node_id, previous.address, node.address
+                )));
+            }
+        }
+        let ids: Vec<u64> = by_id.keys().copied().collect();
+        let replicas_per_shard = (replication_factor as usize).min(ids.len());
+        let shards = (0..shard_count as usize)
+            .map(|shard| ShardPlacement {
+                replicas: (0..replicas_per_shard).map(|offset| ids[(shard + offset) % ids.len()]).collect(),
+                version: 0,
+            })
+            .collect();
+        Ok(ClusterLayout { shard_count, replication_factor, nodes: by_id, shards })
+    }
+
+    /// Shards (by number) that have a replica on `node_id`.
+    pub fn shards_on(&self, node_id: u64) -> Vec<u32> {
+        (0..self.shard_count)
+            .filter(|shard| self.shards[*shard as usize].replicas.contains(&node_id))
+            .collect()
+    }
+
+    pub fn address(&self, node_id: u64) -> Option<&str> {
+        self.nodes.get(&node_id).map(|node| node.address.as_str())
+    }
+
+    fn check_replicas(&self, shard: u32, replicas: &[u64]) -> Result<(), MetaError> {
+        if shard >= self.shard_count {
+            return Err(MetaError::Layout(format!(
+                "no shard {shard}; shards are 0 to {}",
+                self.shard_count - 1
+            )));
+        }
+        if replicas.is_empty() {
+            return Err(MetaError::Layout(format!("shard {shard} needs at least one replica")));
+        }
+        for (index, node_id) in replicas.iter().enumerate() {
+            if !self.nodes.contains_key(node_id) {
+                return Err(MetaError::Layout(format!("node {node_id} is not part of the cluster")));
+            }
+            if replicas[..index].contains(node_id) {
+                return Err(MetaError::Layout(format!("node {node_id} is listed twice")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl MetaState {
@@ -118,6 +246,83 @@ impl MetaState {
                     from_currency: from_currency.to_string(),
                     to_currency: to_currency.to_string(),
                 }),
+            MetaCommand::InitCluster { layout } => self.init_cluster(layout).map(MetaResult::Layout),
+            MetaCommand::AddNode { node_id, address } => {
+                let layout = self.layout_mut()?;
+                if *node_id == 0 {
+                    return Err(MetaError::Layout("node ids start at 1".into()));
+                }
+                match layout.nodes.get(node_id) {
+                    Some(existing) if existing.address == *address => {}
+                    Some(existing) => {
+                        return Err(MetaError::Layout(format!(
+                            "node {node_id} is already in the cluster at {}; remove it first",
+                            existing.address
+                        )))
+                    }
+                    None => {
+                        layout
+                            .nodes
+                            .insert(*node_id, NodeInfo { node_id: *node_id, address: address.clone() });
+                    }
+                }
+                Ok(MetaResult::Layout(layout.clone()))
+            }
+            MetaCommand::RemoveNode { node_id } => {
+                let layout = self.layout_mut()?;
+                if !layout.nodes.contains_key(node_id) {
+                    return Err(MetaError::Layout(format!("node {node_id} is not part of the cluster")));
+                }
+                let held = layout.shards_on(*node_id);
+                if !held.is_empty() {
+                    return Err(MetaError::Layout(format!(
+                        "node {node_id} still holds replicas of shards {held:?}; move them first"
+                    )));
+                }
+                layout.nodes.remove(node_id);
+                Ok(MetaResult::Layout(layout.clone()))
+            }
+            MetaCommand::SetShardReplicas { shard, replicas, expected_version } => {
+                let layout = self.layout_mut()?;
+                layout.check_replicas(*shard, replicas)?;
+                let placement = &mut layout.shards[*shard as usize];
+                if placement.version != *expected_version {
+                    return Err(MetaError::Layout(format!(
+                        "shard {shard} placement is at version {}, not {expected_version}: another \
+                         change came first; read the status and retry",
+                        placement.version
+                    )));
+                }
+                placement.replicas.clone_from(replicas);
+                placement.version += 1;
+                Ok(MetaResult::Layout(layout.clone()))
+            }
+        }
+    }
+
+    fn layout_mut(&mut self) -> Result<&mut ClusterLayout, MetaError> {
+        self.layout.as_mut().ok_or_else(|| {
+            MetaError::Layout("the cluster is not initialized; run `tally cluster init`".into())
+        })
+    }
+
+    fn init_cluster(&mut self, layout: &ClusterLayout) -> Result<ClusterLayout, MetaError> {
+        match &self.layout {
+            Some(existing) if existing == layout => Ok(existing.clone()),
+            Some(existing) => Err(MetaError::Layout(format!(
+                "the cluster is already initialized with nodes {:?}",
+                existing.nodes.keys().collect::<Vec<_>>()
+            ))),
+            None => {
+                if layout.shards.len() != layout.shard_count as usize {
+                    return Err(MetaError::Layout("one placement per shard is needed".into()));
+                }
+                for (shard, placement) in layout.shards.iter().enumerate() {
+                    layout.check_replicas(shard as u32, &placement.replicas)?;
+                }
+                self.layout = Some(layout.clone());
+                Ok(layout.clone())
+            }
         }
     }
 

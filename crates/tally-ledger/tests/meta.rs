@@ -173,3 +173,85 @@ fn quote_refusals_say_why() {
         assert_eq!(exchange_quote(&AgreementTerms { block_size_points, ..terms(1, 1) }, 7), Ok((0, 7)));
     }
 }
+
+fn nodes(count: u64) -> Vec<NodeInfo> {
+    (1..=count)
+        .map(|node_id| NodeInfo { node_id, address: format!("127.0.0.1:{}", 7100 + node_id) })
+        .collect()
+}
+
+#[test]
+fn initial_placement_spreads_replicas_and_first_leaders_evenly() {
+    let layout = ClusterLayout::initial(nodes(3), 8, 3).unwrap();
+    assert_eq!(layout.shards[0].replicas, vec![1, 2, 3]);
+    assert_eq!(layout.shards[1].replicas, vec![2, 3, 1]);
+    assert_eq!(layout.shards[5].replicas, vec![3, 1, 2]);
+    let mut first_replicas = [0usize; 4];
+    for placement in &layout.shards {
+        first_replicas[placement.replicas[0] as usize] += 1;
+    }
+    assert_eq!(&first_replicas[1..], &[3, 3, 2], "first leaders differ by at most one shard");
+    // Fewer nodes than the replication factor: every node holds every shard.
+    let small = ClusterLayout::initial(nodes(1), 4, 3).unwrap();
+    assert!(small.shards.iter().all(|placement| placement.replicas == vec![1]));
+    let five = ClusterLayout::initial(nodes(5), 10, 3).unwrap();
+    for node_id in 1..=5 {
+        assert_eq!(five.shards_on(node_id).len(), 6, "30 replicas over 5 nodes");
+    }
+    let mut twice = nodes(2);
+    twice[1].node_id = 1;
+    assert!(
+        matches!(ClusterLayout::initial(twice, 4, 3), Err(MetaError::Layout(message)) if message.contains("used by both"))
+    );
+    assert!(ClusterLayout::initial(Vec::new(), 4, 3).is_err());
+    assert!(ClusterLayout::initial(nodes(3), 4, 0).is_err());
+}
+
+#[test]
+fn the_layout_is_initialized_once_and_changed_only_by_checked_commands() {
+    let mut meta = MetaState::default();
+    let not_initialized = meta.apply(1, &MetaCommand::AddNode { node_id: 4, address: "a:1".into() });
+    assert!(matches!(not_initialized, Err(MetaError::Layout(message)) if message.contains("cluster init")));
+
+    let layout = ClusterLayout::initial(nodes(3), 4, 3).unwrap();
+    meta.apply(2, &MetaCommand::InitCluster { layout: layout.clone() }).unwrap();
+    // Re-running init with the same layout is harmless; another layout is refused.
+    assert_eq!(
+        meta.apply(3, &MetaCommand::InitCluster { layout: layout.clone() }),
+        Ok(MetaResult::Layout(layout.clone()))
+    );
+    let other = ClusterLayout::initial(nodes(4), 4, 3).unwrap();
+    assert!(meta.apply(4, &MetaCommand::InitCluster { layout: other }).is_err());
+
+    meta.apply(5, &MetaCommand::AddNode { node_id: 4, address: "127.0.0.1:7104".into() }).unwrap();
+    let moved = MetaCommand::SetShardReplicas { shard: 2, replicas: vec![4, 1, 2], expected_version: 0 };
+    meta.apply(6, &moved).unwrap();
+    let current = meta.layout.clone().unwrap();
+    assert_eq!((current.shards[2].replicas.clone(), current.shards[2].version), (vec![4, 1, 2], 1));
+    // A second move computed from the old version loses the race.
+    assert!(
+        matches!(meta.apply(7, &moved), Err(MetaError::Layout(message)) if message.contains("version 1"))
+    );
+    for bad in [
+        MetaCommand::SetShardReplicas { shard: 9, replicas: vec![1], expected_version: 1 },
+        MetaCommand::SetShardReplicas { shard: 2, replicas: vec![], expected_version: 1 },
+        MetaCommand::SetShardReplicas { shard: 2, replicas: vec![1, 1], expected_version: 1 },
+        MetaCommand::SetShardReplicas { shard: 2, replicas: vec![1, 9], expected_version: 1 },
+    ] {
+        let before = meta.clone();
+        assert!(matches!(meta.apply(8, &bad), Err(MetaError::Layout(_))), "{bad:?}");
+        assert_eq!(meta, before, "a refused command changes nothing");
+    }
+    // A node holding replicas cannot leave; once its replicas moved, it can.
+    let held = meta.apply(9, &MetaCommand::RemoveNode { node_id: 3 });
+    assert!(matches!(held, Err(MetaError::Layout(message)) if message.contains("move them first")));
+    for shard in current.shards_on(3) {
+        let placement = &meta.layout.as_ref().unwrap().shards[shard as usize];
+        let replicas = placement.replicas.iter().map(|id| if *id == 3 { 4 } else { *id }).collect();
+        let version = placement.version;
+        meta.apply(10, &MetaCommand::SetShardReplicas { shard, replicas, expected_version: version })
+            .unwrap();
+    }
+    meta.apply(11, &MetaCommand::RemoveNode { node_id: 3 }).unwrap();
+    assert!(!meta.layout.as_ref().unwrap().nodes.contains_key(&3));
+}

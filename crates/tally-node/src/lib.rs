@@ -4,8 +4,10 @@
 //! Layout:
 //! - [`config`]: [`NodeConfig`], the node's one typed configuration.
 //! - [`node`]: [`Node`], starting groups, bootstrap, reads and proposals.
+//! - [`api`]: the node API (`tally.internal.NodeApi`) server and client.
 //! - [`metrics`]: the Prometheus exporter and Raft/storage gauges.
 
+pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;

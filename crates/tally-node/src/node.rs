@@ -1,19 +1,20 @@
 //! A node: the sled database, the hosted group replicas, and the calls the gateway makes on them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tally_ledger::limits::BATCH_COMMANDS_MAX;
-use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
-use tally_ledger::state::{AccountKey, StatementLine};
+use tally_ledger::meta::{ClusterLayout, MetaCommand, MetaError, MetaResult, MetaState, NodeInfo};
+use tally_ledger::state::{AccountKey, StatementLine, TransferRecord};
 use tally_ledger::CurrencyTotals;
 use tally_ledger::{
     BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId,
+    TransferId,
 };
 use tally_raft::network::PeerPool;
 use tally_raft::proposer::{propose_error, wall_clock_ms};
@@ -50,7 +51,7 @@ struct NodeIdentity {
 }
 
 /// A balance read and how fresh it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalanceReadout {
     pub balance: Option<BalanceView>,
     pub applied_log_index: u64,
@@ -59,31 +60,48 @@ pub struct BalanceReadout {
 }
 
 /// One group replica's Raft view, for status and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatusView {
     pub group_id: GroupId,
     pub node_id: NodeId,
-    pub role: &'static str,
+    pub role: String,
     pub leader_node_id: Option<NodeId>,
     pub term: u64,
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
+    pub snapshot_index: u64,
     pub state_digest: [u8; 32],
     pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// On the leader: the last log index each replica has matched.
+    pub matched_index: BTreeMap<NodeId, u64>,
+    /// Per-currency sums over this replica's accounts (shard groups only).
+    pub currency_totals: BTreeMap<CurrencyCode, CurrencyTotals>,
+}
+
+/// A hosted replica's background tasks, stopped when the replica is dropped.
+struct ReplicaTasks {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 pub struct Node {
     config: NodeConfig,
     store: NodeStore,
+    peers: Arc<PeerPool>,
     registry: Arc<GroupRegistry>,
-    /// Tells background tasks to end, so that every handle on the database is released.
+    replica_tasks: Mutex<BTreeMap<GroupId, ReplicaTasks>>,
+    /// Serializes hosting and dropping replicas.
+    hosting: tokio::sync::Mutex<()>,
+    /// Tells node-wide background tasks to end, so that every handle on the database is released.
     stop: watch::Sender<bool>,
     background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Node {
-    /// Opens the data folder and starts every group replica (meta and all shards).
+    /// Opens the data folder and starts the meta group replica and every shard replica stored
+    /// in it (a restarted node rejoins its groups by itself).
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         check_identity(
@@ -91,62 +109,181 @@ impl Node {
             &NodeIdentity { node_id: config.node_id, shard_count: config.shard_count },
         )?;
         let store = NodeStore::open(&config.data_dir.join("db"))?;
-        let peers = Arc::new(PeerPool::default());
-        let registry = Arc::new(GroupRegistry::default());
         let (stop, stopped) = watch::channel(false);
-        let mut background = Vec::new();
-        for group_id in (0..=config.shard_count).map(|group| group as GroupId) {
-            let group = Group::start(
-                config.node_id,
-                group_id,
-                &store,
-                peers.clone(),
-                &config.raft,
-                config.proposer_config(),
-            )
-            .await?;
-            let group = registry.insert(group);
-            background.push(crate::metrics::spawn_group_metrics(
-                config.node_id,
-                group.clone(),
-                stopped.clone(),
-            ));
-            if group.proposer.is_some() {
-                background.push(spawn_hold_expiry(group, stopped.clone()));
-            }
-        }
-        background.push(crate::metrics::spawn_store_metrics(store.clone(), stopped));
-        tracing::info!(
-            node_id = config.node_id,
-            shards = config.shard_count,
-            data_dir = %config.data_dir.display(),
-            "node started its groups"
+        let background = vec![crate::metrics::spawn_store_metrics(store.clone(), stopped)];
+        let node = Arc::new(Node {
+            config,
+            store,
+            peers: Arc::new(PeerPool::default()),
+            registry: Arc::new(GroupRegistry::default()),
+            replica_tasks: Mutex::new(BTreeMap::new()),
+            hosting: tokio::sync::Mutex::new(()),
+            stop,
+            background: Mutex::new(background),
+        });
+        let mut groups = vec![META_GROUP_ID];
+        groups.extend(
+            node.store
+                .stored_groups()
+                .into_iter()
+                .filter(|group| (1..=node.config.shard_count).contains(group)),
         );
-        Ok(Arc::new(Node { config, store, registry, stop, background: Mutex::new(background) }))
+        for group_id in groups {
+            node.host_group(group_id).await?;
+        }
+        tracing::info!(
+            node_id = node.config.node_id,
+            shards = node.config.shard_count,
+            hosted = ?node.registry.all().iter().map(|group| group.group_id).collect::<Vec<_>>(),
+            data_dir = %node.config.data_dir.display(),
+            "node started its group replicas"
+        );
+        Ok(node)
     }
 
-    /// Makes this node the only voter of every group that has never been initialized: the
-    /// one-process dev cluster. Harmless on restart (groups already initialized are skipped).
-    pub async fn initialize_alone(&self) -> Result<(), NodeError> {
-        let me = TallyNode { raft_addr: self.config.advertised(), api_addr: self.config.advertised() };
-        for group in self.registry.all() {
-            let initialized = group.raft.is_initialized().await.map_err(|error| NodeError::Initialize {
-                group_id: group.group_id,
-                reason: error.to_string(),
-            })?;
-            if initialized {
-                continue;
+    /// Starts an empty replica of `group_id` here if there is none, so that a leader can add
+    /// this node as a learner. Idempotent.
+    pub async fn host_group(&self, group_id: GroupId) -> Result<Arc<Group>, NodeError> {
+        if group_id > self.config.shard_count {
+            return Err(NodeError::Config(format!(
+                "no group {group_id}: this cluster has {} shards",
+                self.config.shard_count
+            )));
+        }
+        let _hosting = self.hosting.lock().await;
+        if let Some(group) = self.registry.get(group_id) {
+            return Ok(group);
+        }
+        let group = Group::start(
+            self.config.node_id,
+            group_id,
+            &self.store,
+            self.peers.clone(),
+            &self.config.raft,
+            self.config.proposer_config(),
+        )
+        .await?;
+        let group = self.registry.insert(group);
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks =
+            vec![crate::metrics::spawn_group_metrics(self.config.node_id, group.clone(), stopped.clone())];
+        if group.proposer.is_some() {
+            tasks.push(spawn_hold_expiry(group.clone(), stopped));
+        }
+        self.replica_tasks
+            .lock()
+            .expect("replica tasks lock poisoned")
+            .insert(group_id, ReplicaTasks { stop, tasks });
+        Ok(group)
+    }
+
+    /// Stops this node's replica of a shard group and deletes its data. Only for a replica that
+    /// has been removed from its group (openraft's FAQ: never erase a member's data): refused
+    /// while the replica's own membership includes this node, unless `removal_confirmed` (the
+    /// caller saw the group's leader commit a membership without it; the replica may simply
+    /// not have received that entry).
+    pub async fn drop_group(&self, group_id: GroupId, removal_confirmed: bool) -> Result<bool, NodeError> {
+        if group_id == META_GROUP_ID {
+            return Err(NodeError::Config("the meta group replica is never dropped".into()));
+        }
+        let _hosting = self.hosting.lock().await;
+        let Some(group) = self.registry.remove(group_id) else {
+            return Ok(self.store.drop_group(group_id)?);
+        };
+        let metrics = group.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let member =
+            membership.voter_ids().chain(membership.learner_ids()).any(|id| id == self.config.node_id);
+        if member && !removal_confirmed {
+            self.registry.insert_arc(group);
+            return Err(NodeError::Config(format!(
+                "node {} is still a member of {}; remove it from the group first",
+                self.config.node_id,
+                tally_raft::group::group_name(group_id)
+            )));
+        }
+        let tasks = self.replica_tasks.lock().expect("replica tasks lock poisoned").remove(&group_id);
+        if let Some(tasks) = tasks {
+            let _ = tasks.stop.send(true);
+            for task in tasks.tasks {
+                let _ = task.await;
             }
-            let members = BTreeMap::from([(self.config.node_id, me.clone())]);
-            group.raft.initialize(members).await.map_err(|error| NodeError::Initialize {
-                group_id: group.group_id,
+        }
+        if let Err(error) = group.raft.shutdown().await {
+            tracing::warn!(group = group_id, %error, "removed replica did not shut down cleanly");
+        }
+        drop(group);
+        let existed = self.store.drop_group(group_id)?;
+        tracing::info!(
+            group = group_id,
+            node_id = self.config.node_id,
+            "dropped the removed replica and its data"
+        );
+        Ok(existed)
+    }
+
+    /// Hosts `group_id` and, if the replica has never been initialized, makes `members` the
+    /// group's first voters (this node campaigns first, so it normally becomes the leader).
+    /// Harmless when already initialized (openraft's `NotAllowed`).
+    pub async fn initialize_group(
+        &self,
+        group_id: GroupId,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<(), NodeError> {
+        let group = self.host_group(group_id).await?;
+        let initialize_error = |reason: String| NodeError::Initialize { group_id, reason };
+        if group.raft.is_initialized().await.map_err(|error| initialize_error(error.to_string()))? {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, TallyNode> = members
+            .into_iter()
+            .map(|(node_id, address)| (node_id, TallyNode { raft_addr: address.clone(), api_addr: address }))
+            .collect();
+        match group.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(group = group_id, node_id = self.config.node_id, "initialized group");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(error) => Err(initialize_error(error.to_string())),
+        }
+    }
+
+    /// Makes this node the only voter of every group that has never been initialized, and
+    /// records a one-node layout: the one-process dev cluster. Harmless on restart.
+    pub async fn initialize_alone(&self) -> Result<(), NodeError> {
+        let address = self.config.advertised();
+        let me = BTreeMap::from([(self.config.node_id, address.clone())]);
+        for group_id in 0..=self.config.shard_count {
+            self.initialize_group(group_id, me.clone()).await?;
+        }
+        if self.meta_state().layout.is_none() {
+            let meta = self.group(META_GROUP_ID).map_err(|error| NodeError::Initialize {
+                group_id: META_GROUP_ID,
                 reason: error.to_string(),
             })?;
-            tracing::info!(
-                group = group.group_id,
-                node_id = self.config.node_id,
-                "initialized group with this node as its only voter"
-            );
+            let waited = meta
+                .raft
+                .wait(Some(Duration::from_secs(30)))
+                .metrics(|metrics| metrics.state == ServerState::Leader, "meta leader")
+                .await;
+            if waited.is_err() {
+                return Err(NodeError::Initialize {
+                    group_id: META_GROUP_ID,
+                    reason: "no leader in 30 s".into(),
+                });
+            }
+            let node = NodeInfo { node_id: self.config.node_id, address };
+            let layout = ClusterLayout::initial(vec![node], self.config.shard_count, 1)
+                .map_err(|error| NodeError::Config(error.to_string()))?;
+            let outcome = self.propose_meta(MetaCommand::InitCluster { layout }).await;
+            match outcome {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(NodeError::Config(error.to_string())),
+                Err(error) => {
+                    return Err(NodeError::Initialize { group_id: META_GROUP_ID, reason: error.to_string() })
+                }
+            }
         }
         Ok(())
     }
@@ -166,12 +303,15 @@ impl Node {
         true
     }
 
-    /// Healthy when every hosted group runs (no fatal error) and knows its leader.
+    /// Healthy when every hosted replica runs (no fatal error) and every replica that is a
+    /// voter of its group knows its leader (an empty replica waiting to be added is healthy).
     pub fn is_healthy(&self) -> bool {
         self.registry.all().iter().all(|group| {
             let metrics = group.raft.metrics();
             let metrics = metrics.borrow();
-            metrics.running_state.is_ok() && metrics.current_leader.is_some()
+            let voter =
+                metrics.membership_config.membership().voter_ids().any(|id| id == self.config.node_id);
+            metrics.running_state.is_ok() && (!voter || metrics.current_leader.is_some())
         })
     }
 
@@ -316,7 +456,7 @@ impl Node {
         }
     }
 
-    /// Raft view and state digest of every hosted group.
+    /// Raft view, state digest and currency totals of every hosted replica.
     pub async fn status(&self) -> Vec<GroupStatusView> {
         let mut views = Vec::new();
         for group in self.registry.all() {
@@ -326,28 +466,181 @@ impl Node {
                 .with_raft_state(|state| state.committed.map(|log_id| log_id.index).unwrap_or(0))
                 .await
                 .unwrap_or(0);
-            let (applied_index, state_digest) = {
+            let (applied_index, state_digest, currency_totals) = {
                 let state = group.shared.read();
-                let digest = match &state.data {
-                    GroupData::Shard(ledger) => ledger.digest(),
-                    GroupData::Meta(meta) => meta_digest(meta),
+                let (digest, totals) = match &state.data {
+                    GroupData::Shard(ledger) => (ledger.digest(), ledger.currency_totals()),
+                    GroupData::Meta(meta) => (meta_digest(meta), BTreeMap::new()),
                 };
-                (state.applied.map(|log_id| log_id.index).unwrap_or(0), digest)
+                (state.applied.map(|log_id| log_id.index).unwrap_or(0), digest, totals)
             };
+            let membership = metrics.membership_config.membership();
             views.push(GroupStatusView {
                 group_id: group.group_id,
                 node_id: self.config.node_id,
-                role: role_name(metrics.state),
+                role: role_name(metrics.state).to_string(),
                 leader_node_id: metrics.current_leader,
                 term: metrics.current_term,
                 last_log_index: metrics.last_log_index.unwrap_or(0),
                 committed_index,
                 applied_index,
+                snapshot_index: metrics.snapshot.map(|log_id| log_id.index).unwrap_or(0),
                 state_digest,
-                voters: metrics.membership_config.membership().voter_ids().collect(),
+                voters: membership.voter_ids().collect(),
+                learners: membership.learner_ids().collect(),
+                matched_index: metrics
+                    .replication
+                    .iter()
+                    .flatten()
+                    .map(|(node_id, matched)| (*node_id, matched.map(|log_id| log_id.index).unwrap_or(0)))
+                    .collect(),
+                currency_totals,
             });
         }
         views
+    }
+
+    /// On the group's leader: adds `node_id` as a learner (non-voter) and starts replicating to
+    /// it; returns without waiting for it to catch up.
+    pub async fn add_learner(
+        &self,
+        group_id: GroupId,
+        node_id: NodeId,
+        address: String,
+    ) -> Result<(), ProposeError> {
+        let group = self.group(group_id)?;
+        let node = TallyNode { raft_addr: address.clone(), api_addr: address };
+        group
+            .raft
+            .add_learner(node_id, node, false)
+            .await
+            .map(|_| ())
+            .map_err(|error| propose_error(group_id, error))
+    }
+
+    /// On the group's leader: makes `voters` the group's voters (through a joint configuration);
+    /// replicas that are no longer voters are dropped from the group.
+    pub async fn change_voters(
+        &self,
+        group_id: GroupId,
+        voters: BTreeSet<NodeId>,
+    ) -> Result<(), ProposeError> {
+        let group = self.group(group_id)?;
+        group
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|error| propose_error(group_id, error))
+    }
+
+    /// Turns this replica's heartbeats and elections on or off (leadership moves, §6.7 of the
+    /// openraft brief: openraft 0.9.25 has no transfer-leader call).
+    pub fn set_raft_switches(
+        &self,
+        group_id: GroupId,
+        heartbeat: bool,
+        elect: bool,
+    ) -> Result<(), ProposeError> {
+        let group = self.group(group_id)?;
+        group.raft.runtime_config().heartbeat(heartbeat);
+        group.raft.runtime_config().elect(elect);
+        Ok(())
+    }
+
+    /// Asks this replica to start an election now.
+    pub async fn trigger_elect(&self, group_id: GroupId) -> Result<(), ProposeError> {
+        let group = self.group(group_id)?;
+        group
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|fatal| ProposeError::Unavailable { group_id, reason: fatal.to_string() })
+    }
+
+    /// Asks this replica to build a snapshot now (it returns before the snapshot is built).
+    pub async fn trigger_snapshot(&self, group_id: GroupId) -> Result<(), ProposeError> {
+        let group = self.group(group_id)?;
+        group
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|fatal| ProposeError::Unavailable { group_id, reason: fatal.to_string() })
+    }
+
+    /// Open cross-shard transfer records of a shard this node leads, opened at least
+    /// `older_than_ms` ago by log time; `None` when this replica does not lead the shard.
+    pub fn open_transfers_led(
+        &self,
+        shard: u32,
+        older_than_ms: u64,
+    ) -> Option<Vec<(TransferId, TransferRecord)>> {
+        let group = self.registry.get(shard_group_id(shard))?;
+        if group.raft.metrics().borrow().state != ServerState::Leader {
+            return None;
+        }
+        let cutoff_ms = wall_clock_ms().saturating_sub(older_than_ms);
+        let state = group.shared.read();
+        let GroupData::Shard(ledger) = &state.data else { return None };
+        Some(
+            ledger
+                .open_transfers()
+                .into_iter()
+                .filter(|(_, record)| record.opened_at_ms <= cutoff_ms)
+                .collect(),
+        )
+    }
+
+    /// Drops shard replicas this node still holds although it left their group: the layout
+    /// does not place the shard here and the replica's own membership no longer includes this
+    /// node (a move finished while this node was down). An empty replica waiting to be added
+    /// (no membership yet) is kept.
+    pub async fn drop_departed_replicas(&self, layout: &ClusterLayout) {
+        for group in self.registry.all() {
+            let group_id = group.group_id;
+            if group_id == META_GROUP_ID {
+                continue;
+            }
+            let placed_here = layout
+                .shards
+                .get(group_id as usize - 1)
+                .is_some_and(|placement| placement.replicas.contains(&self.config.node_id));
+            if placed_here {
+                continue;
+            }
+            let membership_excludes_me = {
+                let metrics = group.raft.metrics();
+                let metrics = metrics.borrow();
+                let membership = metrics.membership_config.membership();
+                let mut members = membership.voter_ids().chain(membership.learner_ids()).peekable();
+                members.peek().is_some() && members.all(|id| id != self.config.node_id)
+            };
+            if membership_excludes_me {
+                if let Err(error) = self.drop_group(group_id, false).await {
+                    tracing::warn!(group = group_id, %error, "could not drop a departed replica");
+                }
+            }
+        }
+    }
+
+    /// The groups this node hosts a replica of.
+    pub fn hosted_groups(&self) -> Vec<GroupId> {
+        self.registry.all().iter().map(|group| group.group_id).collect()
+    }
+
+    /// Leader, voters, applied index and member addresses of the meta group as this replica
+    /// sees them.
+    pub fn meta_view(&self) -> (Option<NodeId>, Vec<NodeId>, u64, BTreeMap<NodeId, String>) {
+        let meta = self.registry.get(META_GROUP_ID).expect("every node hosts the meta group");
+        let metrics = meta.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().collect();
+        let addresses = membership.nodes().map(|(node_id, node)| (*node_id, node.api_addr.clone())).collect();
+        let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
+        (metrics.current_leader, voters, applied, addresses)
     }
 
     /// Per-currency sums of debits and credits over every shard hosted here.
@@ -377,7 +670,12 @@ impl Node {
             tracing::warn!(%error, "final flush failed");
         }
         let _ = self.stop.send(true);
-        let tasks = std::mem::take(&mut *self.background.lock().expect("background lock poisoned"));
+        let mut tasks = std::mem::take(&mut *self.background.lock().expect("background lock poisoned"));
+        let replicas = std::mem::take(&mut *self.replica_tasks.lock().expect("replica tasks lock poisoned"));
+        for replica in replicas.into_values() {
+            let _ = replica.stop.send(true);
+            tasks.extend(replica.tasks);
+        }
         for task in tasks {
             let _ = task.await;
         }

@@ -163,6 +163,14 @@ impl GroupRegistry {
         group
     }
 
+    pub fn insert_arc(&self, group: Arc<Group>) {
+        self.groups.write().expect("registry lock poisoned").insert(group.group_id, group);
+    }
+
+    pub fn remove(&self, group_id: GroupId) -> Option<Arc<Group>> {
+        self.groups.write().expect("registry lock poisoned").remove(&group_id)
+    }
+
     pub fn get(&self, group_id: GroupId) -> Option<Arc<Group>> {
         self.groups.read().expect("registry lock poisoned").get(&group_id).cloned()
     }

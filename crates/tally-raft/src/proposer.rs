@@ -26,6 +26,10 @@ pub enum ProposeError {
     Overloaded { group_id: GroupId, queued_proposals_max: usize },
     #[error("group {group_id} is unavailable: {reason}")]
     Unavailable { group_id: GroupId, reason: String },
+    /// An operator's request that the group's current state does not allow (a membership change
+    /// while another is in progress, a learner that does not exist); not retryable as is.
+    #[error("group {group_id} refused: {reason}")]
+    Refused { group_id: GroupId, reason: String },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -182,7 +186,7 @@ pub fn propose_error(
             ProposeError::NotLeader { group_id, leader_id: forward.leader_id, leader: forward.leader_node }
         }
         OpenraftRaftError::APIError(OpenraftClientWriteError::ChangeMembershipError(error)) => {
-            ProposeError::Unavailable { group_id, reason: error.to_string() }
+            ProposeError::Refused { group_id, reason: error.to_string() }
         }
         OpenraftRaftError::Fatal(fatal) => ProposeError::Unavailable { group_id, reason: fatal.to_string() },
     }

@@ -76,6 +76,21 @@ impl NodeStore {
         Ok(raft || sm)
     }
 
+    /// Groups that have trees in this Db (their replicas were hosted here and not dropped).
+    pub fn stored_groups(&self) -> Vec<u32> {
+        let mut groups: Vec<u32> = self
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|name| std::str::from_utf8(name).ok())
+            .filter_map(|name| name.strip_prefix('g')?.split_once('/')?.0.parse().ok())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    }
+
     /// Waits until everything written so far is durable (goes through the flusher).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

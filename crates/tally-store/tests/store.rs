@@ -302,3 +302,19 @@ fn a_second_open_of_the_same_folder_is_refused_with_a_clear_error() {
     assert!(matches!(error, tally_store::StoreError::Locked { .. }), "{error:?}");
     assert!(error.to_string().contains("in use by another process"), "{error}");
 }
+
+#[tokio::test]
+async fn stored_groups_lists_hosted_groups_until_they_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeStore::open(dir.path()).unwrap();
+    assert_eq!(node.stored_groups(), Vec::<u32>::new());
+    for group_id in [3, 0, 12] {
+        let mut log = node.log_store::<TestConfig>(group_id).unwrap();
+        log.blocking_append(normal_entries(1..=2)).await.unwrap();
+        node.state_tree(group_id).unwrap();
+    }
+    assert_eq!(node.stored_groups(), vec![0, 3, 12]);
+    assert!(node.drop_group(3).unwrap());
+    assert!(!node.drop_group(3).unwrap(), "nothing left to drop");
+    assert_eq!(node.stored_groups(), vec![0, 12]);
+}

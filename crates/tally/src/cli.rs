@@ -302,14 +302,39 @@ pub async fn statement(
 pub async fn status(connection: &Connection) -> anyhow::Result<()> {
     let mut admin = AdminClient::new(channel(connection).await?);
     let reply = admin.cluster_status(ClusterStatusRequest {}).await.map_err(status_error)?.into_inner();
-    println!("{} shards", reply.shard_count);
     println!(
-        "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10}  digest",
-        "group", "node", "role", "leader", "term", "last log", "committed", "applied"
+        "{} shards, replication factor {}, meta leader node {}",
+        reply.shard_count, reply.replication_factor, reply.meta_leader_node_id
+    );
+    if !reply.nodes.is_empty() {
+        println!("{:>5} {:<24} {:<12} groups", "node", "address", "health");
+        for node in &reply.nodes {
+            let health = match (node.reachable, node.healthy) {
+                (false, _) => "UNREACHABLE",
+                (true, true) => "healthy",
+                (true, false) => "degraded",
+            };
+            let detail =
+                if node.reachable { format!("{:?}", node.hosted_groups) } else { node.error.clone() };
+            println!("{:>5} {:<24} {:<12} {detail}", node.node_id, node.address, health);
+        }
+    }
+    if !reply.shards.is_empty() {
+        println!("{:>5} {:>7} {:>8}  replicas", "shard", "leader", "version");
+        for shard in &reply.shards {
+            println!(
+                "{:>5} {:>7} {:>8}  {:?}",
+                shard.shard, shard.leader_node_id, shard.placement_version, shard.replicas
+            );
+        }
+    }
+    println!(
+        "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10} {:>6}  digest",
+        "group", "node", "role", "leader", "term", "last log", "committed", "applied", "lag"
     );
     for group in &reply.groups {
         println!(
-            "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10}  {}",
+            "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10} {:>6}  {}",
             group.group,
             group.node_id,
             group.role,
@@ -318,6 +343,7 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
             group.last_log_index,
             group.committed_index,
             group.applied_index,
+            group.lag_entries,
             &group.state_digest[..16.min(group.state_digest.len())]
         );
     }
@@ -328,6 +354,95 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
             "{}: debits {} credits {} ({conserved})",
             total.currency, total.debits_points, total.credits_points
         );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Bootstrap a cluster on running, empty nodes (safe to re-run): the meta group, the layout
+    /// and every shard on `--replication-factor` nodes, first leaders spread evenly.
+    Init {
+        /// Node addresses (host:port, comma-separated), as the nodes reach each other.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        replication_factor: u32,
+        /// How long to wait for every node to answer.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
+    /// Add a running, empty node to the cluster (through the gateway at --addr).
+    AddNode {
+        /// The node's host:port as the other nodes reach it.
+        #[arg(long)]
+        address: String,
+    },
+    /// Move every replica off a node, then remove it from the cluster.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Move one shard replica from one node to another while the shard keeps serving.
+    MoveReplica {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Move a shard's leadership to another of its replicas.
+    MoveLeader {
+        #[arg(long)]
+        shard: u32,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Build a Raft snapshot now on every replica of one shard, or of every group.
+    Snapshot {
+        #[arg(long)]
+        shard: Option<u32>,
+    },
+}
+
+pub async fn cluster(connection: &Connection, command: ClusterCommand) -> anyhow::Result<()> {
+    use tally_proto::v1::{
+        AddNodeRequest, MoveLeaderRequest, MoveReplicaRequest, RemoveNodeRequest, TriggerSnapshotRequest,
+    };
+    if let ClusterCommand::Init { nodes, replication_factor, wait_secs } = command {
+        let cluster = crate::cluster_client::ClusterClient::new(
+            nodes.clone(),
+            std::time::Duration::from_millis(crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT),
+        );
+        let steps = crate::cluster_admin::init_cluster(
+            &cluster,
+            &nodes,
+            replication_factor,
+            std::time::Duration::from_secs(wait_secs),
+        )
+        .await
+        .map_err(|error| anyhow!("cluster init failed: {error}"))?;
+        for step in steps {
+            println!("{step}");
+        }
+        return Ok(());
+    }
+    let mut admin = AdminClient::new(channel(connection).await?);
+    let reply = match command {
+        ClusterCommand::Init { .. } => unreachable!("handled above"),
+        ClusterCommand::AddNode { address } => admin.add_node(AddNodeRequest { address }).await,
+        ClusterCommand::RemoveNode { id } => admin.remove_node(RemoveNodeRequest { node_id: id }).await,
+        ClusterCommand::MoveReplica { shard, from, to } => {
+            admin.move_replica(MoveReplicaRequest { shard, from_node_id: from, to_node_id: to }).await
+        }
+        ClusterCommand::MoveLeader { shard, to } => {
+            admin.move_leader(MoveLeaderRequest { shard, to_node_id: to }).await
+        }
+        ClusterCommand::Snapshot { shard } => admin.trigger_snapshot(TriggerSnapshotRequest { shard }).await,
+    };
+    for step in reply.map_err(status_error)?.into_inner().steps {
+        println!("{step}");
     }
     Ok(())
 }

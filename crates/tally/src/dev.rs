@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_gateway::{Gateway, GatewayConfig};
+use tally_node::api::NodeApiService;
 use tally_node::{Node, NodeConfig};
 use tally_raft::transport::RaftTransportService;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::local_backend::LocalBackend;
+use crate::serve::{reflection_builder, report_health, set_health};
 
 /// A running dev cluster. Dropping it does not stop it; call [`DevCluster::stop`].
 pub struct DevCluster {
@@ -22,6 +24,7 @@ pub struct DevCluster {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     health: JoinHandle<()>,
+    resolver: JoinHandle<()>,
 }
 
 /// Starts the node, makes it the sole voter of every group, waits for leaders, then serves.
@@ -38,15 +41,24 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
     if !node.wait_until_ready(Duration::from_secs(30)).await {
         anyhow::bail!("the groups did not elect a leader within 30 s");
     }
-    let gateway = Gateway::new(Arc::new(LocalBackend::new(node.clone())), gateway_config);
+    let backend = Arc::new(LocalBackend::new(node.clone()));
+    let gateway = Gateway::new(backend.clone(), gateway_config);
     tally_gateway::describe_metrics();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    update_health(&node, &health_reporter).await;
-    let health = tokio::spawn(report_health(node.clone(), health_reporter));
+    set_health(&health_reporter, HEALTH_SERVICES, node.is_healthy()).await;
+    let health_node = node.clone();
+    let health = tokio::spawn(async move {
+        report_health(health_reporter, HEALTH_SERVICES, || {
+            let node = health_node.clone();
+            async move { node.is_healthy() }
+        })
+        .await
+    });
     // Both reflection versions: grpcurl and many other tools still ask for v1alpha.
     let reflection = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+    let resolver = crate::resolver::spawn(node.clone(), backend.clone());
 
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -54,47 +66,24 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
         .add_service(reflection_v1alpha)
         .add_service(gateway.ledger_service())
         .add_service(gateway.admin_service())
-        .add_service(RaftTransportService::server(node.config().node_id, node.registry()));
+        .add_service(RaftTransportService::server(node.config().node_id, node.registry()))
+        .add_service(NodeApiService::server(node.clone()));
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let incoming = TcpListenerStream::new(listener);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_signal.await;
     }));
-    Ok(DevCluster { addr, node, shutdown: Some(shutdown), server: Some(server), health })
+    Ok(DevCluster { addr, node, shutdown: Some(shutdown), server: Some(server), health, resolver })
 }
 
-/// Server reflection over every Tally proto and the health proto.
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Keeps `grpc.health.v1` in step with the node: SERVING while every group runs and has a
-/// leader, NOT_SERVING otherwise (checked every second).
-async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        interval.tick().await;
-        update_health(&node, &reporter).await;
-    }
-}
-
-async fn update_health(node: &Node, reporter: &tonic_health::server::HealthReporter) {
-    let status = if node.is_healthy() {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    for service in ["", "tally.v1.Ledger", "tally.v1.Admin"] {
-        reporter.set_service_status(service, status).await;
-    }
-}
+/// Services whose health the dev cluster reports (the node's: every group has a leader).
+const HEALTH_SERVICES: &[&str] = &["tally.v1.Ledger", "tally.v1.Admin"];
 
 impl DevCluster {
     /// Stops serving, shuts every group down and flushes the database.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.health.abort();
+        self.resolver.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

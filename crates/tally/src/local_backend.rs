@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use tally_gateway::{Backend, BackendError, BalanceRead, Consistency, StatementPage};
+use tally_gateway::{AdminAction, Backend, BackendError, BalanceRead, Consistency, StatementPage};
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
+use tally_node::api::{NodeRequest, NodeResponse};
 use tally_node::Node;
-use tally_proto::v1::{ClusterStatusReply, CurrencyTotal, GroupStatus};
+use tally_proto::v1::ClusterStatusReply;
 use tally_raft::group::group_name;
-use tally_raft::ProposeError;
+use tally_raft::{shard_group_id, ProposeError};
+
+use crate::cluster_status::{status_reply, NodeReport};
 
 pub struct LocalBackend {
     node: Arc<Node>,
@@ -30,6 +33,7 @@ fn backend_error(error: ProposeError) -> BackendError {
         )),
         ProposeError::Overloaded { .. } => BackendError::Overloaded(error.to_string()),
         ProposeError::Unavailable { .. } => BackendError::Unavailable(error.to_string()),
+        ProposeError::Refused { .. } => BackendError::Refused(error.to_string()),
     }
 }
 
@@ -98,35 +102,39 @@ impl Backend for LocalBackend {
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatusReply, BackendError> {
-        let groups = self
-            .node
-            .status()
-            .await
-            .into_iter()
-            .map(|view| GroupStatus {
-                group: group_name(view.group_id),
-                group_id: view.group_id,
-                node_id: view.node_id,
-                role: view.role.to_string(),
-                leader_node_id: view.leader_node_id.unwrap_or(0),
-                term: view.term,
-                last_log_index: view.last_log_index,
-                committed_index: view.committed_index,
-                applied_index: view.applied_index,
-                state_digest: hex::encode(view.state_digest),
-                voters: view.voters,
-            })
-            .collect();
-        let currency_totals = self
-            .node
-            .currency_totals()
-            .into_iter()
-            .map(|(currency, totals)| CurrencyTotal {
-                currency: currency.to_string(),
-                debits_points: totals.debits_points.to_string(),
-                credits_points: totals.credits_points.to_string(),
-            })
-            .collect();
-        Ok(ClusterStatusReply { shard_count: self.node.shard_count(), groups, currency_totals })
+        let status = match tally_node::api::handle(&self.node, NodeRequest::Status).await {
+            Ok(NodeResponse::Status(status)) => status,
+            other => return Err(BackendError::Unavailable(format!("node status: {other:?}"))),
+        };
+        let meta = self.node.meta_state();
+        let (meta_leader, ..) = self.node.meta_view();
+        let report =
+            NodeReport { node_id: status.node_id, address: status.address.clone(), status: Ok(status) };
+        Ok(status_reply(self.node.shard_count(), meta.layout.as_ref(), meta_leader, vec![report]))
+    }
+
+    async fn admin(&self, action: AdminAction) -> Result<Vec<String>, BackendError> {
+        match action {
+            AdminAction::TriggerSnapshot { shard } => {
+                let groups = match shard {
+                    Some(shard) if shard < self.node.shard_count() => vec![shard_group_id(shard)],
+                    Some(shard) => return Err(BackendError::Refused(format!("no shard {shard}"))),
+                    None => self.node.hosted_groups(),
+                };
+                let mut steps = Vec::new();
+                for group_id in groups {
+                    self.node.trigger_snapshot(group_id).await.map_err(backend_error)?;
+                    steps.push(format!(
+                        "{}: snapshot requested on node {}",
+                        group_name(group_id),
+                        self.node.config().node_id
+                    ));
+                }
+                Ok(steps)
+            }
+            other => Err(BackendError::Refused(format!(
+                "{other:?} needs a multi-node cluster; the dev cluster has one node (see docs/operations.md)"
+            ))),
+        }
     }
 }

@@ -9,9 +9,10 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use tally::cli::{self, AgreementCommand, Connection, PartnerAuth, PartnerCommand};
+use tally::cli::{self, AgreementCommand, ClusterCommand, Connection, PartnerAuth, PartnerCommand};
 use tally::operations::{self, Write};
-use tally::settings::NodeFlags;
+use tally::serve::{init_logging, stop_signal};
+use tally::settings::{GatewayFlags, NodeFlags};
 
 #[derive(Parser, Debug)]
 #[command(name = "tally", version, about = "Tally: a Raft-replicated ledger for loyalty points")]
@@ -29,13 +30,22 @@ enum Command {
     /// Run a one-process dev cluster (one node with the meta group and every shard, plus the
     /// gateway) with its data in a local folder.
     Dev(NodeFlags),
+    /// Run one node of a multi-node cluster (see cluster/ and docs/operations.md).
+    Node(NodeFlags),
+    /// Run a gateway (partner and admin API) in front of a multi-node cluster.
+    Gateway(GatewayFlags),
+    /// Bootstrap and reshape a multi-node cluster (init, add/remove node, move replica or
+    /// leader, snapshot).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Manage partners (admin API).
     #[command(subcommand)]
     Partner(PartnerCommand),
     /// Manage exchange agreements (admin API).
     #[command(subcommand)]
     Agreement(AgreementCommand),
-    /// Show every group's Raft state, state digests and per-currency totals.
+    /// Show nodes and their health, shard placement, every replica's Raft state, lag and state
+    /// digest, and per-currency totals.
     Status,
     #[command(flatten)]
     Write(Write),
@@ -94,6 +104,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { connection, auth, command } = cli;
     match command {
         Command::Dev(flags) => run_dev(flags).await,
+        Command::Node(flags) => run_node(flags).await,
+        Command::Gateway(flags) => run_gateway(flags).await,
+        Command::Cluster(command) => cli::cluster(&connection, command).await,
         Command::Partner(command) => cli::partner(&connection, command).await,
         Command::Agreement(command) => cli::agreement(&connection, command).await,
         Command::Status => cli::status(&connection).await,
@@ -107,14 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Colour codes only on a terminal, so that log files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .init();
+    init_logging();
     let settings = flags.load()?;
     let gateway_config = settings.gateway_config();
     let config = settings.node;
@@ -131,7 +137,46 @@ async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
     }
     println!("  data: {}", data_dir.display());
     println!("next: tally partner create --id skyair --currency SKYMILES --addr http://{}", cluster.addr);
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await;
     println!("stopping");
     cluster.stop().await
+}
+
+async fn run_node(flags: NodeFlags) -> anyhow::Result<()> {
+    init_logging();
+    let settings = flags.load()?;
+    let config = settings.node;
+    if let Some(metrics_addr) = config.metrics_addr {
+        tally_node::metrics::install_exporter(metrics_addr)?;
+    }
+    let node = tally::node_process::start(config, settings.gateway.node_call_timeout_ms).await?;
+    let node_config = node.node.config();
+    println!(
+        "tally node {} ready on {} (advertised as {}), data in {}",
+        node_config.node_id,
+        node.addr,
+        node_config.advertised(),
+        node_config.data_dir.display()
+    );
+    if node.node.meta_state().layout.is_none() {
+        println!(
+            "not part of a cluster yet: run `tally cluster init --nodes ...` or `tally cluster add-node`"
+        );
+    }
+    stop_signal().await;
+    println!("stopping");
+    node.stop().await
+}
+
+async fn run_gateway(flags: GatewayFlags) -> anyhow::Result<()> {
+    init_logging();
+    let settings = flags.load()?;
+    if let Some(metrics_addr) = settings.gateway.metrics_addr {
+        tally_node::metrics::install_exporter(metrics_addr)?;
+    }
+    let gateway = tally::gateway_process::start(&settings).await?;
+    println!("tally gateway ready on {} (partner + admin API)", gateway.addr);
+    stop_signal().await;
+    println!("stopping");
+    gateway.stop().await
 }

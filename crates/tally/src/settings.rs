@@ -29,6 +29,16 @@ pub struct GatewaySettings {
     pub request_deadline_ms: u64,
     /// Write operations per second each partner may send (default 0: no limit).
     pub partner_operations_per_second_max: u64,
+    /// `tally gateway` only: where partners and operators connect (default 127.0.0.1:50051).
+    pub listen_addr: SocketAddr,
+    /// `tally gateway` only: nodes (host:port) to learn the cluster layout from; any one that
+    /// answers is enough (default: none, so it must be given).
+    pub node_addresses: Vec<String>,
+    /// `tally gateway` only: Prometheus /metrics (default 127.0.0.1:9200); `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `tally gateway` and nodes: how long one call to one node may take before the gateway
+    /// tries another replica (default 2000 ms).
+    pub node_call_timeout_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -37,6 +47,10 @@ impl Default for GatewaySettings {
         Self {
             request_deadline_ms: defaults.request_deadline_ms,
             partner_operations_per_second_max: defaults.partner_operations_per_second_max,
+            listen_addr: "127.0.0.1:50051".parse().expect("valid default address"),
+            node_addresses: Vec::new(),
+            metrics_addr: Some("127.0.0.1:9200".parse().expect("valid default address")),
+            node_call_timeout_ms: crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -57,6 +71,12 @@ pub struct NodeFlags {
     /// TOML file with any NodeConfig fields (see cluster/dev.toml); flags override it.
     #[arg(long, env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// This node's id, 1 or more, unique in the cluster [default: 1].
+    #[arg(long, env = "TALLY_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// host:port other nodes and gateways use to reach this node [default: the listen address].
+    #[arg(long, env = "TALLY_ADVERTISE_ADDR")]
+    pub advertise: Option<String>,
     /// Folder for the node's data [default: ./tally-data].
     #[arg(long, env = "TALLY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -85,14 +105,7 @@ pub struct NodeFlags {
 
 impl NodeFlags {
     pub fn load(&self) -> anyhow::Result<TallyConfig> {
-        let mut file_config: TallyConfig = match &self.config {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => TallyConfig::default(),
-        };
+        let mut file_config = load_file(self.config.as_deref())?;
         if let Some(deadline_ms) = self.request_deadline_ms {
             file_config.gateway.request_deadline_ms = deadline_ms;
         }
@@ -100,6 +113,12 @@ impl NodeFlags {
             file_config.gateway.partner_operations_per_second_max = rate;
         }
         let config = &mut file_config.node;
+        if let Some(node_id) = self.node_id {
+            config.node_id = node_id;
+        }
+        if let Some(advertise) = &self.advertise {
+            config.advertise_addr = Some(advertise.clone());
+        }
         if let Some(data_dir) = &self.data_dir {
             config.data_dir = data_dir.clone();
         }
@@ -120,6 +139,75 @@ impl NodeFlags {
         }
         config.validate().map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))?;
         Ok(file_config)
+    }
+}
+
+/// Flags of `tally gateway`; each overrides the same field of the file's `[gateway]` section.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GatewayFlags {
+    /// TOML file with a `[gateway]` section (see cluster/gateway.toml); flags override it.
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where partners and operators connect [default: 127.0.0.1:50051].
+    #[arg(long, env = "TALLY_GATEWAY_LISTEN_ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Node addresses (host:port, comma-separated) to learn the cluster from.
+    #[arg(long, env = "TALLY_NODE_ADDRESSES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Prometheus /metrics listen address [default: 127.0.0.1:9200].
+    #[arg(long, env = "TALLY_GATEWAY_METRICS_ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Do not serve /metrics.
+    #[arg(long, env = "TALLY_NO_METRICS")]
+    pub no_metrics: bool,
+    /// Longest time spent on one request, retries included [default: 5000].
+    #[arg(long, env = "TALLY_REQUEST_DEADLINE_MS")]
+    pub request_deadline_ms: Option<u64>,
+    /// Write operations per second each partner may send; 0 for no limit [default: 0].
+    #[arg(long, env = "TALLY_PARTNER_OPERATIONS_PER_SECOND_MAX")]
+    pub partner_operations_per_second_max: Option<u64>,
+}
+
+impl GatewayFlags {
+    pub fn load(&self) -> anyhow::Result<TallyConfig> {
+        let mut config = load_file(self.config.as_deref())?;
+        let gateway = &mut config.gateway;
+        if let Some(listen) = self.listen {
+            gateway.listen_addr = listen;
+        }
+        if !self.nodes.is_empty() {
+            gateway.node_addresses.clone_from(&self.nodes);
+        }
+        if let Some(metrics_listen) = self.metrics_listen {
+            gateway.metrics_addr = Some(metrics_listen);
+        }
+        if self.no_metrics {
+            gateway.metrics_addr = None;
+        }
+        if let Some(deadline_ms) = self.request_deadline_ms {
+            gateway.request_deadline_ms = deadline_ms;
+        }
+        if let Some(rate) = self.partner_operations_per_second_max {
+            gateway.partner_operations_per_second_max = rate;
+        }
+        gateway.node_addresses.retain(|address| !address.trim().is_empty());
+        if gateway.node_addresses.is_empty() {
+            anyhow::bail!(
+                "invalid configuration: the gateway needs node_addresses (or --nodes host:port,...)"
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<TallyConfig> {
+    match path {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        None => Ok(TallyConfig::default()),
     }
 }
 

@@ -260,6 +260,7 @@ impl Backend for InMemoryBackend {
                 applied_index: log_index,
                 state_digest: hex_digest(&ledger.digest()),
                 voters: vec![1],
+                ..Default::default()
             });
         }
         Ok(ClusterStatusReply {
@@ -273,6 +274,7 @@ impl Backend for InMemoryBackend {
                     credits_points: credits.to_string(),
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 }
@@ -343,4 +345,94 @@ pub fn authed<T>(api_key: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {api_key}").parse().unwrap());
     request
+}
+
+// ---- reads for the transfer resolver's tests -------------------------------------------
+
+/// Points of one currency summed over every shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PointsTotals {
+    pub debits_points: u128,
+    pub credits_points: u128,
+    /// Net of every shard's transit account: 0 when no transfer is in flight.
+    pub transit_net_points: i128,
+    /// Net of every member account (what members hold).
+    pub member_net_points: i128,
+    /// Net of every issuance account, negated (points earned).
+    pub issued_points: i128,
+}
+
+impl InMemoryBackend {
+    /// The open transfer records of a shard, as the resolver on its leader reads them.
+    pub fn open_transfers(
+        &self,
+        shard: u32,
+    ) -> Vec<(tally_ledger::TransferId, tally_ledger::state::TransferRecord)> {
+        self.with_ledger(shard, |ledger| ledger.open_transfers())
+    }
+
+    /// The transfer record (source side) or marker (recipient side) of a shard.
+    pub fn transfer_record(
+        &self,
+        shard: u32,
+        transfer_id: &tally_ledger::TransferId,
+    ) -> Option<tally_ledger::state::TransferRecord> {
+        self.with_ledger(shard, |ledger| ledger.transfer(transfer_id))
+    }
+
+    /// Every shard's state items but its clock (a replayed command moves the clock only):
+    /// equal before and after anything that must change nothing.
+    pub fn state_without_clocks(&self) -> Vec<Vec<tally_ledger::state::StateItem>> {
+        (0..self.shard_count())
+            .map(|shard| {
+                let mut items = self.with_ledger(shard, |ledger| ledger.items());
+                items.retain(|item| !matches!(item, tally_ledger::state::StateItem::Clock { .. }));
+                items
+            })
+            .collect()
+    }
+
+    /// Statement lines of a member account, oldest first.
+    pub fn statement_lines(&self, shard: u32, member: &str, currency: &str) -> Vec<StatementLine> {
+        let key = (MemberId::parse(member).unwrap(), CurrencyCode::parse(currency).unwrap());
+        lock(&self.shards[shard as usize]).statements.get(&key).cloned().unwrap_or_default()
+    }
+
+    /// Totals of one currency over every account of every shard.
+    pub fn points_totals(&self, currency: &str) -> PointsTotals {
+        use tally_ledger::state::{StateItem, SystemAccountKind};
+        let currency = CurrencyCode::parse(currency).unwrap();
+        let mut totals = PointsTotals::default();
+        for shard in 0..self.shard_count() {
+            for item in self.with_ledger(shard, |ledger| ledger.items()) {
+                let StateItem::Account(key, account) = item else { continue };
+                if key.currency() != &currency {
+                    continue;
+                }
+                totals.debits_points += u128::from(account.debits_points);
+                totals.credits_points += u128::from(account.credits_points);
+                match key {
+                    AccountKey::Member { .. } => totals.member_net_points += account.net_points(),
+                    AccountKey::System { kind: SystemAccountKind::Transit, .. } => {
+                        totals.transit_net_points += account.net_points()
+                    }
+                    AccountKey::System { kind: SystemAccountKind::Issuance, .. } => {
+                        totals.issued_points -= account.net_points()
+                    }
+                    AccountKey::System { .. } => {}
+                }
+            }
+        }
+        totals
+    }
+
+    /// Points are conserved in `currency` with nothing in flight: every shard's entries
+    /// balance, no points sit in transit, and members hold exactly what was issued (the tests
+    /// using this redeem nothing and exchange nothing).
+    pub fn assert_points_conserved(&self, currency: &str) {
+        let totals = self.points_totals(currency);
+        assert_eq!(totals.debits_points, totals.credits_points, "{currency}: {totals:?}");
+        assert_eq!(totals.transit_net_points, 0, "{currency}: points left in transit: {totals:?}");
+        assert_eq!(totals.member_net_points, totals.issued_points, "{currency}: {totals:?}");
+    }
 }

@@ -1,0 +1,314 @@
+//! The node API (`tally.internal.NodeApi`): the calls gateways, the CLI's cluster commands and
+//! other nodes make on a node. Requests and answers are the Rust types below in bincode behind
+//! the Raft transport's format-version byte, so they cannot drift from the domain types.
+//!
+//! A node answers for the replicas it hosts. Calls that need a group's leader answer
+//! [`NodeApiError::NotLeader`] with the leader's address when this replica is not it, and the
+//! caller follows the hint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
+use tally_ledger::state::StatementLine;
+use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
+use tally_proto::internal::node_api_client::NodeApiClient;
+use tally_proto::internal::node_api_server::{NodeApi, NodeApiServer};
+use tally_proto::internal::{NodeCall, NodeReply};
+use tally_raft::network::{decode_wire, encode_wire, RAFT_MESSAGE_BYTES_MAX};
+use tally_raft::{GroupId, NodeId, ProposeError};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::node::{BalanceReadout, GroupStatusView, Node};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    Identity,
+    Submit {
+        shard: u32,
+        commands: Vec<Command>,
+    },
+    Balance {
+        shard: u32,
+        member_id: MemberId,
+        currency: CurrencyCode,
+        linearizable: bool,
+    },
+    Statement {
+        shard: u32,
+        member_id: MemberId,
+        currency: CurrencyCode,
+        start_sequence: Option<u64>,
+        newest_first: bool,
+        limit: u32,
+    },
+    Operation {
+        shard: u32,
+        partner_id: PartnerId,
+        idempotency_key: IdempotencyKey,
+    },
+    /// The meta state as applied on this node, with the meta group's leader and voters.
+    Meta,
+    ProposeMeta {
+        command: MetaCommand,
+    },
+    Status,
+    HostGroup {
+        group_id: GroupId,
+    },
+    InitializeGroup {
+        group_id: GroupId,
+        members: BTreeMap<NodeId, String>,
+    },
+    /// `removal_confirmed`: the caller saw the leader commit a membership without this node.
+    DropGroup {
+        group_id: GroupId,
+        removal_confirmed: bool,
+    },
+    AddLearner {
+        group_id: GroupId,
+        node_id: NodeId,
+        address: String,
+    },
+    ChangeVoters {
+        group_id: GroupId,
+        voters: Vec<NodeId>,
+    },
+    SetRaftSwitches {
+        group_id: GroupId,
+        heartbeat: bool,
+        elect: bool,
+    },
+    TriggerElect {
+        group_id: GroupId,
+    },
+    TriggerSnapshot {
+        group_id: GroupId,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentityView {
+    pub node_id: NodeId,
+    pub shard_count: u32,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaView {
+    pub meta: MetaState,
+    pub applied_index: u64,
+    pub leader_node_id: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    /// Addresses of the meta group's members as its membership records them (known before the
+    /// layout is).
+    pub member_addresses: BTreeMap<NodeId, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatusView {
+    pub node_id: NodeId,
+    pub address: String,
+    pub healthy: bool,
+    /// Also the leader lease: how long a leadership move waits for followers' leases to lapse.
+    pub election_timeout_max_ms: u64,
+    pub groups: Vec<GroupStatusView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    Identity(NodeIdentityView),
+    Outcomes(Vec<CommandOutcome>),
+    Balance(BalanceReadout),
+    Statement { lines: Vec<StatementLine>, total_lines: u64 },
+    Operation(Option<(Operation, CommandOutcome)>),
+    Meta(Box<MetaView>),
+    MetaResult(Result<MetaResult, MetaError>),
+    Status(NodeStatusView),
+    Done,
+}
+
+/// Why a node could not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum NodeApiError {
+    #[error("node {node_id} is not the leader of group {group_id} (leader: {leader:?})")]
+    NotLeader { node_id: NodeId, group_id: GroupId, leader: Option<(NodeId, String)> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    Refused(String),
+    /// The call never reached a node or its answer was lost (the outcome is unknown).
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl NodeApiError {
+    fn from_propose(node_id: NodeId, error: ProposeError) -> Self {
+        match error {
+            ProposeError::NotLeader { group_id, leader_id, leader } => NodeApiError::NotLeader {
+                node_id,
+                group_id,
+                leader: leader_id.zip(leader.map(|node| node.api_addr)),
+            },
+            ProposeError::Overloaded { .. } => NodeApiError::Overloaded(error.to_string()),
+            ProposeError::Unavailable { .. } => NodeApiError::Unavailable(error.to_string()),
+            ProposeError::Refused { .. } => NodeApiError::Refused(error.to_string()),
+        }
+    }
+}
+
+pub type NodeResult = Result<NodeResponse, NodeApiError>;
+
+/// The server side, over a running [`Node`].
+pub struct NodeApiService {
+    node: Arc<Node>,
+}
+
+impl NodeApiService {
+    pub fn server(node: Arc<Node>) -> NodeApiServer<Self> {
+        NodeApiServer::new(Self { node })
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl NodeApi for NodeApiService {
+    async fn call(&self, request: Request<NodeCall>) -> Result<Response<NodeReply>, Status> {
+        let request: NodeRequest =
+            decode_wire(&request.get_ref().payload).map_err(Status::invalid_argument)?;
+        let result = handle(&self.node, request).await;
+        Ok(Response::new(NodeReply { payload: encode_wire(&result) }))
+    }
+}
+
+/// Runs one request on the node; also used directly by in-process callers.
+pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
+    let node_id = node.config().node_id;
+    let propose = |error| NodeApiError::from_propose(node_id, error);
+    let refused = |error: crate::NodeError| NodeApiError::Refused(error.to_string());
+    match request {
+        NodeRequest::Identity => Ok(NodeResponse::Identity(NodeIdentityView {
+            node_id,
+            shard_count: node.shard_count(),
+            address: node.config().advertised(),
+        })),
+        NodeRequest::Submit { shard, commands } => {
+            node.submit(shard, commands).await.map(NodeResponse::Outcomes).map_err(propose)
+        }
+        NodeRequest::Balance { shard, member_id, currency, linearizable } => node
+            .balance(shard, &member_id, &currency, linearizable)
+            .await
+            .map(NodeResponse::Balance)
+            .map_err(propose),
+        NodeRequest::Statement { shard, member_id, currency, start_sequence, newest_first, limit } => node
+            .statement(shard, &member_id, &currency, start_sequence, newest_first, limit as usize)
+            .await
+            .map(|(lines, total_lines)| NodeResponse::Statement { lines, total_lines })
+            .map_err(propose),
+        NodeRequest::Operation { shard, partner_id, idempotency_key } => node
+            .operation(shard, &partner_id, &idempotency_key)
+            .await
+            .map(NodeResponse::Operation)
+            .map_err(propose),
+        NodeRequest::Meta => {
+            let (leader_node_id, voters, applied_index, member_addresses) = node.meta_view();
+            let meta = MetaState::clone(&node.meta_state());
+            Ok(NodeResponse::Meta(Box::new(MetaView {
+                meta,
+                applied_index,
+                leader_node_id,
+                voters,
+                member_addresses,
+            })))
+        }
+        NodeRequest::ProposeMeta { command } => {
+            node.propose_meta(command).await.map(NodeResponse::MetaResult).map_err(propose)
+        }
+        NodeRequest::Status => Ok(NodeResponse::Status(NodeStatusView {
+            node_id,
+            address: node.config().advertised(),
+            healthy: node.is_healthy(),
+            election_timeout_max_ms: node.config().raft.election_timeout_max_ms,
+            groups: node.status().await,
+        })),
+        NodeRequest::HostGroup { group_id } => {
+            node.host_group(group_id).await.map(|_| NodeResponse::Done).map_err(refused)
+        }
+        NodeRequest::InitializeGroup { group_id, members } => {
+            node.initialize_group(group_id, members).await.map(|()| NodeResponse::Done).map_err(refused)
+        }
+        NodeRequest::DropGroup { group_id, removal_confirmed } => {
+            node.drop_group(group_id, removal_confirmed).await.map(|_| NodeResponse::Done).map_err(refused)
+        }
+        NodeRequest::AddLearner { group_id, node_id: learner, address } => {
+            node.add_learner(group_id, learner, address).await.map(|()| NodeResponse::Done).map_err(propose)
+        }
+        NodeRequest::ChangeVoters { group_id, voters } => node
+            .change_voters(group_id, voters.into_iter().collect())
+            .await
+            .map(|()| NodeResponse::Done)
+            .map_err(propose),
+        NodeRequest::SetRaftSwitches { group_id, heartbeat, elect } => {
+            node.set_raft_switches(group_id, heartbeat, elect).map(|()| NodeResponse::Done).map_err(propose)
+        }
+        NodeRequest::TriggerElect { group_id } => {
+            node.trigger_elect(group_id).await.map(|()| NodeResponse::Done).map_err(propose)
+        }
+        NodeRequest::TriggerSnapshot { group_id } => {
+            node.trigger_snapshot(group_id).await.map(|()| NodeResponse::Done).map_err(propose)
+        }
+    }
+}
+
+/// A client of one node's API. Cheap to clone; the channel connects lazily.
+#[derive(Clone)]
+pub struct NodeClient {
+    address: String,
+    client: NodeApiClient<Channel>,
+}
+
+impl NodeClient {
+    pub fn new(address: &str) -> Result<NodeClient, NodeApiError> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|error| NodeApiError::Refused(format!("bad node address {address}: {error}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let client = NodeApiClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        Ok(NodeClient { address: address.to_string(), client })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends one request and waits at most `timeout` for the answer.
+    pub async fn call(&self, request: &NodeRequest, timeout: Duration) -> NodeResult {
+        let mut grpc_request = Request::new(NodeCall { payload: encode_wire(request) });
+        grpc_request.set_timeout(timeout);
+        let mut client = self.client.clone();
+        let reply = tokio::time::timeout(timeout, client.call(grpc_request))
+            .await
+            .map_err(|_| {
+                NodeApiError::Transport(format!("node {} did not answer within {timeout:?}", self.address))
+            })?
+            .map_err(|status| {
+                NodeApiError::Transport(format!(
+                    "node {}: {}: {}",
+                    self.address,
+                    status.code(),
+                    status.message()
+                ))
+            })?;
+        decode_wire::<NodeResult>(&reply.get_ref().payload).map_err(|reason| {
+            NodeApiError::Transport(format!("node {}: undecodable answer: {reason}", self.address))
+        })?
+    }
+}
