@@ -110,6 +110,7 @@ where
 {
     let mut backoff = BACKOFF_FIRST;
     let mut attempts = 0u32;
+    let mut unavailable: Option<String> = None;
     loop {
         let Some(remaining) = deadline.remaining() else {
             return Err(ApiError::DeadlinePassed);
@@ -121,12 +122,23 @@ where
                 return Err(purpose.error(error))
             }
             Ok(Err(error)) => error,
+            // Cut short by the deadline after the cluster already said it had no leader: that
+            // is the cause the caller can act on (retry with the same key), so say that.
+            Err(_elapsed) if unavailable.is_some() => {
+                let detail = unavailable.unwrap_or_default();
+                return Err(purpose.error(BackendError::Unavailable(format!(
+                    "{detail} (after {attempts} attempts within the deadline)"
+                ))));
+            }
             Err(_elapsed) => {
                 return Err(purpose.error(BackendError::DeadlineExceeded(format!(
                     "{what} did not answer within the deadline"
                 ))))
             }
         };
+        if let BackendError::Unavailable(detail) = &error {
+            unavailable = Some(detail.clone());
+        }
         match deadline.remaining() {
             Some(left) if left > backoff => {
                 tracing::debug!(%error, attempts, "{what}: retrying after {backoff:?}");
@@ -273,6 +285,36 @@ mod tests {
         let error = result.unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
         assert!(calls >= 3, "{calls}");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_attempt_after_unavailable_answers_unavailable() {
+        // A leader that lost its quorum never answers: the first attempt reports no leader,
+        // the second hangs until the deadline; the caller learns the cause, not just a timeout.
+        let mut calls = 0;
+        let result: Result<(), ApiError> =
+            with_retry(Deadline::after(Duration::from_millis(80)), Purpose::Write, "shard 0", || {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Err(BackendError::Unavailable("shard-0 has no reachable leader with a quorum".into()))
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            })
+            .await;
+        let error = result.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unavailable);
+        assert!(error.to_string().contains("no reachable leader with a quorum"), "{error}");
+        // Without an earlier answer, a hang is a deadline.
+        let result: Result<(), ApiError> =
+            with_retry(Deadline::after(Duration::from_millis(20)), Purpose::Write, "shard 0", || {
+                std::future::pending::<Result<(), BackendError>>()
+            })
+            .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::DeadlineExceeded);
     }
 
     #[tokio::test]

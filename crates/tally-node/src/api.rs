@@ -22,7 +22,7 @@ use tally_raft::{GroupId, NodeId, ProposeError};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::node::{BalanceReadout, GroupStatusView, Node};
+use crate::node::{BalanceReadout, GroupStatusView, Node, RaftSwitches};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
@@ -77,10 +77,11 @@ pub enum NodeRequest {
         group_id: GroupId,
         voters: Vec<NodeId>,
     },
+    /// Switched back on by the node after `restore_after_ms` whatever happens to the caller.
     SetRaftSwitches {
         group_id: GroupId,
-        heartbeat: bool,
-        elect: bool,
+        switches: RaftSwitches,
+        restore_after_ms: u64,
     },
     TriggerElect {
         group_id: GroupId,
@@ -254,9 +255,10 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
             .await
             .map(|()| NodeResponse::Done)
             .map_err(propose),
-        NodeRequest::SetRaftSwitches { group_id, heartbeat, elect } => {
-            node.set_raft_switches(group_id, heartbeat, elect).map(|()| NodeResponse::Done).map_err(propose)
-        }
+        NodeRequest::SetRaftSwitches { group_id, switches, restore_after_ms } => node
+            .set_raft_switches(group_id, switches, restore_after_ms)
+            .map(|()| NodeResponse::Done)
+            .map_err(propose),
         NodeRequest::TriggerElect { group_id } => {
             node.trigger_elect(group_id).await.map(|()| NodeResponse::Done).map_err(propose)
         }

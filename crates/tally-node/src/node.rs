@@ -80,6 +80,26 @@ pub struct GroupStatusView {
     pub currency_totals: BTreeMap<CurrencyCode, CurrencyTotals>,
 }
 
+/// Runtime switches of one replica (see [`Node::set_raft_switches`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftSwitches {
+    pub heartbeat: bool,
+    pub elect: bool,
+    pub proposals: bool,
+}
+
+impl RaftSwitches {
+    pub const ALL_ON: RaftSwitches = RaftSwitches { heartbeat: true, elect: true, proposals: true };
+}
+
+fn apply_switches(group: &Group, switches: RaftSwitches) {
+    group.raft.runtime_config().heartbeat(switches.heartbeat);
+    group.raft.runtime_config().elect(switches.elect);
+    if let Some(proposer) = &group.proposer {
+        proposer.set_paused(!switches.proposals);
+    }
+}
+
 /// A hosted replica's background tasks, stopped when the replica is dropped.
 struct ReplicaTasks {
     stop: watch::Sender<bool>,
@@ -94,6 +114,8 @@ pub struct Node {
     replica_tasks: Mutex<BTreeMap<GroupId, ReplicaTasks>>,
     /// Serializes hosting and dropping replicas.
     hosting: tokio::sync::Mutex<()>,
+    /// Per group, which `set_raft_switches` call is the latest (older timers do not restore).
+    switch_generations: Arc<Mutex<BTreeMap<GroupId, u64>>>,
     /// Tells node-wide background tasks to end, so that every handle on the database is released.
     stop: watch::Sender<bool>,
     background: Mutex<Vec<JoinHandle<()>>>,
@@ -118,6 +140,7 @@ impl Node {
             registry: Arc::new(GroupRegistry::default()),
             replica_tasks: Mutex::new(BTreeMap::new()),
             hosting: tokio::sync::Mutex::new(()),
+            switch_generations: Arc::new(Mutex::new(BTreeMap::new())),
             stop,
             background: Mutex::new(background),
         });
@@ -534,17 +557,35 @@ impl Node {
             .map_err(|error| propose_error(group_id, error))
     }
 
-    /// Turns this replica's heartbeats and elections on or off (leadership moves, §6.7 of the
-    /// openraft brief: openraft 0.9.25 has no transfer-leader call).
+    /// Turns this replica's heartbeats, elections and (on shards) proposals on or off, for
+    /// moving leadership (openraft 0.9.25 has no transfer-leader call; see docs/operations.md).
+    /// Everything is switched back on by itself after `restore_after_ms`, so that an operator
+    /// tool dying half-way cannot leave a group unable to elect or write.
     pub fn set_raft_switches(
         &self,
         group_id: GroupId,
-        heartbeat: bool,
-        elect: bool,
+        switches: RaftSwitches,
+        restore_after_ms: u64,
     ) -> Result<(), ProposeError> {
         let group = self.group(group_id)?;
-        group.raft.runtime_config().heartbeat(heartbeat);
-        group.raft.runtime_config().elect(elect);
+        apply_switches(&group, switches);
+        let generation = {
+            let mut generations = self.switch_generations.lock().expect("switch lock poisoned");
+            let generation = generations.entry(group_id).or_default();
+            *generation += 1;
+            *generation
+        };
+        if switches != RaftSwitches::ALL_ON {
+            let generations = self.switch_generations.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(restore_after_ms)).await;
+                let current = generations.lock().expect("switch lock poisoned").get(&group_id).copied();
+                if current == Some(generation) {
+                    tracing::warn!(group = group_id, "Raft switches restored after {restore_after_ms} ms");
+                    apply_switches(&group, RaftSwitches::ALL_ON);
+                }
+            });
+        }
         Ok(())
     }
 

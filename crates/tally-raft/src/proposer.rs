@@ -64,13 +64,23 @@ pub struct Proposer {
     group_id: GroupId,
     queue: mpsc::Sender<Proposal>,
     queued_proposals_max: usize,
+    paused: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Proposer {
     pub fn start(group_id: GroupId, raft: Raft, config: ProposerConfig) -> Self {
         let (queue, receiver) = mpsc::channel(config.queued_proposals_max);
-        tokio::spawn(run(group_id, raft, config, receiver));
-        Self { group_id, queue, queued_proposals_max: config.queued_proposals_max }
+        let (paused, paused_receiver) = tokio::sync::watch::channel(false);
+        tokio::spawn(run(group_id, raft, config, receiver, paused_receiver));
+        Self { group_id, queue, queued_proposals_max: config.queued_proposals_max, paused: Arc::new(paused) }
+    }
+
+    /// While paused, proposals wait in the queue (callers keep waiting, within their own
+    /// deadlines); on resume they are proposed, and answered not-leader if leadership moved.
+    /// Used while a shard's leadership is moved, so that the target's log is complete and no
+    /// append renews the followers' leases.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
     }
 
     /// Proposes the commands (in one entry, possibly with others') and waits for their outcomes.
@@ -101,7 +111,13 @@ impl Proposer {
     }
 }
 
-async fn run(group_id: GroupId, raft: Raft, config: ProposerConfig, mut receiver: mpsc::Receiver<Proposal>) {
+async fn run(
+    group_id: GroupId,
+    raft: Raft,
+    config: ProposerConfig,
+    mut receiver: mpsc::Receiver<Proposal>,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
     let inflight = Arc::new(Semaphore::new(config.inflight_entries_max));
     let mut carried: Option<Proposal> = None;
     loop {
@@ -112,6 +128,9 @@ async fn run(group_id: GroupId, raft: Raft, config: ProposerConfig, mut receiver
                 None => return,
             },
         };
+        if paused.wait_for(|paused| !*paused).await.is_err() {
+            return;
+        }
         // Wait for room before draining, so that everything arriving meanwhile joins this batch.
         let permit = inflight.clone().acquire_owned().await.expect("semaphore is never closed");
         let mut batch = vec![first];

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tally_gateway::{AdminAction, BackendError};
 use tally_ledger::meta::{ClusterLayout, MetaCommand, MetaResult, NodeInfo};
 use tally_node::api::{NodeApiError, NodeIdentityView, NodeRequest, NodeResponse, NodeStatusView};
-use tally_node::GroupStatusView;
+use tally_node::{GroupStatusView, RaftSwitches};
 use tally_raft::group::group_name;
 use tally_raft::{shard_group_id, GroupId, NodeId, META_GROUP_ID};
 use tokio::time::{sleep, Instant};
@@ -24,6 +24,8 @@ pub const CATCH_UP_TIMEOUT_MS: u64 = 300_000;
 /// Longest wait for groups to elect leaders after bootstrap.
 pub const LEADERS_TIMEOUT_MS: u64 = 60_000;
 const POLL_MS: u64 = 200;
+/// Nodes switch heartbeats, elections and proposals back on by themselves after this long.
+pub const SWITCHES_RESTORE_AFTER_MS: u64 = 30_000;
 
 type Steps = Vec<String>;
 
@@ -432,10 +434,13 @@ async fn move_replica(
     Ok(())
 }
 
-/// Moves a shard's leadership (openraft 0.9.25 has no transfer call): once the target has the
-/// leader's whole log, every other voter stops campaigning, the leader stops its heartbeats,
-/// and after the followers' leases ran out the target is asked to campaign. Switches are put
-/// back whatever happens.
+/// Moves a shard's leadership (openraft 0.9.25 has no transfer call): the leader stops
+/// proposing (queued writes wait), the target catches up with the leader's whole log, every
+/// voter but the target stops campaigning and the leader stops its heartbeats; once the
+/// followers' leases have run out, the target campaigns and wins (its log is complete). Then
+/// every switch goes back on; the held writes are answered not-leader and the gateways resend
+/// them to the new leader with the same keys. Nodes restore the switches by themselves after
+/// [`SWITCHES_RESTORE_AFTER_MS`] should this tool die half-way.
 async fn move_leader(cluster: &ClusterClient, shard: u32, to_node_id: NodeId) -> Result<Steps, BackendError> {
     let current = layout(cluster)?;
     let placement =
@@ -454,17 +459,36 @@ async fn move_leader(cluster: &ClusterClient, shard: u32, to_node_id: NodeId) ->
     let mut steps = Vec::new();
     wait_caught_up(cluster, group_id, to_node_id).await?;
     let lease_ms = node_status(cluster, leader.node_id).await?.election_timeout_max_ms;
-    let switches = |node_id: NodeId, heartbeat: bool, elect: bool| {
-        let request = NodeRequest::SetRaftSwitches { group_id, heartbeat, elect };
+    let switches = |node_id: NodeId, switches: RaftSwitches| {
+        let request =
+            NodeRequest::SetRaftSwitches { group_id, switches, restore_after_ms: SWITCHES_RESTORE_AFTER_MS };
         async move { cluster.call_node(node_id, &request).await }
     };
     let others: Vec<NodeId> = placement.replicas.iter().copied().filter(|id| *id != to_node_id).collect();
     let outcome = async {
+        let held = RaftSwitches { heartbeat: true, elect: false, proposals: false };
+        expect_done(switches(leader.node_id, held).await).await?;
+        // The target must hold every entry the leader has, or the voters would refuse it.
+        let deadline = Instant::now() + Duration::from_millis(lease_ms * 5);
+        loop {
+            let view = leader_view(cluster, group_id).await?;
+            if view.matched_index.get(&to_node_id).copied().unwrap_or(0) >= view.last_log_index {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::Unavailable(format!(
+                    "node {to_node_id} did not catch up with shard {shard}"
+                )));
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
         for node_id in &others {
-            expect_done(switches(*node_id, *node_id != leader.node_id, false).await).await?;
+            let heartbeat = *node_id != leader.node_id;
+            expect_done(switches(*node_id, RaftSwitches { heartbeat, elect: false, proposals: false }).await)
+                .await?;
         }
         steps.push(format!(
-            "shard {shard}: node {} stopped heartbeats, nodes {others:?} stopped campaigning",
+            "shard {shard}: node {} paused writes and heartbeats, nodes {others:?} stopped campaigning",
             leader.node_id
         ));
         sleep(Duration::from_millis(lease_ms + 200)).await;
@@ -486,8 +510,8 @@ async fn move_leader(cluster: &ClusterClient, shard: u32, to_node_id: NodeId) ->
     }
     .await;
     for node_id in &others {
-        if let Err(error) = switches(*node_id, true, true).await {
-            steps.push(format!("shard {shard}: could not restore node {node_id}'s switches: {error}"));
+        if let Err(error) = switches(*node_id, RaftSwitches::ALL_ON).await {
+            steps.push(format!("shard {shard}: could not restore node {node_id}'s switches ({error}); it restores them itself"));
         }
     }
     outcome.map(|()| steps)

@@ -139,7 +139,8 @@ fn authorized<T>(message: T, api_key: &str) -> Request<T> {
     request
         .metadata_mut()
         .insert("authorization", MetadataValue::try_from(format!("Bearer {api_key}")).unwrap());
-    request.set_timeout(Duration::from_secs(5));
+    // Longer than the gateway's own deadline (5 s), so that the gateway's answer arrives.
+    request.set_timeout(Duration::from_secs(8));
     request
 }
 
@@ -198,8 +199,10 @@ async fn write_until_answered(
             Ok(_) => return true,
             Err(status) if status.code() == Code::FailedPrecondition => return false,
             Err(status)
-                if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown)
-                    && Instant::now() < deadline =>
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                ) && Instant::now() < deadline =>
             {
                 model.lock().unwrap().retries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -522,4 +525,33 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
         model.acknowledged, model.refused, model.retries, model.replays_checked
     );
     assert!(model.acknowledged > 100, "the workload ran");
+    let expected_member_0 = model.balances[&member(0)];
+    drop(model);
+
+    // Two of the three nodes gone: no shard has a quorum. Writes and linearizable reads answer
+    // UNAVAILABLE with the cause within the gateway's deadline; a stale read still answers
+    // from the surviving replica and says how stale it may be.
+    cluster.nodes.get_mut(&3).unwrap().kill_9();
+    cluster.nodes.get_mut(&4).unwrap().kill_9();
+    let started = Instant::now();
+    let mut request = authorized(
+        EarnRequest { idempotency_key: "no-quorum".into(), member_id: member(0), amount_points: 1 },
+        &api_key,
+    );
+    request.set_timeout(Duration::from_secs(15));
+    let refused = ledger.earn(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("retry with the same idempotency key"), "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(12), "answered after {:?}", started.elapsed());
+    println!("no quorum: {:?} after {:?}", refused.message(), started.elapsed());
+    let mut request = authorized(GetBalanceRequest { member_id: member(0), consistency: 0 }, &api_key);
+    request.set_timeout(Duration::from_secs(15));
+    assert_eq!(ledger.get_balance(request).await.unwrap_err().code(), Code::Unavailable);
+    let stale = ledger
+        .get_balance(authorized(GetBalanceRequest { member_id: member(0), consistency: 2 }, &api_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.linearizable && stale.staleness_bound_ms > 0, "{stale:?}");
+    assert_eq!(stale.balance.unwrap().balance_points, expected_member_0, "nothing changed since");
 }
