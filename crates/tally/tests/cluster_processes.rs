@@ -239,7 +239,7 @@ async fn writer(
         // A fixed mix: a third earns, two thirds transfers (most across shards).
         let pick = sequence.wrapping_mul(2_654_435_761).wrapping_add(writer_index as u64 * 97);
         let key = format!("w{writer_index}-{sequence}");
-        let operation = if sequence % 3 == 0 {
+        let operation = if sequence.is_multiple_of(3) {
             Operation::Earn { key, member: member(pick % MEMBERS), points: 50 + pick % 50 }
         } else {
             let from = pick % MEMBERS;
@@ -266,7 +266,7 @@ async fn writer(
             }
         }
         // Every fifth acknowledged write is sent again: it must replay, not apply twice.
-        if applied && sequence % 5 == 0 {
+        if applied && sequence.is_multiple_of(5) {
             assert!(
                 write_until_answered(&mut ledger, &api_key, &operation, &model).await,
                 "a replay is an answer"
@@ -505,7 +505,7 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     // Every acknowledged write exactly once: each balance is what the model expects.
     let final_status = status(&mut admin).await;
     assert_conserved(&final_status);
-    let model = model.lock().unwrap();
+    let model = std::mem::take(&mut *model.lock().unwrap());
     let mut ledger = LedgerClient::new(channel.clone());
     for (member_id, expected) in &model.balances {
         let reply = ledger
@@ -526,7 +526,6 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     );
     assert!(model.acknowledged > 100, "the workload ran");
     let expected_member_0 = model.balances[&member(0)];
-    drop(model);
 
     // Two of the three nodes gone: no shard has a quorum. Writes and linearizable reads answer
     // UNAVAILABLE with the cause within the gateway's deadline; a stale read still answers
