@@ -2,7 +2,8 @@
 # A 3-node Tally cluster and a gateway as local processes on 127.0.0.1, each node with its own
 # data folder under ./tally-cluster (configs in cluster/local/).
 #
-#   cluster/local.sh start          build (release), start nodes 1-3 and the gateway, init
+#   cluster/local.sh start          build (release), start nodes 1-3 and the gateway; the first
+#                                   time, also `tally cluster init` (later starts only restart)
 #   cluster/local.sh stop           stop every process this script started (by PID)
 #   cluster/local.sh status         `tally status` through the gateway
 #   cluster/local.sh start-node N   start (or restart) node N alone (4 is a spare node)
@@ -72,7 +73,10 @@ case "${1:-}" in
   start)
     BIN="$(tally_bin)"
     for n in 1 2 3; do start_node "$n"; done
-    "$BIN" cluster init --nodes 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+    if [[ ! -e "$STATE/initialized" ]]; then
+      "$BIN" cluster init --nodes 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+      touch "$STATE/initialized"
+    fi
     start_process gateway gateway --config "$CONFIGS/gateway.toml"
     wait_for_log gateway "ready on"
     echo "cluster ready: gateway at http://127.0.0.1:50051 (try: $BIN status)"
