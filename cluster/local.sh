@@ -2,8 +2,9 @@
 # A 3-node Tally cluster and a gateway as local processes on 127.0.0.1, each node with its own
 # data folder under ./tally-cluster (configs in cluster/local/).
 #
-#   cluster/local.sh start          build (release), start nodes 1-3 and the gateway; the first
-#                                   time, also `tally cluster init` (later starts only restart)
+#   cluster/local.sh start          build (release), start nodes 1-3 and the gateway and run
+#                                   `tally cluster init`; later starts restart every node that
+#                                   has a data folder, and the gateway
 #   cluster/local.sh stop           stop every process this script started (by PID)
 #   cluster/local.sh status         `tally status` through the gateway
 #   cluster/local.sh start-node N   start (or restart) node N alone (4 is a spare node)
@@ -72,7 +73,12 @@ start_node() {
 case "${1:-}" in
   start)
     BIN="$(tally_bin)"
-    for n in 1 2 3; do start_node "$n"; done
+    if [[ -e "$STATE/initialized" ]]; then
+      # A restart: every node that has a data folder (removed nodes' folders are deleted).
+      for dir in "$STATE"/node*/; do n="${dir%/}"; start_node "${n##*node}"; done
+    else
+      for n in 1 2 3; do start_node "$n"; done
+    fi
     if [[ ! -e "$STATE/initialized" ]]; then
       "$BIN" cluster init --nodes 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
       touch "$STATE/initialized"
