@@ -60,7 +60,7 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let resolver = crate::resolver::spawn(node.clone(), backend.clone());
 
-    let router = tonic::transport::Server::builder()
+    let router = crate::serve::server_builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -88,7 +88,7 @@ impl DevCluster {
             let _ = shutdown.send(());
         }
         if let Some(server) = self.server.take() {
-            server.await??;
+            crate::serve::drain(server).await?;
         }
         self.node.shutdown().await;
         Ok(())

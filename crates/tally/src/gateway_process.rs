@@ -64,7 +64,7 @@ pub async fn start(settings: &TallyConfig) -> anyhow::Result<GatewayProcess> {
         .await
     }));
 
-    let router = tonic::transport::Server::builder()
+    let router = crate::serve::server_builder()
         .add_service(health_service)
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
@@ -87,7 +87,7 @@ impl GatewayProcess {
             let _ = shutdown.send(());
         }
         if let Some(server) = self.server.take() {
-            server.await??;
+            crate::serve::drain(server).await?;
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
         .await
     }));
 
-    let router = tonic::transport::Server::builder()
+    let router = crate::serve::server_builder()
         .add_service(health_service)
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
@@ -94,7 +94,7 @@ impl NodeProcess {
             let _ = shutdown.send(());
         }
         if let Some(server) = self.server.take() {
-            server.await??;
+            crate::serve::drain(server).await?;
         }
         self.node.shutdown().await;
         Ok(())

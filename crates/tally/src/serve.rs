@@ -35,6 +35,34 @@ pub async fn set_health(reporter: &HealthReporter, services: &[&str], healthy: b
     }
 }
 
+/// How long a stopping server waits for open calls and connections to finish.
+pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// A tonic server builder with keepalives: a peer that vanished (killed, partitioned) is
+/// noticed, so its connection does not stay half-open for the kernel's retransmission time.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+}
+
+/// Waits for a server that was told to stop to drain, at most [`DRAIN_TIMEOUT_MS`]: a
+/// connection to a peer that disappeared may never acknowledge the shutdown, and a stop must
+/// not wait for it.
+pub async fn drain(
+    mut server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), &mut server).await {
+        Ok(result) => Ok(result??),
+        Err(_elapsed) => {
+            tracing::warn!("connections still open after {DRAIN_TIMEOUT_MS} ms; closing them");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and most supervisors send).
 pub async fn stop_signal() {
     #[cfg(unix)]
