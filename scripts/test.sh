@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the tools the tests need when they are missing (promtool,
-# grpcurl, Python's grpcio), then runs every Rust test of the workspace. Usage: ./scripts/test.sh   (from the repository root)
+# grpcurl, Python's grpcio), runs every Rust test of the workspace, then (where a Docker daemon
+# runs) the container fault test of cluster/docker. Usage: ./scripts/test.sh   (from the
+# repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +45,15 @@ fi
 export TALLY_REQUIRE_PYTHON_GRPC=1
 
 cargo test --workspace --all-targets
+
+# The same three-node topology in containers (cluster/docker): a FROM scratch image around a
+# static binary (built in its own target folder), the compose file on a private network, and
+# docker kill / start / network disconnect / connect and a gateway restart under writes.
+# Skipped only where no Docker daemon is reachable; TALLY_SKIP_CONTAINER_TEST=1 skips it too.
+if [[ "${TALLY_SKIP_CONTAINER_TEST:-0}" == 1 ]]; then
+    echo "container fault test skipped (TALLY_SKIP_CONTAINER_TEST=1)"
+elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    TALLY_FAULT_TEST_REPLACE=1 TALLY_GATEWAY_PORT="${TALLY_GATEWAY_PORT:-55051}" cluster/docker/fault-test.sh
+else
+    echo "container fault test skipped: no Docker daemon here"
+fi
