@@ -1,5 +1,5 @@
-//! A real multi-node cluster: three `tally node` processes, `tally cluster init`, and a
-//! `tally gateway` process, under a mixed workload (earns and member-to-member transfers, many
+//! A real multi-node cluster: three `tally node` processes, `tally cluster init`, and two
+//! `tally gateway` processes (half the writers on each), under a mixed workload (earns and member-to-member transfers, many
 //! across shards, some requests re-sent with the same key) while the node leading the most
 //! shards is killed with SIGKILL and restarted, a fourth node is added and given a shard
 //! replica and a shard's leadership, and a node is removed. At the end: every acknowledged
@@ -87,7 +87,7 @@ struct Cluster {
     dir: PathBuf,
     node_addrs: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, Process>,
-    _gateway: Option<Process>,
+    gateways: Vec<Process>,
 }
 
 impl Cluster {
@@ -118,6 +118,7 @@ impl Cluster {
     fn logs(&self) -> String {
         self.nodes
             .values()
+            .chain(&self.gateways)
             .map(|process| format!("--- {}:\n{}\n", process.name, process.log_tail()))
             .collect()
     }
@@ -342,7 +343,7 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
         dir: temp.path().to_path_buf(),
         node_addrs: BTreeMap::new(),
         nodes: BTreeMap::new(),
-        _gateway: None,
+        gateways: Vec::new(),
     };
     for node_id in 1..=3 {
         cluster.start_node(node_id);
@@ -360,13 +361,17 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     let init_output = String::from_utf8_lossy(&init.stdout);
     assert!(init_output.contains("every group has a leader"), "{init_output}");
 
-    let gateway_addr = free_addr();
-    cluster._gateway = Some(Process::spawn(
-        "gateway",
-        &cluster.dir,
-        &["gateway", "--listen", &gateway_addr, "--nodes", &node_list, "--no-metrics"],
-    ));
-    let channel = connect(&gateway_addr).await;
+    // Two gateways: any of them serves any request.
+    let gateway_addrs = [free_addr(), free_addr()];
+    for (index, addr) in gateway_addrs.iter().enumerate() {
+        cluster.gateways.push(Process::spawn(
+            &format!("gateway{index}"),
+            &cluster.dir,
+            &["gateway", "--listen", addr, "--nodes", &node_list, "--no-metrics"],
+        ));
+    }
+    let channel = connect(&gateway_addrs[0]).await;
+    let second_gateway = connect(&gateway_addrs[1]).await;
     let mut admin = AdminClient::new(channel.clone());
     let before = status(&mut admin).await;
     assert_eq!(before.nodes.len(), 3);
@@ -404,9 +409,11 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     let in_flight = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|index| {
+            // Half the writers go through the second gateway.
+            let gateway = if index % 2 == 0 { channel.clone() } else { second_gateway.clone() };
             tokio::spawn(writer(
                 index,
-                channel.clone(),
+                gateway,
                 api_key.clone(),
                 model.clone(),
                 stop.clone(),
