@@ -241,6 +241,51 @@ mod tests {
     }
 
     #[test]
+    fn gateway_flags_override_the_file_and_nodes_are_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "[gateway]\nnode_addresses = [\"n1:7100\"]\nrequest_deadline_ms = 900\n")
+            .unwrap();
+        let from_file =
+            GatewayFlags { config: Some(path.clone()), ..GatewayFlags::default() }.load().unwrap();
+        assert_eq!(from_file.gateway.node_addresses, vec!["n1:7100".to_string()]);
+        assert_eq!(from_file.gateway_config().request_deadline_ms, 900);
+        let flags = GatewayFlags {
+            config: Some(path),
+            nodes: vec!["a:1".into(), "b:2".into()],
+            listen: Some("127.0.0.1:6000".parse().unwrap()),
+            no_metrics: true,
+            ..GatewayFlags::default()
+        };
+        let config = flags.load().unwrap();
+        assert_eq!(config.gateway.node_addresses, vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(config.gateway.listen_addr.port(), 6000);
+        assert_eq!(config.gateway.metrics_addr, None);
+        let error = GatewayFlags::default().load().unwrap_err();
+        assert!(error.to_string().contains("node_addresses"), "{error}");
+    }
+
+    #[test]
+    fn the_local_cluster_configs_parse() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cluster");
+        for (index, name) in ["local/node1.toml", "local/node2.toml", "local/node3.toml", "local/node4.toml"]
+            .iter()
+            .enumerate()
+        {
+            let path = std::path::Path::new(root).join(name);
+            let config = NodeFlags { config: Some(path), ..NodeFlags::default() }.load().unwrap();
+            assert_eq!(config.node.node_id, index as u64 + 1, "{name}");
+        }
+        for name in ["local/gateway.toml", "docker/gateway.toml"] {
+            let path = std::path::Path::new(root).join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            toml::from_str::<TallyConfig>(&text).unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+        let docker_node = std::path::Path::new(root).join("docker/node.toml");
+        NodeFlags { config: Some(docker_node), ..NodeFlags::default() }.load().unwrap();
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.toml");
