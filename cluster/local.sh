@@ -38,7 +38,9 @@ start_process() { # name, args...
     echo "$name already running (pid $(cat "$STATE/pids/$name.pid"))"
     return
   fi
-  (cd "$ROOT" && exec "$BIN" "$@" >>"$STATE/logs/$name.log" 2>&1) &
+  # The previous run's log is kept as .log.1, so that waiting for "ready" sees only this run.
+  [[ -f "$STATE/logs/$name.log" ]] && mv "$STATE/logs/$name.log" "$STATE/logs/$name.log.1"
+  (cd "$ROOT" && exec "$BIN" "$@" >"$STATE/logs/$name.log" 2>&1) &
   echo $! >"$STATE/pids/$name.pid"
   echo "$name started (pid $!, log tally-cluster/logs/$name.log)"
 }
@@ -96,7 +98,7 @@ case "${1:-}" in
   stop)
     stop_process gateway TERM
     for pidfile in "$STATE"/pids/node*.pid; do
-      [[ -e "$pidfile" ]] && stop_process "$(basename "$pidfile" .pid)" TERM
+      if [[ -e "$pidfile" ]]; then stop_process "$(basename "$pidfile" .pid)" TERM; fi
     done
     ;;
   status)

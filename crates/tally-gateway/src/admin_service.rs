@@ -20,7 +20,7 @@ use tally_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::backend::{AdminAction, Backend};
+use crate::backend::{AdminAction, Backend, BackendError};
 use crate::metrics::observe;
 use crate::status::ApiError;
 use crate::submit::{once, with_retry, Deadline, Purpose};
@@ -87,7 +87,15 @@ impl<B: Backend> AdminService<B> {
     ) -> Result<ClusterChangeReply, ApiError> {
         let deadline = Deadline::for_request(request.metadata(), ADMIN_ACTION_DEADLINE_MS_DEFAULT);
         let description = format!("{action:?}");
-        let result = once(deadline, Purpose::Read, "the cluster", self.shared.backend.admin(action)).await;
+        // In a task of its own: an operator whose connection drops must not leave a leadership
+        // move or a replica move half-done (each runs to its end, then is logged).
+        let backend = Arc::clone(&self.shared.backend);
+        let task = tokio::spawn(async move { backend.admin(action).await });
+        let outcome = async move {
+            task.await
+                .unwrap_or_else(|error| Err(BackendError::Unavailable(format!("the action failed: {error}"))))
+        };
+        let result = once(deadline, Purpose::Read, "the cluster", outcome).await;
         match &result {
             Ok(steps) => tracing::info!(action = %description, ?steps, "operator action done"),
             Err(error) => tracing::warn!(action = %description, %error, "operator action failed"),

@@ -132,6 +132,8 @@ pub struct ClusterLayout {
     pub nodes: BTreeMap<u64, NodeInfo>,
     /// Indexed by shard number.
     pub shards: Vec<ShardPlacement>,
+    /// Ids of removed nodes: never given to another node (a node id names one data folder).
+    pub retired_node_ids: Vec<u64>,
 }
 
 impl ClusterLayout {
@@ -172,7 +174,13 @@ impl ClusterLayout {
                 version: 0,
             })
             .collect();
-        Ok(ClusterLayout { shard_count, replication_factor, nodes: by_id, shards })
+        Ok(ClusterLayout {
+            shard_count,
+            replication_factor,
+            nodes: by_id,
+            shards,
+            retired_node_ids: Vec::new(),
+        })
     }
 
     /// Shards (by number) that have a replica on `node_id`.
@@ -252,6 +260,11 @@ impl MetaState {
                 if *node_id == 0 {
                     return Err(MetaError::Layout("node ids start at 1".into()));
                 }
+                if layout.retired_node_ids.contains(node_id) {
+                    return Err(MetaError::Layout(format!(
+                        "node id {node_id} belonged to a removed node; start the new node with a new id and an empty data folder"
+                    )));
+                }
                 match layout.nodes.get(node_id) {
                     Some(existing) if existing.address == *address => {}
                     Some(existing) => {
@@ -280,6 +293,7 @@ impl MetaState {
                     )));
                 }
                 layout.nodes.remove(node_id);
+                layout.retired_node_ids.push(*node_id);
                 Ok(MetaResult::Layout(layout.clone()))
             }
             MetaCommand::SetShardReplicas { shard, replicas, expected_version } => {
@@ -308,7 +322,14 @@ impl MetaState {
 
     fn init_cluster(&mut self, layout: &ClusterLayout) -> Result<ClusterLayout, MetaError> {
         match &self.layout {
-            Some(existing) if existing == layout => Ok(existing.clone()),
+            // The same cluster, initialized before (its placement may have changed since).
+            Some(existing)
+                if existing.nodes == layout.nodes
+                    && existing.shard_count == layout.shard_count
+                    && existing.replication_factor == layout.replication_factor =>
+            {
+                Ok(existing.clone())
+            }
             Some(existing) => Err(MetaError::Layout(format!(
                 "the cluster is already initialized with nodes {:?}",
                 existing.nodes.keys().collect::<Vec<_>>()

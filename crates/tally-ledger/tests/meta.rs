@@ -254,4 +254,20 @@ fn the_layout_is_initialized_once_and_changed_only_by_checked_commands() {
     }
     meta.apply(11, &MetaCommand::RemoveNode { node_id: 3 }).unwrap();
     assert!(!meta.layout.as_ref().unwrap().nodes.contains_key(&3));
+    // A removed node's id is never given to another node.
+    let reused = meta.apply(12, &MetaCommand::AddNode { node_id: 3, address: "elsewhere:1".into() });
+    assert!(matches!(reused, Err(MetaError::Layout(message)) if message.contains("new id")));
+    // Init re-run for the same nodes after placement changes: accepted, nothing changes.
+    let mut same_nodes = MetaState::default();
+    let initial = ClusterLayout::initial(nodes(3), 4, 3).unwrap();
+    same_nodes.apply(1, &MetaCommand::InitCluster { layout: initial.clone() }).unwrap();
+    same_nodes
+        .apply(2, &MetaCommand::SetShardReplicas { shard: 0, replicas: vec![2, 3], expected_version: 0 })
+        .unwrap();
+    let moved = same_nodes.clone();
+    assert_eq!(
+        same_nodes.apply(3, &MetaCommand::InitCluster { layout: initial }),
+        Ok(MetaResult::Layout(moved.layout.clone().unwrap()))
+    );
+    assert_eq!(same_nodes, moved);
 }

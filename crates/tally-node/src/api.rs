@@ -83,6 +83,10 @@ pub enum NodeRequest {
         switches: RaftSwitches,
         restore_after_ms: u64,
     },
+    RemoveLearners {
+        group_id: GroupId,
+        learners: Vec<NodeId>,
+    },
     TriggerElect {
         group_id: GroupId,
     },
@@ -257,6 +261,11 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
             .map_err(propose),
         NodeRequest::SetRaftSwitches { group_id, switches, restore_after_ms } => node
             .set_raft_switches(group_id, switches, restore_after_ms)
+            .map(|()| NodeResponse::Done)
+            .map_err(propose),
+        NodeRequest::RemoveLearners { group_id, learners } => node
+            .remove_learners(group_id, learners.into_iter().collect())
+            .await
             .map(|()| NodeResponse::Done)
             .map_err(propose),
         NodeRequest::TriggerElect { group_id } => {

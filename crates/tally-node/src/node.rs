@@ -557,6 +557,21 @@ impl Node {
             .map_err(|error| propose_error(group_id, error))
     }
 
+    /// On the group's leader: removes non-voting members (learners) from the group.
+    pub async fn remove_learners(
+        &self,
+        group_id: GroupId,
+        learners: BTreeSet<NodeId>,
+    ) -> Result<(), ProposeError> {
+        let group = self.group(group_id)?;
+        group
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(learners), false)
+            .await
+            .map(|_| ())
+            .map_err(|error| propose_error(group_id, error))
+    }
+
     /// Turns this replica's heartbeats, elections and (on shards) proposals on or off, for
     /// moving leadership (openraft 0.9.25 has no transfer-leader call; see docs/operations.md).
     /// Everything is switched back on by itself after `restore_after_ms`, so that an operator
@@ -634,11 +649,13 @@ impl Node {
         )
     }
 
-    /// Drops shard replicas this node still holds although it left their group: the layout
-    /// does not place the shard here and the replica's own membership no longer includes this
-    /// node (a move finished while this node was down). An empty replica waiting to be added
-    /// (no membership yet) is kept.
-    pub async fn drop_departed_replicas(&self, layout: &ClusterLayout) {
+    /// Shard replicas this node may have left: the layout does not place the shard here, and
+    /// the replica was a member of its group at some point (an empty replica waiting to be
+    /// added during a move has no membership and is kept). The caller asks the group's leader
+    /// whether this node is still a member before dropping one (a node that was down while it
+    /// was moved off never received the membership without it).
+    pub fn departure_candidates(&self, layout: &ClusterLayout) -> Vec<GroupId> {
+        let mut candidates = Vec::new();
         for group in self.registry.all() {
             let group_id = group.group_id;
             if group_id == META_GROUP_ID {
@@ -648,22 +665,18 @@ impl Node {
                 .shards
                 .get(group_id as usize - 1)
                 .is_some_and(|placement| placement.replicas.contains(&self.config.node_id));
-            if placed_here {
-                continue;
-            }
-            let membership_excludes_me = {
+            let was_member = {
                 let metrics = group.raft.metrics();
                 let metrics = metrics.borrow();
                 let membership = metrics.membership_config.membership();
-                let mut members = membership.voter_ids().chain(membership.learner_ids()).peekable();
-                members.peek().is_some() && members.all(|id| id != self.config.node_id)
+                let has_members = membership.voter_ids().chain(membership.learner_ids()).next().is_some();
+                has_members
             };
-            if membership_excludes_me {
-                if let Err(error) = self.drop_group(group_id, false).await {
-                    tracing::warn!(group = group_id, %error, "could not drop a departed replica");
-                }
+            if !placed_here && was_member {
+                candidates.push(group_id);
             }
         }
+        candidates
     }
 
     /// The groups this node hosts a replica of.

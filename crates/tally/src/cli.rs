@@ -1,6 +1,7 @@
 //! Commands that call a running cluster: partner and agreement administration, status, and a
 //! few partner operations for trying Tally from a shell.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
@@ -93,11 +94,9 @@ impl PartnerAuth {
 }
 
 pub(crate) async fn channel(connection: &Connection) -> anyhow::Result<Channel> {
-    Channel::from_shared(connection.addr.clone())
-        .context("bad --addr")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach {}; is `tally dev` running?", connection.addr))
+    Channel::from_shared(connection.addr.clone()).context("bad --addr")?.connect().await.with_context(|| {
+        format!("cannot reach {}; is a gateway (or `tally dev`) running there?", connection.addr)
+    })
 }
 
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -302,12 +301,15 @@ pub async fn statement(
 pub async fn status(connection: &Connection) -> anyhow::Result<()> {
     let mut admin = AdminClient::new(channel(connection).await?);
     let reply = admin.cluster_status(ClusterStatusRequest {}).await.map_err(status_error)?.into_inner();
-    println!(
+    // Written at once, and a closed pipe (`tally status | head`) is not an error.
+    let mut out = String::new();
+    writeln!(
+        out,
         "{} shards, replication factor {}, meta leader node {}",
         reply.shard_count, reply.replication_factor, reply.meta_leader_node_id
-    );
+    )?;
     if !reply.nodes.is_empty() {
-        println!("{:>5} {:<24} {:<12} groups", "node", "address", "health");
+        writeln!(out, "{:>5} {:<24} {:<12} groups", "node", "address", "health")?;
         for node in &reply.nodes {
             let health = match (node.reachable, node.healthy) {
                 (false, _) => "UNREACHABLE",
@@ -316,25 +318,28 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
             };
             let detail =
                 if node.reachable { format!("{:?}", node.hosted_groups) } else { node.error.clone() };
-            println!("{:>5} {:<24} {:<12} {detail}", node.node_id, node.address, health);
+            writeln!(out, "{:>5} {:<24} {:<12} {detail}", node.node_id, node.address, health)?;
         }
     }
     if !reply.shards.is_empty() {
-        println!("{:>5} {:>7} {:>8}  replicas", "shard", "leader", "version");
+        writeln!(out, "{:>5} {:>7} {:>8}  replicas", "shard", "leader", "version")?;
         for shard in &reply.shards {
-            println!(
+            writeln!(
+                out,
                 "{:>5} {:>7} {:>8}  {:?}",
                 shard.shard, shard.leader_node_id, shard.placement_version, shard.replicas
-            );
+            )?;
         }
     }
-    println!(
-        "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10} {:>6}  digest",
-        "group", "node", "role", "leader", "term", "last log", "committed", "applied", "lag"
-    );
+    writeln!(
+        out,
+        "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10} {:>6} {:>9}  digest",
+        "group", "node", "role", "leader", "term", "last log", "committed", "applied", "lag", "snapshot"
+    )?;
     for group in &reply.groups {
-        println!(
-            "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10} {:>6}  {}",
+        writeln!(
+            out,
+            "{:<10} {:>5} {:<10} {:>7} {:>6} {:>10} {:>10} {:>10} {:>6} {:>9}  {}",
             group.group,
             group.node_id,
             group.role,
@@ -344,18 +349,29 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
             group.committed_index,
             group.applied_index,
             group.lag_entries,
+            group.snapshot_index,
             &group.state_digest[..16.min(group.state_digest.len())]
-        );
+        )?;
     }
     for total in &reply.currency_totals {
         let conserved =
             if total.debits_points == total.credits_points { "conserved" } else { "NOT CONSERVED" };
-        println!(
+        writeln!(
+            out,
             "{}: debits {} credits {} ({conserved})",
             total.currency, total.debits_points, total.credits_points
-        );
+        )?;
     }
-    Ok(())
+    print_ignoring_closed_pipe(&out)
+}
+
+/// Prints `text` to stdout; a reader that closed the pipe early is not an error.
+fn print_ignoring_closed_pipe(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -85,6 +85,19 @@ async fn node_status(cluster: &ClusterClient, node_id: NodeId) -> Result<NodeSta
     }
 }
 
+/// The group's view on its leader, if one of the group's replicas (as placed) answers as leader.
+pub async fn group_leader_view(cluster: &ClusterClient, group_id: GroupId) -> Option<GroupStatusView> {
+    for node_id in cluster.replicas_of(group_id) {
+        let Ok(status) = node_status(cluster, node_id).await else { continue };
+        if let Some(view) =
+            status.groups.into_iter().find(|view| view.group_id == group_id && view.role == "leader")
+        {
+            return Some(view);
+        }
+    }
+    None
+}
+
 /// The group's view on its leader (asked through the group's routing).
 async fn leader_view(cluster: &ClusterClient, group_id: GroupId) -> Result<GroupStatusView, BackendError> {
     for _ in 0..3 {
@@ -266,15 +279,32 @@ async fn add_node(cluster: &ClusterClient, address: &str) -> Result<Steps, Backe
             identity.node_id, identity.shard_count, layout.shard_count
         )));
     }
+    if let Some(existing) = layout.nodes.get(&identity.node_id) {
+        return Err(refused(format!(
+            "node {} is already part of the cluster (at {}); nothing to add",
+            identity.node_id, existing.address
+        )));
+    }
     propose_meta(
         cluster,
         MetaCommand::AddNode { node_id: identity.node_id, address: identity.address.clone() },
     )
     .await?;
-    Ok(vec![format!(
-        "node {} at {} added; it holds no replica yet (move some with `tally cluster move-replica`)",
-        identity.node_id, identity.address
-    )])
+    let mut steps = vec![format!("node {} at {} added to the layout", identity.node_id, identity.address)];
+    // Every node of the layout follows the meta group (as a learner unless it votes), so that
+    // it knows the layout and the partners from its own replica.
+    let request = NodeRequest::AddLearner {
+        group_id: META_GROUP_ID,
+        node_id: identity.node_id,
+        address: identity.address.clone(),
+    };
+    expect_done(cluster.call_group(META_GROUP_ID, &request, true).await).await?;
+    steps.push(format!(
+        "node {} follows the meta group; it holds no shard replica yet (move some with \
+         `tally cluster move-replica`)",
+        identity.node_id
+    ));
+    Ok(steps)
 }
 
 /// The node (not in `excluded`) holding the fewest replicas.
@@ -330,6 +360,10 @@ async fn remove_node(cluster: &ClusterClient, node_id: NodeId) -> Result<Steps, 
             NodeRequest::ChangeVoters { group_id: META_GROUP_ID, voters: voters.iter().copied().collect() };
         expect_done(cluster.call_group(META_GROUP_ID, &request, true).await).await?;
         steps.push(format!("meta group voters are now {voters:?}"));
+    } else if view.member_addresses.contains_key(&node_id) {
+        let request = NodeRequest::RemoveLearners { group_id: META_GROUP_ID, learners: vec![node_id] };
+        expect_done(cluster.call_group(META_GROUP_ID, &request, true).await).await?;
+        steps.push(format!("node {node_id} no longer follows the meta group"));
     }
     propose_meta(cluster, MetaCommand::RemoveNode { node_id }).await?;
     steps.push(format!("node {node_id} removed from the layout; it can be stopped and its data deleted"));
@@ -484,8 +518,13 @@ async fn move_leader(cluster: &ClusterClient, shard: u32, to_node_id: NodeId) ->
         }
         for node_id in &others {
             let heartbeat = *node_id != leader.node_id;
-            expect_done(switches(*node_id, RaftSwitches { heartbeat, elect: false, proposals: false }).await)
-                .await?;
+            match switches(*node_id, RaftSwitches { heartbeat, elect: false, proposals: false }).await {
+                // A follower that is down cannot campaign either; only the leader must answer.
+                Err(NodeApiError::Transport(error)) if *node_id != leader.node_id => steps.push(format!(
+                    "shard {shard}: node {node_id} not reached ({error}); going on without it"
+                )),
+                other => expect_done(other).await?,
+            }
         }
         steps.push(format!(
             "shard {shard}: node {} paused writes and heartbeats, nodes {others:?} stopped campaigning",

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tally_gateway::{Gateway, GatewayConfig};
 use tally_node::api::NodeApiService;
 use tally_node::{Node, NodeConfig};
@@ -30,7 +32,9 @@ pub struct DevCluster {
 /// Starts the node, makes it the sole voter of every group, waits for leaders, then serves.
 /// `config.listen_addr` may use port 0; the bound address is in [`DevCluster::addr`].
 pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow::Result<DevCluster> {
-    let listener = TcpListener::bind(config.listen_addr).await?;
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("listening on {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
     let mut config = config;
     if config.advertise_addr.is_none() {

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tally_gateway::Gateway;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -32,7 +34,9 @@ const HEALTH_SERVICES: &[&str] = &["tally.v1.Ledger", "tally.v1.Admin"];
 
 /// Waits for the layout (the cluster must be initialized), then serves.
 pub async fn start(settings: &TallyConfig) -> anyhow::Result<GatewayProcess> {
-    let listener = TcpListener::bind(settings.gateway.listen_addr).await?;
+    let listener = TcpListener::bind(settings.gateway.listen_addr)
+        .await
+        .with_context(|| format!("listening on {}", settings.gateway.listen_addr))?;
     let addr = listener.local_addr()?;
     let cluster = ClusterClient::new(
         settings.gateway.node_addresses.clone(),

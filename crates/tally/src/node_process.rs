@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tally_node::api::NodeApiService;
 use tally_node::{Node, NodeConfig};
 use tally_raft::transport::RaftTransportService;
@@ -32,7 +34,9 @@ pub struct NodeProcess {
 
 /// Starts the node and serves it. `config.listen_addr` may use port 0.
 pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Result<NodeProcess> {
-    let listener = TcpListener::bind(config.listen_addr).await?;
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("listening on {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
     let mut config = config;
     if config.advertise_addr.is_none() {
@@ -74,12 +78,32 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
 
 const HEALTH_SERVICES: &[&str] = &["tally.internal.NodeApi", "tally.internal.RaftTransport"];
 
+/// Drops replicas this node was moved off while it was down: the layout places the shard
+/// elsewhere and the shard's leader confirms that its membership no longer includes this node.
 async fn drop_departed_replicas(node: Arc<Node>, cluster: Arc<ClusterClient>) {
+    let node_id = node.config().node_id;
     let mut interval = tokio::time::interval(Duration::from_millis(DEPARTED_REPLICA_CHECK_INTERVAL_MS));
     loop {
         interval.tick().await;
-        if let Some(layout) = cluster.layout() {
-            node.drop_departed_replicas(&layout).await;
+        let Some(layout) = cluster.layout() else { continue };
+        for group_id in node.departure_candidates(&layout) {
+            let Some(leader) = crate::cluster_admin::group_leader_view(&cluster, group_id).await else {
+                continue;
+            };
+            if leader.node_id == node_id
+                || leader.voters.contains(&node_id)
+                || leader.learners.contains(&node_id)
+            {
+                continue;
+            }
+            match node.drop_group(group_id, true).await {
+                Ok(_) => tracing::info!(
+                    group = group_id,
+                    leader = leader.node_id,
+                    "dropped a replica this node was moved off"
+                ),
+                Err(error) => tracing::warn!(group = group_id, %error, "could not drop a departed replica"),
+            }
         }
     }
 }

@@ -95,10 +95,12 @@ pub struct NodeFlags {
     /// Idempotency key retention in milliseconds of log time [default: 7 days].
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_MS")]
     pub idempotency_retention_ms: Option<u64>,
-    /// Longest time the gateway spends on one request, retries included [default: 5000].
+    /// `tally dev` only (its gateway): longest time spent on one request, retries included
+    /// [default: 5000].
     #[arg(long, env = "TALLY_REQUEST_DEADLINE_MS")]
     pub request_deadline_ms: Option<u64>,
-    /// Write operations per second each partner may send; 0 for no limit [default: 0].
+    /// `tally dev` only (its gateway): write operations per second each partner may send; 0 for
+    /// no limit [default: 0].
     #[arg(long, env = "TALLY_PARTNER_OPERATIONS_PER_SECOND_MAX")]
     pub partner_operations_per_second_max: Option<u64>,
 }
@@ -145,7 +147,7 @@ impl NodeFlags {
 /// Flags of `tally gateway`; each overrides the same field of the file's `[gateway]` section.
 #[derive(Args, Debug, Clone, Default)]
 pub struct GatewayFlags {
-    /// TOML file with a `[gateway]` section (see cluster/gateway.toml); flags override it.
+    /// TOML file with a `[gateway]` section (see cluster/local/gateway.toml); flags override it.
     #[arg(long, env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where partners and operators connect [default: 127.0.0.1:50051].
