@@ -119,6 +119,12 @@ pub trait Backend: Send + Sync + 'static {
     /// slightly behind the meta leader.
     fn meta(&self) -> Arc<MetaState>;
 
+    /// Reads the meta state again now if the backend caches it; true when a read happened
+    /// (callers retry what the cached state refused). Backends bound how often this reads.
+    fn refresh_meta(&self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
+
     /// Proposes a change to the meta group and waits until it is applied.
     fn propose_meta(
         &self,

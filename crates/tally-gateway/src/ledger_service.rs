@@ -79,12 +79,23 @@ impl<B: Backend> LedgerService<B> {
         &self.shared.backend
     }
 
-    /// Deadline, meta state and caller of a request.
-    fn begin<R>(&self, request: &Request<R>) -> Result<(Caller, Arc<MetaState>, Deadline), ApiError> {
+    /// Deadline, meta state and caller of a request. A key this gateway does not know yet may
+    /// belong to a partner created through another gateway a moment ago: the meta state is
+    /// read again once (at most every few milliseconds per gateway) before the key is refused.
+    async fn begin<R>(&self, request: &Request<R>) -> Result<(Caller, Arc<MetaState>, Deadline), ApiError> {
         let deadline = Deadline::for_request(request.metadata(), self.shared.config.request_deadline_ms);
         let meta = self.backend().meta();
-        let caller = auth::authenticate(&meta, request.metadata())?;
-        Ok((caller, meta, deadline))
+        match auth::authenticate(&meta, request.metadata()) {
+            Ok(caller) => Ok((caller, meta, deadline)),
+            Err(refused) => {
+                if !self.backend().refresh_meta().await {
+                    return Err(refused);
+                }
+                let meta = self.backend().meta();
+                let caller = auth::authenticate(&meta, request.metadata())?;
+                Ok((caller, meta, deadline))
+            }
+        }
     }
 
     /// One write call: authenticate, admit with `admit`, execute.
@@ -95,7 +106,7 @@ impl<B: Backend> LedgerService<B> {
         admit: impl FnOnce(&Caller, &MetaState, &R) -> Result<Write, ApiError> + Send,
     ) -> Result<Response<OperationReply>, Status> {
         observe(rpc, async move {
-            let (caller, meta, deadline) = self.begin(&request)?;
+            let (caller, meta, deadline) = self.begin(&request).await?;
             let write = admit(&caller, &meta, request.get_ref())
                 .inspect_err(|error| record_operation(rpc, Err(error)))?;
             if deadline.is_past() {
@@ -326,7 +337,7 @@ impl<B: Backend> Ledger for LedgerService<B> {
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchReply>, Status> {
         observe("submit_batch", async move {
-            let (caller, meta, deadline) = self.begin(&request)?;
+            let (caller, meta, deadline) = self.begin(&request).await?;
             let batch = request.get_ref();
             validate::batch(batch)?;
             if deadline.is_past() {
@@ -363,7 +374,7 @@ impl<B: Backend> Ledger for LedgerService<B> {
         request: Request<GetBalanceRequest>,
     ) -> Result<Response<GetBalanceReply>, Status> {
         observe("get_balance", async move {
-            let (caller, _, deadline) = self.begin(&request)?;
+            let (caller, _, deadline) = self.begin(&request).await?;
             let member_id = validate::member("member_id", &request.get_ref().member_id)?;
             let consistency = validate::consistency(request.get_ref().consistency)?;
             let shard = shard_of_member(&member_id, self.backend().shard_count());
@@ -392,7 +403,7 @@ impl<B: Backend> Ledger for LedgerService<B> {
         request: Request<ListStatementRequest>,
     ) -> Result<Response<ListStatementReply>, Status> {
         observe("list_statement", async move {
-            let (caller, _, deadline) = self.begin(&request)?;
+            let (caller, _, deadline) = self.begin(&request).await?;
             let message = request.get_ref();
             let member_id = validate::member("member_id", &message.member_id)?;
             let page = validate::page(message.order, message.page_size, &message.page_token)?;
@@ -433,7 +444,7 @@ impl<B: Backend> Ledger for LedgerService<B> {
         request: Request<GetOperationRequest>,
     ) -> Result<Response<GetOperationReply>, Status> {
         observe("get_operation", async move {
-            let (caller, _, deadline) = self.begin(&request)?;
+            let (caller, _, deadline) = self.begin(&request).await?;
             let message = request.get_ref();
             let key = validate::reference_key("idempotency_key", &message.idempotency_key)?;
             let member_id = validate::member("member_id", &message.member_id)?;

@@ -34,6 +34,8 @@ pub struct ClusterClient {
     routing: RwLock<Routing>,
     call_timeout: Duration,
     meta_cache: RwLock<Arc<MetaState>>,
+    /// When an on-demand refresh last started (see [`ClusterClient::refresh_at_most_every`]).
+    last_demand_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl ClusterClient {
@@ -46,6 +48,7 @@ impl ClusterClient {
             routing: RwLock::new(Routing::default()),
             call_timeout,
             meta_cache: RwLock::new(Arc::new(MetaState::default())),
+            last_demand_refresh: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -150,6 +153,24 @@ impl ClusterClient {
             return true;
         }
         false
+    }
+
+    /// Refreshes now unless an on-demand refresh started less than `interval` ago; concurrent
+    /// callers wait for the one refresh in progress. True when the state was read again after
+    /// this call began.
+    pub async fn refresh_at_most_every(&self, interval: Duration) -> bool {
+        let asked = tokio::time::Instant::now();
+        let mut last = self.last_demand_refresh.lock().await;
+        // A refresh that started after this call asked has finished: its state is fresh enough.
+        if last.is_some_and(|started| started >= asked) {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|started| now.duration_since(started) < interval) {
+            return false;
+        }
+        *last = Some(now);
+        self.refresh().await
     }
 
     /// Refreshes the layout every [`LAYOUT_REFRESH_INTERVAL_MS`] until the client is dropped.

@@ -3,6 +3,7 @@
 //! [`crate::cluster_admin`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tally_gateway::{AdminAction, Backend, BackendError, BalanceRead, Consistency, StatementPage};
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
@@ -14,6 +15,10 @@ use tally_raft::{shard_group_id, GroupId, META_GROUP_ID};
 use crate::cluster_admin;
 use crate::cluster_client::ClusterClient;
 use crate::cluster_status::{status_reply, NodeReport};
+
+/// An unknown API key makes the gateway re-read the meta state (a partner created through
+/// another gateway a moment ago), at most this often.
+pub const META_REFRESH_ON_DEMAND_MIN_INTERVAL_MS: u64 = 50;
 
 pub struct RemoteBackend {
     cluster: Arc<ClusterClient>,
@@ -120,6 +125,12 @@ impl Backend for RemoteBackend {
 
     fn meta(&self) -> Arc<MetaState> {
         self.cluster.meta()
+    }
+
+    async fn refresh_meta(&self) -> bool {
+        self.cluster
+            .refresh_at_most_every(Duration::from_millis(META_REFRESH_ON_DEMAND_MIN_INTERVAL_MS))
+            .await
     }
 
     async fn propose_meta(

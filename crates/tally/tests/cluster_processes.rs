@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tally_gateway::transfer::{transfer_id, CrossShardTransfer};
 use tally_ledger::routing::shard_of_member;
-use tally_ledger::MemberId;
+use tally_ledger::{CurrencyCode, IdempotencyKey, MemberId, PartnerId};
+use tally_node::api::{NodeRequest, NodeResponse};
 use tally_proto::v1::admin_client::AdminClient;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
@@ -392,10 +394,12 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
         .unwrap()
         .into_inner()
         .api_key;
-    // Give every member a starting balance so transfers mostly succeed.
+    // Give every member a starting balance so transfers mostly succeed. Through the second
+    // gateway, right after the partner was created through the first: its new key must work
+    // there at once.
     let model = Arc::new(Mutex::new(Model::default()));
     {
-        let mut ledger = LedgerClient::new(channel.clone());
+        let mut ledger = LedgerClient::new(second_gateway.clone());
         for index in 0..MEMBERS {
             let operation =
                 Operation::Earn { key: format!("start-{index}"), member: member(index), points: 1_000 };
@@ -500,6 +504,76 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
         .all(|shard| !shard.replicas.contains(&2) && shard.replicas.len() == 3));
     assert!(!after_removal.nodes.iter().any(|node| node.node_id == 2));
     cluster.nodes.remove(&2);
+
+    // A gateway that dies between transfer steps, played by sending the steps straight to the
+    // node API: after step 1 only, and after steps 1 and 2. The resolver on the sender shard's
+    // leader must finish both, paying each recipient once.
+    let cluster_client = tally::cluster_client::ClusterClient::new(
+        vec![cluster.node_addrs[&1].clone()],
+        Duration::from_secs(2),
+    );
+    assert!(cluster_client.wait_for_layout(Duration::from_secs(10)).await);
+    let partner = PartnerId::parse("air").unwrap();
+    let mut interrupted = Vec::new();
+    for (case, steps_done) in [("after-out", 1), ("after-in", 2)] {
+        let (from, to) = (0..)
+            .map(|index| (format!("resolve-{case}-{index}"), format!("resolve-{case}-to-{index}")))
+            .find(|(from, to)| {
+                shard_of_member(&MemberId::parse(from.clone()).unwrap(), SHARDS)
+                    != shard_of_member(&MemberId::parse(to.clone()).unwrap(), SHARDS)
+            })
+            .unwrap();
+        let mut ledger = LedgerClient::new(channel.clone());
+        let fund = Operation::Earn { key: format!("fund-{case}"), member: from.clone(), points: 500 };
+        assert!(write_until_answered(&mut ledger, &api_key, &fund, &model).await);
+        let key = IdempotencyKey::parse(format!("interrupted-{case}")).unwrap();
+        let transfer = CrossShardTransfer {
+            transfer_id: transfer_id(&partner, &key).unwrap(),
+            partner_id: partner.clone(),
+            idempotency_key: key,
+            from_member_id: MemberId::parse(from.clone()).unwrap(),
+            to_member_id: MemberId::parse(to.clone()).unwrap(),
+            currency: CurrencyCode::parse("AIR").unwrap(),
+            amount_points: 123,
+            from_shard: shard_of_member(&MemberId::parse(from.clone()).unwrap(), SHARDS),
+            to_shard: shard_of_member(&MemberId::parse(to.clone()).unwrap(), SHARDS),
+        };
+        let mut steps = vec![(transfer.from_shard, transfer.out_command())];
+        if steps_done == 2 {
+            steps.push((transfer.to_shard, transfer.in_command()));
+        }
+        for (shard, command) in steps {
+            let request = NodeRequest::Submit { shard, commands: vec![command] };
+            let answer = cluster_client.call_group(shard + 1, &request, true).await.unwrap();
+            let NodeResponse::Outcomes(outcomes) = answer else { panic!("{answer:?}") };
+            assert!(outcomes[0].result.is_ok(), "{outcomes:?}");
+        }
+        let mut model = model.lock().unwrap();
+        *model.balances.entry(from.clone()).or_default() += 500 - 123;
+        *model.balances.entry(to.clone()).or_default() += 123;
+        interrupted.push((to, transfer.from_shard));
+    }
+    // The resolver leaves a record alone for 2 s, then looks every second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ledger = LedgerClient::new(channel.clone());
+    for (recipient, _) in &interrupted {
+        loop {
+            let read = ledger
+                .get_balance(authorized(
+                    GetBalanceRequest { member_id: recipient.clone(), consistency: 0 },
+                    &api_key,
+                ))
+                .await;
+            if read.is_ok_and(|reply| {
+                reply.into_inner().balance.is_some_and(|balance| balance.balance_points == 123)
+            }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the resolver did not finish the transfer to {recipient}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    println!("resolver finished transfers interrupted after step 1 and after step 2");
 
     // Let the writers run a little on the final shape, then stop them.
     tokio::time::sleep(Duration::from_secs(2)).await;
