@@ -79,28 +79,30 @@ impl<B: Backend> AdminService<B> {
         Deadline::for_request(request.metadata(), self.shared.config.request_deadline_ms)
     }
 
-    /// Runs an operator action once (it is not idempotent as a whole) and logs it.
+    /// Runs an operator action once (it is not idempotent as a whole). It runs in a task of
+    /// its own, so that an operator whose connection drops cannot leave a leadership or replica
+    /// move half-done; the task logs the outcome whether or not anyone still waits for it.
     async fn act<R>(
         &self,
         request: &Request<R>,
         action: AdminAction,
     ) -> Result<ClusterChangeReply, ApiError> {
         let deadline = Deadline::for_request(request.metadata(), ADMIN_ACTION_DEADLINE_MS_DEFAULT);
-        let description = format!("{action:?}");
-        // In a task of its own: an operator whose connection drops must not leave a leadership
-        // move or a replica move half-done (each runs to its end, then is logged).
         let backend = Arc::clone(&self.shared.backend);
-        let task = tokio::spawn(async move { backend.admin(action).await });
+        let task = tokio::spawn(async move {
+            let description = format!("{action:?}");
+            let result = backend.admin(action).await;
+            match &result {
+                Ok(steps) => tracing::info!(action = %description, ?steps, "operator action done"),
+                Err(error) => tracing::warn!(action = %description, %error, "operator action failed"),
+            }
+            result
+        });
         let outcome = async move {
             task.await
                 .unwrap_or_else(|error| Err(BackendError::Unavailable(format!("the action failed: {error}"))))
         };
-        let result = once(deadline, Purpose::Read, "the cluster", outcome).await;
-        match &result {
-            Ok(steps) => tracing::info!(action = %description, ?steps, "operator action done"),
-            Err(error) => tracing::warn!(action = %description, %error, "operator action failed"),
-        }
-        result.map(|steps| ClusterChangeReply { steps })
+        once(deadline, Purpose::Read, "the cluster", outcome).await.map(|steps| ClusterChangeReply { steps })
     }
 
     /// Proposes a meta command once (meta commands carry no idempotency key).

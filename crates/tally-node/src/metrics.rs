@@ -33,7 +33,7 @@ pub fn install_exporter(addr: SocketAddr) -> Result<(), MetricsError> {
         })
         .map_err(|error| MetricsError(error.to_string()))?
         .install()
-        .map_err(|error| MetricsError(error.to_string()))?;
+        .map_err(|error| MetricsError(format!("serving /metrics on {addr}: {error}")))?;
     describe_node_metrics();
     Ok(())
 }
@@ -90,9 +90,15 @@ pub fn spawn_group_metrics(
                 let healthy = metrics.running_state.is_ok();
                 gauge!("tally_raft_healthy", &labels).set(if healthy { 1.0 } else { 0.0 });
             }
-            tokio::select! {
-                changed = receiver.changed() => if changed.is_err() { return },
-                _ = stop.changed() => return,
+            let ended = tokio::select! {
+                changed = receiver.changed() => changed.is_err(),
+                _ = stop.changed() => true,
+            };
+            if ended {
+                // The replica stopped or was dropped: it leads nothing and serves nothing here.
+                gauge!("tally_raft_is_leader", &labels).set(0.0);
+                gauge!("tally_raft_healthy", &labels).set(0.0);
+                return;
             }
         }
     })

@@ -490,6 +490,11 @@ async fn move_leader(cluster: &ClusterClient, shard: u32, to_node_id: NodeId) ->
     if leader.node_id == to_node_id {
         return Ok(vec![format!("shard {shard}: node {to_node_id} already leads")]);
     }
+    if let Err(error) = node_status(cluster, to_node_id).await {
+        return Err(refused(format!(
+            "node {to_node_id} cannot take the leadership: it does not answer ({error})"
+        )));
+    }
     let mut steps = Vec::new();
     wait_caught_up(cluster, group_id, to_node_id).await?;
     let lease_ms = node_status(cluster, leader.node_id).await?.election_timeout_max_ms;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use tally_node::api::NodeApiService;
-use tally_node::{Node, NodeConfig};
+use tally_node::{Node, NodeConfig, RaftSwitches};
 use tally_raft::transport::RaftTransportService;
+use tally_raft::META_GROUP_ID;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -23,6 +24,8 @@ use crate::serve::{reflection_builder, report_health, set_health};
 
 /// How often a node compares the replicas it hosts with the layout.
 const DEPARTED_REPLICA_CHECK_INTERVAL_MS: u64 = 5_000;
+/// A removed node's meta replica stays quiet this long after each check (renewed every check).
+const RETIRED_QUIET_MS: u64 = 60_000;
 
 pub struct NodeProcess {
     pub addr: SocketAddr,
@@ -82,10 +85,23 @@ const HEALTH_SERVICES: &[&str] = &["tally.internal.NodeApi", "tally.internal.Raf
 /// elsewhere and the shard's leader confirms that its membership no longer includes this node.
 async fn drop_departed_replicas(node: Arc<Node>, cluster: Arc<ClusterClient>) {
     let node_id = node.config().node_id;
+    let mut warned = false;
     let mut interval = tokio::time::interval(Duration::from_millis(DEPARTED_REPLICA_CHECK_INTERVAL_MS));
     loop {
         interval.tick().await;
         let Some(layout) = cluster.layout() else { continue };
+        if layout.retired_node_ids.contains(&node_id) {
+            // Removed from the cluster and started again: its meta replica must not campaign
+            // for ever against the remaining members.
+            let quiet = RaftSwitches { heartbeat: true, elect: false, proposals: true };
+            if node.set_raft_switches(META_GROUP_ID, quiet, RETIRED_QUIET_MS).is_ok() && !warned {
+                tracing::error!(
+                    node_id,
+                    "this node was removed from the cluster: stop it and delete its data folder"
+                );
+                warned = true;
+            }
+        }
         for group_id in node.departure_candidates(&layout) {
             let Some(leader) = crate::cluster_admin::group_leader_view(&cluster, group_id).await else {
                 continue;
