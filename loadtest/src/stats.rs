@@ -1,0 +1,175 @@
+//! Counters and latency histograms. Workers record into their own histograms (merged at the
+//! end) and bump shared atomics; the progress line reads the atomics and swaps each worker's
+//! one-second histogram.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::ops::{Kind, KINDS};
+
+pub(crate) fn histogram() -> Histogram<u64> {
+    // Microseconds, 3 significant digits, growing as needed.
+    Histogram::new(3).expect("3 significant digits is valid")
+}
+
+/// Shared atomics for the progress line and the totals.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub ok: AtomicU64,
+    pub refused: AtomicU64,
+    pub errors: AtomicU64,
+    pub unknown: AtomicU64,
+    pub retries: AtomicU64,
+    pub replay_checks: AtomicU64,
+    pub timeout_probes: AtomicU64,
+    pub timeout_probes_applied: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn reset(&self) {
+        for c in [
+            &self.ok,
+            &self.refused,
+            &self.errors,
+            &self.unknown,
+            &self.retries,
+            &self.replay_checks,
+            &self.timeout_probes,
+            &self.timeout_probes_applied,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn done(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+            + self.refused.load(Ordering::Relaxed)
+            + self.errors.load(Ordering::Relaxed)
+            + self.unknown.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-kind results of one worker.
+pub(crate) struct LocalStats {
+    pub hist: Vec<Histogram<u64>>,
+    pub ok: [u64; KINDS],
+    pub refused: [u64; KINDS],
+    pub errors: [u64; KINDS],
+    pub unknown: [u64; KINDS],
+    /// The current second's latencies, read by the progress line.
+    pub interval: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl LocalStats {
+    pub(crate) fn new() -> Self {
+        LocalStats {
+            hist: (0..KINDS).map(|_| histogram()).collect(),
+            ok: [0; KINDS],
+            refused: [0; KINDS],
+            errors: [0; KINDS],
+            unknown: [0; KINDS],
+            interval: Arc::new(Mutex::new(histogram())),
+        }
+    }
+
+    pub(crate) fn record(&mut self, kind: Kind, latency: Duration) {
+        let us = (latency.as_micros() as u64).max(1);
+        // `record` grows the histogram (auto-resize); `saturating_record` would clamp.
+        let _ = self.hist[kind.index()].record(us);
+        if let Ok(mut interval) = self.interval.lock() {
+            let _ = interval.record(us);
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: &LocalStats) {
+        for k in 0..KINDS {
+            let _ = self.hist[k].add(&other.hist[k]);
+            self.ok[k] += other.ok[k];
+            self.refused[k] += other.refused[k];
+            self.errors[k] += other.errors[k];
+            self.unknown[k] += other.unknown[k];
+        }
+    }
+}
+
+/// Percentiles in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Option<Latency> {
+        (!h.is_empty()).then(|| Latency {
+            count: h.len(),
+            mean_us: (h.mean() * 10.0).round() / 10.0,
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        })
+    }
+}
+
+pub(crate) fn ms(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.0}ms", us as f64 / 1000.0)
+    } else {
+        format!("{:.2}ms", us as f64 / 1000.0)
+    }
+}
+
+/// Prints one line a second on stderr until `stop` is set.
+pub(crate) async fn progress(
+    counters: Arc<Counters>,
+    intervals: Vec<Arc<Mutex<Histogram<u64>>>>,
+    start: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_done = counters.done();
+    let mut last = Instant::now();
+    let mut merged = histogram();
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let done = counters.done();
+        let now = Instant::now();
+        let rate = (done - last_done) as f64 / now.duration_since(last).as_secs_f64().max(1e-9);
+        last_done = done;
+        last = now;
+        merged.reset();
+        for interval in &intervals {
+            if let Ok(mut h) = interval.lock() {
+                let _ = merged.add(&*h);
+                h.reset();
+            }
+        }
+        let (p50, p99) = if !merged.is_empty() {
+            (ms(merged.value_at_quantile(0.5)), ms(merged.value_at_quantile(0.99)))
+        } else {
+            ("-".into(), "-".into())
+        };
+        eprintln!(
+            "[{:>5.0}s] {:>9.0} ops/s  p50 {p50:>8}  p99 {p99:>8}  ok {}  refused {}  errors {}  unknown {}  retries {}",
+            now.duration_since(start).as_secs_f64(),
+            rate,
+            counters.ok.load(Ordering::Relaxed),
+            counters.refused.load(Ordering::Relaxed),
+            counters.errors.load(Ordering::Relaxed),
+            counters.unknown.load(Ordering::Relaxed),
+            counters.retries.load(Ordering::Relaxed),
+        );
+    }
+}
