@@ -55,7 +55,11 @@ pub enum NodeRequest {
     ProposeMeta {
         command: MetaCommand,
     },
-    Status,
+    /// `with_state`: include every replica's state digest and currency totals (costly: they
+    /// walk the whole state).
+    Status {
+        with_state: bool,
+    },
     HostGroup {
         group_id: GroupId,
     },
@@ -235,12 +239,12 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
         NodeRequest::ProposeMeta { command } => {
             node.propose_meta(command).await.map(NodeResponse::MetaResult).map_err(propose)
         }
-        NodeRequest::Status => Ok(NodeResponse::Status(NodeStatusView {
+        NodeRequest::Status { with_state } => Ok(NodeResponse::Status(NodeStatusView {
             node_id,
             address: node.config().advertised(),
             healthy: node.is_healthy(),
             election_timeout_max_ms: node.config().raft.election_timeout_max_ms,
-            groups: node.status().await,
+            groups: node.status(with_state).await,
         })),
         NodeRequest::HostGroup { group_id } => {
             node.host_group(group_id).await.map(|_| NodeResponse::Done).map_err(refused)

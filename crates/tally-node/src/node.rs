@@ -71,12 +71,13 @@ pub struct GroupStatusView {
     pub committed_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
+    /// Zero unless the status was asked `with_state`.
     pub state_digest: [u8; 32],
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     /// On the leader: the last log index each replica has matched.
     pub matched_index: BTreeMap<NodeId, u64>,
-    /// Per-currency sums over this replica's accounts (shard groups only).
+    /// Per-currency sums over this replica's accounts (shard groups, `with_state` only).
     pub currency_totals: BTreeMap<CurrencyCode, CurrencyTotals>,
 }
 
@@ -479,8 +480,9 @@ impl Node {
         }
     }
 
-    /// Raft view, state digest and currency totals of every hosted replica.
-    pub async fn status(&self) -> Vec<GroupStatusView> {
+    /// Raft view of every hosted replica and, with `with_state`, its state digest and currency
+    /// totals (both walk the whole state: pollers that only follow Raft progress skip them).
+    pub async fn status(&self, with_state: bool) -> Vec<GroupStatusView> {
         let mut views = Vec::new();
         for group in self.registry.all() {
             let metrics = group.raft.metrics().borrow().clone();
@@ -492,6 +494,7 @@ impl Node {
             let (applied_index, state_digest, currency_totals) = {
                 let state = group.shared.read();
                 let (digest, totals) = match &state.data {
+                    _ if !with_state => ([0; 32], BTreeMap::new()),
                     GroupData::Shard(ledger) => (ledger.digest(), ledger.currency_totals()),
                     GroupData::Meta(meta) => (meta_digest(meta), BTreeMap::new()),
                 };
@@ -695,21 +698,6 @@ impl Node {
         let addresses = membership.nodes().map(|(node_id, node)| (*node_id, node.api_addr.clone())).collect();
         let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
         (metrics.current_leader, voters, applied, addresses)
-    }
-
-    /// Per-currency sums of debits and credits over every shard hosted here.
-    pub fn currency_totals(&self) -> BTreeMap<CurrencyCode, CurrencyTotals> {
-        let mut totals: BTreeMap<CurrencyCode, CurrencyTotals> = BTreeMap::new();
-        for group in self.registry.all() {
-            let state = group.shared.read();
-            let GroupData::Shard(ledger) = &state.data else { continue };
-            for (currency, sums) in ledger.currency_totals() {
-                let entry = totals.entry(currency).or_default();
-                entry.debits_points += sums.debits_points;
-                entry.credits_points += sums.credits_points;
-            }
-        }
-        totals
     }
 
     /// Stops every group and background task (the data stays). Once the caller drops its

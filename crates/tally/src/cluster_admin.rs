@@ -53,8 +53,9 @@ fn layout(cluster: &ClusterClient) -> Result<ClusterLayout, BackendError> {
     cluster.layout().ok_or_else(|| refused("the cluster is not initialized; run `tally cluster init`"))
 }
 
-/// Every layout node's own status (concurrently; unreachable nodes are reported as such).
-pub async fn node_reports(cluster: &ClusterClient) -> Vec<NodeReport> {
+/// Every layout node's own status (concurrently; unreachable nodes are reported as such);
+/// `with_state` adds digests and currency totals.
+pub async fn node_reports(cluster: &ClusterClient, with_state: bool) -> Vec<NodeReport> {
     let Some(layout) = cluster.layout() else { return Vec::new() };
     let mut calls = tokio::task::JoinSet::new();
     for node in layout.nodes.values() {
@@ -63,7 +64,7 @@ pub async fn node_reports(cluster: &ClusterClient) -> Vec<NodeReport> {
         let node = node.clone();
         calls.spawn(async move {
             let status = match client {
-                Ok(client) => match client.call(&NodeRequest::Status, timeout).await {
+                Ok(client) => match client.call(&NodeRequest::Status { with_state }, timeout).await {
                     Ok(NodeResponse::Status(status)) => Ok(status),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(error) => Err(error.to_string()),
@@ -79,7 +80,11 @@ pub async fn node_reports(cluster: &ClusterClient) -> Vec<NodeReport> {
 }
 
 async fn node_status(cluster: &ClusterClient, node_id: NodeId) -> Result<NodeStatusView, BackendError> {
-    match cluster.call_node(node_id, &NodeRequest::Status).await.map_err(backend_error)? {
+    match cluster
+        .call_node(node_id, &NodeRequest::Status { with_state: false })
+        .await
+        .map_err(backend_error)?
+    {
         NodeResponse::Status(status) => Ok(status),
         other => Err(BackendError::Unavailable(format!("unexpected answer {other:?}"))),
     }
@@ -100,18 +105,13 @@ pub async fn group_leader_view(cluster: &ClusterClient, group_id: GroupId) -> Op
 
 /// The group's view on its leader (asked through the group's routing).
 async fn leader_view(cluster: &ClusterClient, group_id: GroupId) -> Result<GroupStatusView, BackendError> {
-    for _ in 0..3 {
-        let replicas = cluster.replicas_of(group_id);
-        for node_id in replicas {
-            let Ok(status) = node_status(cluster, node_id).await else { continue };
-            let Some(view) = status.groups.into_iter().find(|view| view.group_id == group_id) else {
-                continue;
-            };
-            if view.role == "leader" {
-                return Ok(view);
-            }
+    for attempt in 0..3 {
+        if attempt > 0 {
+            sleep(Duration::from_millis(500)).await;
         }
-        sleep(Duration::from_millis(500)).await;
+        if let Some(view) = group_leader_view(cluster, group_id).await {
+            return Ok(view);
+        }
     }
     Err(BackendError::Unavailable(format!("{} has no reachable leader", group_name(group_id))))
 }
@@ -247,7 +247,7 @@ pub async fn init_cluster(
     let deadline = Instant::now() + Duration::from_millis(LEADERS_TIMEOUT_MS);
     loop {
         cluster.refresh().await;
-        let reports = node_reports(cluster).await;
+        let reports = node_reports(cluster, false).await;
         let led: BTreeSet<GroupId> = reports
             .iter()
             .filter_map(|report| report.status.as_ref().ok())

@@ -102,7 +102,8 @@ impl Backend for LocalBackend {
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatusReply, BackendError> {
-        let status = match tally_node::api::handle(&self.node, NodeRequest::Status).await {
+        let status = match tally_node::api::handle(&self.node, NodeRequest::Status { with_state: true }).await
+        {
             Ok(NodeResponse::Status(status)) => status,
             other => return Err(BackendError::Unavailable(format!("node status: {other:?}"))),
         };

@@ -14,7 +14,7 @@ use tally_raft::{shard_group_id, GroupId, META_GROUP_ID};
 
 use crate::cluster_admin;
 use crate::cluster_client::ClusterClient;
-use crate::cluster_status::{status_reply, NodeReport};
+use crate::cluster_status::status_reply;
 
 /// An unknown API key makes the gateway re-read the meta state (a partner created through
 /// another gateway a moment ago), at most this often.
@@ -154,26 +154,11 @@ impl Backend for RemoteBackend {
             .cluster
             .meta_view()
             .ok_or_else(|| BackendError::Unavailable("no node answered a meta read".to_string()))?;
-        let reports = cluster_admin::node_reports(&self.cluster).await;
+        let reports = cluster_admin::node_reports(&self.cluster, true).await;
         Ok(status_reply(self.shard_count, view.meta.layout.as_ref(), view.leader_node_id, reports))
     }
 
     async fn admin(&self, action: AdminAction) -> Result<Vec<String>, BackendError> {
         cluster_admin::run(&self.cluster, action).await
     }
-}
-
-/// Convenience for callers that only have reports (the CLI).
-pub fn reports_reply(
-    shard_count: u32,
-    cluster: &ClusterClient,
-    reports: Vec<NodeReport>,
-) -> ClusterStatusReply {
-    let view = cluster.meta_view();
-    status_reply(
-        shard_count,
-        view.as_ref().and_then(|view| view.meta.layout.as_ref()),
-        view.as_ref().and_then(|view| view.leader_node_id),
-        reports,
-    )
 }

@@ -466,6 +466,66 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     let _ = connect(&node4).await;
     admin.add_node(AddNodeRequest { address: node4.clone() }).await.unwrap();
     let layout = status(&mut admin).await;
+
+    // Refused operator requests name the problem and change nothing.
+    let placement = |reply: &ClusterStatusReply| {
+        let shards: Vec<_> =
+            reply.shards.iter().map(|shard| (shard.replicas.clone(), shard.placement_version)).collect();
+        let nodes: Vec<_> = reply.nodes.iter().map(|node| node.node_id).collect();
+        (shards, nodes)
+    };
+    let not_replica = (1..=4).find(|id| !layout.shards[0].replicas.contains(id)).unwrap();
+    let refusals = [
+        (
+            admin.move_replica(MoveReplicaRequest { shard: 0, from_node_id: 1, to_node_id: 1 }).await.err(),
+            Code::InvalidArgument,
+            "must differ",
+        ),
+        (
+            admin.move_replica(MoveReplicaRequest { shard: 99, from_node_id: 1, to_node_id: 4 }).await.err(),
+            Code::FailedPrecondition,
+            "no shard 99",
+        ),
+        (
+            admin
+                .move_replica(MoveReplicaRequest { shard: 0, from_node_id: not_replica, to_node_id: 1 })
+                .await
+                .err(),
+            Code::FailedPrecondition,
+            "holds no replica",
+        ),
+        (
+            admin.move_leader(MoveLeaderRequest { shard: 0, to_node_id: not_replica }).await.err(),
+            Code::FailedPrecondition,
+            "holds no replica",
+        ),
+        (
+            admin.add_node(AddNodeRequest { address: node4.clone() }).await.err(),
+            Code::FailedPrecondition,
+            "already part of the cluster",
+        ),
+        (
+            admin.add_node(AddNodeRequest { address: String::new() }).await.err(),
+            Code::InvalidArgument,
+            "address",
+        ),
+        (
+            admin.remove_node(RemoveNodeRequest { node_id: 99 }).await.err(),
+            Code::FailedPrecondition,
+            "not part of the cluster",
+        ),
+    ];
+    for (refused, code, named) in refusals {
+        let refused = refused.expect("the request is refused");
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(refused.message().contains(named), "{refused:?} should say {named:?}");
+    }
+    assert_eq!(
+        placement(&status(&mut admin).await),
+        placement(&layout),
+        "a refused request changed the layout"
+    );
+
     let moved = &layout.shards[0];
     let (moved_shard, from) =
         (moved.shard, *moved.replicas.iter().find(|id| **id != moved.leader_node_id).unwrap());
