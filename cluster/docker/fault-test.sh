@@ -55,21 +55,12 @@ partner_id="faulttest"
 currency="FAULT"
 cli_prefix="tally-faulttest-cli-"
 
-if command -v docker-compose >/dev/null 2>&1; then
-    compose=(docker-compose -f "$script_dir/compose.yaml")
-else
-    compose=(docker compose -f "$script_dir/compose.yaml")
-fi
+# shellcheck source=lib.sh
+source "$script_dir/lib.sh"
+compose=("${compose_base[@]}" -f "$script_dir/compose.yaml")
 
 # ---------------------------------------------------------------------------------------------
 # Output, timing, the summary table
-
-now_ms() { date +%s%3N; }
-secs_since() { # start_ms -> seconds with one decimal
-    local ms=$(( $(now_ms) - $1 ))
-    printf '%d.%d' $(( ms / 1000 )) $(( (ms % 1000) / 100 ))
-}
-log() { printf '[%6ss] %s\n' "$(secs_since "$script_start")" "$*" >&2; }
 
 script_start=$(now_ms)
 work_dir="" # made once the preconditions hold
@@ -165,9 +156,7 @@ cleanup() {
         log "full container logs kept in $logs_dir"
     fi
     log "teardown: ${compose[*]} down -v"
-    local stray
-    stray="$(docker ps -aq --filter "name=^/${cli_prefix}" 2>/dev/null || true)"
-    [[ -n "$stray" ]] && docker rm -f $stray >/dev/null 2>&1 || true
+    remove_stray_cli_containers
     timeout 120 "${compose[@]}" down -v >/dev/null 2>&1 || log "teardown: down -v failed (rc $?)"
     [[ -n "$work_dir" ]] && rm -rf "$work_dir"
     print_summary
@@ -176,7 +165,7 @@ cleanup() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# The CLI
+# The CLI (`cli` is in lib.sh)
 
 host_bin="${TALLY_BIN:-}"
 if [[ -n "$host_bin" ]]; then
@@ -186,22 +175,6 @@ else
     cli_addr="http://gateway:50051"
 fi
 export TALLY_API_KEY="" # set after `partner create`; given to the CLI through the environment
-
-# cli TIMEOUT_S ARGS... : one CLI call, its stdout and stderr on stdout.
-cli() {
-    local limit="$1" rc=0
-    shift
-    if [[ -n "$host_bin" ]]; then
-        timeout -k 2 "$limit" "$host_bin" --addr "$cli_addr" "$@" 2>&1 || rc=$?
-    else
-        local name="${cli_prefix}$(date +%s%N)"
-        # PID 1 in the container ignores SIGTERM: on timeout the container is removed by name.
-        timeout -k 2 "$limit" docker run --rm --name "$name" --network "$network" -e TALLY_API_KEY \
-            "$image" --addr "$cli_addr" "$@" 2>&1 || rc=$?
-        if (( rc == 124 || rc == 137 )); then docker rm -f "$name" >/dev/null 2>&1 || true; fi
-    fi
-    return "$rc"
-}
 
 last_output=""
 # write_retry KEY TIMEOUT_S ARGS... : a write with idempotency key KEY, sent again with the same
@@ -247,12 +220,6 @@ transfer() { # FROM TO POINTS KEY TIMEOUT_S
 # Routing (docs: shard = u64::from_be_bytes(sha256(member_id)[0..8]) % shard_count)
 
 shard_count=8
-shard_of() {
-    local hex
-    hex="$(printf '%s' "$1" | sha256sum | cut -c1-16)"
-    local hi=$(( 16#${hex:0:8} )) lo=$(( 16#${hex:8:8} ))
-    echo $(( ( (hi % shard_count) * ((1 << 32) % shard_count) + lo % shard_count ) % shard_count ))
-}
 # member_on_shard SHARD -> a member id on that shard (one of ours if one is there)
 member_on_shard() {
     local m i
@@ -266,91 +233,7 @@ member_on_shard() {
     fail "no member id found for shard $1"
 }
 
-# ---------------------------------------------------------------------------------------------
-# Status
-
-status_out=""
-get_status() { status_out="$(cli 20 status)"; }
-
-# Prints what keeps the status from "converged" (nothing when it is): every node reachable and
-# healthy, every shard with a leader, every group with a leader and 3 replicas whose applied
-# index and state digest equal the leader's, every currency conserved.
-status_problems() {
-    awk -v want_nodes="${#nodes[@]}" '
-        /^ *node +address +health/ { sec = "nodes"; next }
-        /^ *shard +leader +version/ { sec = "shards"; next }
-        /^group +node +role/ { sec = "groups"; next }
-        /: debits [0-9]+ credits [0-9]+/ {
-            sec = "totals"
-            if ($0 !~ /\(conserved\)/) bad = bad "; not conserved: " $0
-            next
-        }
-        sec == "nodes" {
-            nodes++
-            if ($3 != "healthy") bad = bad "; node " $1 " " $3
-        }
-        sec == "shards" {
-            shards++
-            if ($2 == 0) bad = bad "; shard " $1 " has no leader"
-        }
-        sec == "groups" {
-            g = $1; count[g]++
-            applied[g, count[g]] = $8; digest[g, count[g]] = $10; node[g, count[g]] = $2
-            if ($3 == "leader") { lapplied[g] = $8; ldigest[g] = $10; lnode[g] = $2 }
-        }
-        END {
-            if (nodes != want_nodes) bad = bad "; " nodes + 0 " nodes listed, want " want_nodes
-            if (shards == 0) bad = bad "; no shard table (cluster not initialized?)"
-            for (g in count) {
-                if (count[g] != want_nodes) bad = bad "; " g " has " count[g] " replicas reporting"
-                if (!(g in lnode)) { bad = bad "; " g " has no leader"; continue }
-                for (i = 1; i <= count[g]; i++) {
-                    if (applied[g, i] != lapplied[g])
-                        bad = bad "; " g " node " node[g, i] " applied " applied[g, i] " < leader " lnode[g] " " lapplied[g]
-                    else if (digest[g, i] != ldigest[g])
-                        bad = bad "; " g " node " node[g, i] " digest " digest[g, i] " != leader " ldigest[g]
-                }
-            }
-            sub(/^; /, "", bad); print bad
-        }' <<<"$status_out"
-}
-
-# wait_converged TIMEOUT_S : until status_problems is empty (two polls in a row, 0.5 s apart).
-wait_converged() {
-    local deadline=$(( $(now_ms) + $1 * 1000 )) problems="" good=0
-    while true; do
-        if get_status; then problems="$(status_problems)"; else problems="status failed: $(tail -n 1 <<<"$status_out")"; fi
-        if [[ -z "$problems" ]]; then
-            good=$((good + 1))
-            (( good >= 2 )) && return 0
-        else
-            good=0
-        fi
-        if (( $(now_ms) >= deadline )); then
-            printf '%s\n' "$status_out" >&2
-            fail "cluster did not converge within $1 s: $problems"
-        fi
-        check_budget
-        sleep 0.5
-    done
-}
-
-# Node leading the most shards in $status_out.
-busiest_leader() {
-    awk '
-        /^ *shard +leader +version/ { sec = 1; next }
-        /^group +node +role/ { sec = 0 }
-        sec && $2 > 0 { n[$2]++ }
-        END { best = 0; for (id in n) if (n[id] > best) { best = n[id]; who = id }; print who }' <<<"$status_out"
-}
-shards_led_by() { # NODE -> shard numbers
-    awk -v who="$1" '
-        /^ *shard +leader +version/ { sec = 1; next }
-        /^group +node +role/ { sec = 0 }
-        sec && $2 == who { print $1 }' <<<"$status_out"
-}
-
-dock() { timeout 60 docker "$@" >/dev/null || fail "docker $* failed"; }
+# Status: get_status, status_problems, wait_converged, busiest_leader, shards_led_by (lib.sh).
 
 # ---------------------------------------------------------------------------------------------
 # 0. Preconditions

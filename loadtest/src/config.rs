@@ -86,6 +86,9 @@ pub struct Config {
     pub progress: bool,
     /// Prefix of the run's partner and member ids; `None`: random.
     pub run_id: Option<String>,
+    /// `Some(ms)`: record a timeline of call attempts (acknowledged, refused, errors by code)
+    /// in buckets of `ms` over the measured phase, for unavailability windows.
+    pub timeline_bucket_ms: Option<u64>,
     /// Test hook: before the check, earn this many points for this member (index) of partner 0
     /// without recording it in the model, so the proof must fail naming the member.
     #[serde(skip)]
@@ -125,6 +128,7 @@ impl Default for Config {
             seed: 1,
             progress: true,
             run_id: None,
+            timeline_bucket_ms: None,
             unrecorded_earn: None,
         }
     }
@@ -159,6 +163,9 @@ impl Config {
                 "the {} profile needs --partners 2 or more",
                 self.profile.name()
             );
+        }
+        if let Some(bucket_ms) = self.timeline_bucket_ms {
+            anyhow::ensure!((10..=60_000).contains(&bucket_ms), "--timeline-bucket-ms must be 10 to 60000");
         }
         anyhow::ensure!(
             (1000..=7_776_000_000).contains(&self.hold_expiry_ms),

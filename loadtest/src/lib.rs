@@ -6,15 +6,17 @@
 
 mod client;
 pub mod config;
+pub mod exactly_once;
 mod ops;
 mod proof;
 pub mod report;
 mod stats;
+pub mod timeline;
 mod worker;
 mod zipf;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,8 +32,10 @@ pub use config::{Config, Profile};
 pub use ops::Kind;
 pub use report::{AccountMismatch, CurrencyCheck, OperationStats, Proof, Report, Totals};
 
+use exactly_once::Journal;
 use ops::{Model, Names, Op};
 use stats::{Counters, Latency, LocalStats};
+use timeline::Timeline;
 use worker::{Shared, Worker};
 use zipf::MemberPicker;
 
@@ -167,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let shared = Arc::new(Shared {
         names: Names {
             members,
+            partner_ids: partner_ids.clone(),
             currencies: currencies.clone(),
             hold_expiry_ms: config.hold_expiry_ms,
             partners,
@@ -183,6 +188,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         error_samples: Mutex::new(Vec::new()),
         claimed: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        journal: Journal::default(),
+        timeline: OnceLock::new(),
         cfg: config.clone(),
     });
 
@@ -193,6 +200,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     counters.unknown.store(unknown_in_setup, Ordering::Relaxed);
 
     // The measured phase.
+    if config.progress {
+        eprintln!("setup done in {setup_secs:.1} s; measured phase started");
+    }
+    if let Some(bucket_ms) = config.timeline_bucket_ms {
+        let _ = shared.timeline.set(Timeline::start_now(bucket_ms));
+    }
     let start = Instant::now();
     let deadline = config.duration.map(|d| start + d);
     let mut workers = Vec::with_capacity(config.concurrency);
@@ -250,10 +263,15 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let timeout_probes_applied = counters.timeout_probes_applied.load(Ordering::Relaxed);
     let replay_checks = counters.replay_checks.load(Ordering::Relaxed);
 
+    // The timeline's measured phase ends at the deadline: calls still in flight after it end
+    // while the workers wind down, and would show as a (false) drop in the last buckets.
+    let measured_ms = config.duration.map_or(elapsed, |d| elapsed.min(d.as_secs_f64())) * 1000.0;
+    let timeline = shared.timeline.get().map(|t| t.report(measured_ms as u64));
     let mut proof = proof::check(&shared, &channels, &mut admin, &run_id).await?;
     proof.replay_checks = replay_checks;
     proof.timeout_probes = timeout_probes;
     proof.timeout_probes_applied = timeout_probes_applied;
+    proof.add_exactly_once(exactly_once::check(&shared, &channels).await?);
 
     let error_samples = shared.error_samples.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(Report {
@@ -268,6 +286,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         operations,
         error_samples,
         proof,
+        timeline,
     })
 }
 

@@ -77,6 +77,13 @@ struct Args {
     /// Prefix of partner and member ids (1-8 of a-z, 0-9); default random.
     #[arg(long)]
     run_id: Option<String>,
+    /// Record a timeline of call attempts (acknowledged, refused, errors by code) over the
+    /// measured phase in the JSON report, in buckets of --timeline-bucket-ms.
+    #[arg(long)]
+    timeline: bool,
+    /// Width of a timeline bucket, in ms.
+    #[arg(long, default_value_t = 100)]
+    timeline_bucket_ms: u64,
     /// Write the JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
         seed: args.seed,
         progress: !args.quiet,
         run_id: args.run_id,
+        timeline_bucket_ms: args.timeline.then_some(args.timeline_bucket_ms),
         unrecorded_earn: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

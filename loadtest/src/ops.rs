@@ -113,6 +113,8 @@ pub(crate) enum Op {
 /// Names the indexes stand for.
 pub(crate) struct Names {
     pub members: Vec<String>,
+    /// Partner ids, by partner index (statement lines name the sending partner).
+    pub partner_ids: Vec<String>,
     pub currencies: Vec<String>,
     pub hold_expiry_ms: u64,
     pub partners: usize,

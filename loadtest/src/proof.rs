@@ -17,7 +17,7 @@ use crate::report::{AccountMismatch, CurrencyCheck, Proof};
 use crate::worker::{Resolved, Shared, Worker};
 
 const FIRST_MISMATCHES: usize = 20;
-const FAILURES_KEPT: usize = 50;
+use crate::report::FAILURES_KEPT;
 
 pub(crate) async fn check(
     shared: &Arc<Shared>,

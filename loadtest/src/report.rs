@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::exactly_once::Counts;
 use crate::stats::{ms, Latency};
+use crate::timeline::TimelineReport;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -21,6 +23,9 @@ pub struct Report {
     pub operations: Vec<OperationStats>,
     pub error_samples: Vec<String>,
     pub proof: Proof,
+    /// With `--timeline`: attempts per interval of the measured phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineReport>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -83,10 +88,50 @@ pub struct Proof {
     pub unknown_outcomes: u64,
     pub unknown_resolved_applied: u64,
     pub unknown_resolved_not_applied: u64,
+    /// Operations of the run (funding included) answered with success, in the end (after
+    /// retries and the resolution of unknown outcomes).
+    pub operations_acknowledged: u64,
+    /// Operations answered with a refusal (no effect expected).
+    pub operations_refused: u64,
+    /// Operations (acknowledged or refused) whose statement lines were checked by key; the
+    /// others move no points (Enrol, AuthorizeHold, VoidHold) and are covered by the read-back.
+    pub operations_checked: u64,
+    /// Acknowledged operations with no statement line under their key. Must be 0.
+    pub operations_lost: u64,
+    /// Acknowledged operations whose lines add up to two or more times their effect. Must be 0.
+    pub operations_applied_twice: u64,
+    /// Refused operations with statement lines under their key. Must be 0.
+    pub operations_applied_unacknowledged: u64,
+    /// Acknowledged operations whose lines match neither once, nor lost, nor twice. Must be 0.
+    pub operations_applied_differently: u64,
+    pub statement_lines_read: u64,
     /// Every reason the proof failed (replays that did not replay, unresolved outcomes,
     /// mismatched balances, unbalanced currencies, ...), the first 50.
     pub failures: Vec<String>,
 }
+
+impl Proof {
+    /// Adds the per-operation check's counts; any operation lost, applied twice, applied
+    /// although refused, or applied differently fails the proof.
+    pub(crate) fn add_exactly_once(&mut self, counts: Counts) {
+        self.operations_acknowledged = counts.acknowledged;
+        self.operations_refused = counts.refused;
+        self.operations_checked = counts.checked;
+        self.operations_lost = counts.lost;
+        self.operations_applied_twice = counts.applied_twice;
+        self.operations_applied_unacknowledged = counts.applied_unacknowledged;
+        self.operations_applied_differently = counts.different;
+        self.statement_lines_read = counts.statement_lines_read;
+        if !counts.failures.is_empty() {
+            self.passed = false;
+            let room = FAILURES_KEPT.saturating_sub(self.failures.len());
+            self.failures.extend(counts.failures.into_iter().take(room));
+        }
+    }
+}
+
+/// Failure reasons kept in the report.
+pub(crate) const FAILURES_KEPT: usize = 50;
 
 impl Report {
     /// A human-readable summary.
@@ -146,6 +191,19 @@ impl Report {
             p.unknown_resolved_applied,
             p.unknown_resolved_not_applied,
             p.conservation.len(),
+        );
+        let _ = writeln!(
+            out,
+            "exactly once: {} operations acknowledged, {} refused; {} checked by key against {} statement lines: \
+             {} lost, {} applied twice, {} applied although refused, {} applied differently",
+            p.operations_acknowledged,
+            p.operations_refused,
+            p.operations_checked,
+            p.statement_lines_read,
+            p.operations_lost,
+            p.operations_applied_twice,
+            p.operations_applied_unacknowledged,
+            p.operations_applied_differently,
         );
         for m in &p.first_mismatches {
             let _ = writeln!(

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -15,8 +15,10 @@ use tonic::Code;
 
 use crate::client::{call_batch, call_single, Outcome};
 use crate::config::{Config, Profile};
+use crate::exactly_once::Journal;
 use crate::ops::{Kind, Model, Names, Op};
 use crate::stats::{Counters, LocalStats};
+use crate::timeline::{Attempt, Timeline};
 use crate::zipf::MemberPicker;
 
 /// An operation whose outcome stayed unknown after the in-line retries.
@@ -44,6 +46,10 @@ pub(crate) struct Shared {
     /// Operations claimed so far (open-loop schedule and `--operations`).
     pub claimed: AtomicU64,
     pub stop: AtomicBool,
+    /// Every operation with a definite outcome, for the per-operation check.
+    pub journal: Journal,
+    /// Set when the measured phase starts, if the run records a timeline.
+    pub timeline: OnceLock<Timeline>,
 }
 
 impl Shared {
@@ -55,6 +61,25 @@ impl Shared {
 
     fn normal_timeout(&self) -> Duration {
         Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    /// Counts attempts that just ended in the timeline (when one is being recorded).
+    fn note(&self, outcome: &Outcome, count: u64) {
+        if let Some(timeline) = self.timeline.get() {
+            let attempt = match outcome {
+                Outcome::Ok(_) => Attempt::Ok,
+                Outcome::Failed { code: Code::FailedPrecondition, .. } => Attempt::Refused,
+                Outcome::Failed { code, .. } | Outcome::Unknown { code, .. } => Attempt::Error(*code),
+            };
+            timeline.record(attempt, count);
+        }
+    }
+
+    fn note_batch(&self, outcomes: &Result<Vec<Outcome>, Outcome>, count: u64) {
+        match outcomes {
+            Ok(outcomes) => outcomes.iter().for_each(|o| self.note(o, 1)),
+            Err(whole) => self.note(whole, count),
+        }
     }
 }
 
@@ -238,6 +263,13 @@ impl Worker {
     }
 
     async fn call(&mut self, op: &Op, key: &str, timeout: Duration) -> Outcome {
+        let outcome = self.call_unnoted(op, key, timeout).await;
+        self.shared.note(&outcome, 1);
+        outcome
+    }
+
+    /// A call left out of the timeline: a probe's deliberately short first attempt.
+    async fn call_unnoted(&mut self, op: &Op, key: &str, timeout: Duration) -> Outcome {
         let request = op.request(key, &self.shared.names);
         call_single(&mut self.client, &self.shared.auth[op.partner() as usize], request, timeout).await
     }
@@ -314,7 +346,8 @@ impl Worker {
         let shared = self.shared.clone();
         let outcome = if probe {
             shared.counters.timeout_probes.fetch_add(1, Ordering::Relaxed);
-            let first = self.call(&op, &key, Duration::from_millis(shared.cfg.short_timeout_ms)).await;
+            let first =
+                self.call_unnoted(&op, &key, Duration::from_millis(shared.cfg.short_timeout_ms)).await;
             match first {
                 Outcome::Ok(_) => {
                     // Answered within the short timeout: the same key again must replay.
@@ -368,6 +401,7 @@ impl Worker {
                 if let Err(problem) = op.apply(&reply, &shared.model, &shared.names) {
                     shared.fail(format!("{} key {key}: {problem}", op.kind().name()));
                 }
+                shared.journal.record(&op, &key, true, shared);
                 Some(key)
             }
             Outcome::Failed { code, message } => {
@@ -379,6 +413,7 @@ impl Worker {
                     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                     sample_error(shared, &op, code, &message);
                 }
+                shared.journal.record(&op, &key, false, shared);
                 None
             }
             Outcome::Unknown { code, message } => {
@@ -435,7 +470,11 @@ impl Worker {
         if probe {
             shared.counters.timeout_probes.fetch_add(n as u64, Ordering::Relaxed);
         }
-        let mut outcomes = match call_batch(&mut self.client, auth, requests, first_timeout).await {
+        let first = call_batch(&mut self.client, auth, requests, first_timeout).await;
+        if !probe {
+            shared.note_batch(&first, n as u64);
+        }
+        let mut outcomes = match first {
             Ok(outcomes) => outcomes,
             Err(whole) => vec![whole; n],
         };
@@ -459,7 +498,9 @@ impl Worker {
             attempts += 1;
             shared.counters.retries.fetch_add(pending.len() as u64, Ordering::Relaxed);
             let requests = pending.iter().map(|i| ops[*i].batch_request(&keys[*i], names)).collect();
-            match call_batch(&mut self.client, auth, requests, shared.normal_timeout()).await {
+            let results = call_batch(&mut self.client, auth, requests, shared.normal_timeout()).await;
+            shared.note_batch(&results, pending.len() as u64);
+            match results {
                 Ok(results) => {
                     for (i, outcome) in pending.iter().zip(results) {
                         outcomes[*i] = outcome;
@@ -505,14 +546,11 @@ impl Worker {
         let shared = self.shared.clone();
         let requests = ops.iter().zip(keys).map(|(op, key)| op.batch_request(key, &shared.names)).collect();
         shared.counters.replay_checks.fetch_add(ops.len() as u64, Ordering::Relaxed);
-        let again = match call_batch(
-            &mut self.client,
-            &shared.auth[partner as usize],
-            requests,
-            shared.normal_timeout(),
-        )
-        .await
-        {
+        let again =
+            call_batch(&mut self.client, &shared.auth[partner as usize], requests, shared.normal_timeout())
+                .await;
+        shared.note_batch(&again, ops.len() as u64);
+        let again = match again {
             Ok(again) => again,
             Err(Outcome::Unknown { .. }) => return,
             Err(whole) => vec![whole; ops.len()],
