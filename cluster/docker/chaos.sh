@@ -87,6 +87,7 @@ script_start=$(now_ms)
 node_container() { echo "$project-node$1"; }
 
 work_dir=""
+cid=""
 load_pid=""
 budget_end=0
 fail() { log "FAIL: $*"; exit 1; }
@@ -115,6 +116,10 @@ cleanup() {
         remove_stray_cli_containers
         timeout 120 "${compose[@]}" down -v -t 5 >/dev/null 2>&1 || log "teardown: down -v failed (rc $?)"
     fi
+    [[ -n "$cid" ]] && docker rm -v "$cid" >/dev/null 2>&1
+    local left
+    left="$(docker ps -a --format '{{.Names}}' | grep -E "^$project-" || true) $(docker volume ls -q | grep -E "^$project-" || true)"
+    [[ -z "${left// /}" ]] || log "teardown: WARNING: still there: $left"
     [[ -n "$work_dir" ]] && rm -rf "$work_dir"
     log "reports in $out_dir"
     if (( rc == 0 )); then echo "chaos run PASSED (seed $seed)"; else echo "chaos run FAILED (seed $seed, exit $rc)"; fi
@@ -178,7 +183,8 @@ report_bin="$bin_dir/tally-chaos-report"
 # The CLI of the image itself (a static binary), talking to the published gateway port.
 cid="$(docker create "$image")"
 docker cp "$cid:/tally" "$work_dir/tally" >/dev/null
-docker rm "$cid" >/dev/null
+docker rm -v "$cid" >/dev/null # -v: the image declares VOLUME /data
+cid=""
 host_bin="$work_dir/tally"
 cli_addr="http://127.0.0.1:$port"
 
