@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use openraft::network::RaftNetworkFactory;
 use openraft::{Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tally_store::{NodeStore, StoreError};
@@ -105,12 +106,28 @@ impl Group {
         tuning: &RaftTuning,
         proposer_config: ProposerConfig,
     ) -> Result<Group, GroupError> {
+        let network = GroupNetworkFactory { group_id, peers };
+        Self::start_with_network(node_id, group_id, store, network, tuning, proposer_config).await
+    }
+
+    /// [`Group::start`] with any Raft network, for example the fault-injecting in-memory
+    /// transport of the simulation (crates/tally-sim). Everything else is the same.
+    pub async fn start_with_network<N>(
+        node_id: NodeId,
+        group_id: GroupId,
+        store: &NodeStore,
+        network: N,
+        tuning: &RaftTuning,
+        proposer_config: ProposerConfig,
+    ) -> Result<Group, GroupError>
+    where
+        N: RaftNetworkFactory<TallyRaft>,
+    {
         let config = Arc::new(tuning.openraft_config(group_id)?);
         let log_store = store.log_store::<TallyRaft>(group_id)?;
         let appended_bytes = log_store.appended_bytes();
         let state_machine = GroupStateMachine::open(group_id, store.state_tree(group_id)?)?;
         let shared = state_machine.shared();
-        let network = GroupNetworkFactory { group_id, peers };
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|error| GroupError::Start(error.to_string()))?;
