@@ -46,6 +46,32 @@ export TALLY_REQUIRE_PYTHON_GRPC=1
 
 cargo test --workspace --all-targets
 
+# A short run of the load generator binary against the real `tally dev` binary (both built by
+# the cargo test above), ending with its correctness proof: every acknowledged operation's
+# effect read back, replays and timed-out calls checked, points conserved. A failed proof
+# exits non-zero and fails the suite.
+loadtest_smoke() {
+    local bin_dir="${CARGO_TARGET_DIR:-target}/debug" work port pid status=0
+    work="$(mktemp -d /tmp/tally-loadtest-smoke.XXXXXX)"
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$bin_dir/tally" dev --data-dir "$work/data" --listen "127.0.0.1:$port" --no-metrics >"$work/dev.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do grep -q "ready" "$work/dev.log" && break; sleep 0.1; done
+    "$bin_dir/tally-loadtest" --target "http://127.0.0.1:$port" --profile mixed --members 400 \
+        --concurrency 16 --duration-secs 5 --replay-share 0.05 --timeout-share 0.02 --quiet \
+        --report "$work/report.json" || status=$?
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    if [[ "$status" != 0 ]]; then
+        echo "load generator smoke run failed (exit $status); dev log:" >&2
+        tail -n 20 "$work/dev.log" >&2
+    fi
+    rm -rf "$work"
+    return "$status"
+}
+echo "== load generator smoke run (tally-loadtest against tally dev, 5 s, with its proof)"
+loadtest_smoke
+
 # The same three-node topology in containers (cluster/docker): a FROM scratch image around a
 # static binary (built in its own target folder), the compose file on a private network, and
 # docker kill / start / network disconnect / connect and a gateway restart under writes.
