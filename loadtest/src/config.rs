@@ -90,7 +90,9 @@ pub struct Config {
     /// in buckets of `ms` over the measured phase, for unavailability windows.
     pub timeline_bucket_ms: Option<u64>,
     /// Test hook: before the check, earn this many points for this member (index) of partner 0
-    /// without recording it in the model, so the proof must fail naming the member.
+    /// without recording it in the model, so the proof must fail naming the member. The
+    /// per-key check then also counts it as applied although refused, and one never-sent earn
+    /// as lost.
     #[serde(skip)]
     pub unrecorded_earn: Option<(usize, u64)>,
 }

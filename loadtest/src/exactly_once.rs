@@ -220,8 +220,7 @@ pub(crate) async fn check(shared: &Arc<Shared>, channels: &[Channel]) -> anyhow:
                 let member = (account % shared.cfg.members) as u32;
                 match read_statement(&mut client, &shared, member, currency).await {
                     Ok(lines) => {
-                        lines_read
-                            .fetch_add(lines.iter().map(|(_, l)| l.len() as u64).sum(), Ordering::Relaxed);
+                        lines_read.fetch_add(lines.values().map(|l| l.len() as u64).sum(), Ordering::Relaxed);
                         let mut found = found.lock().expect("found lock");
                         for (e, f) in &wanted[account] {
                             let entry = &entries[*e];

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::client::{authorized, is_unknown};
+use crate::ops::Op;
 use crate::report::{AccountMismatch, CurrencyCheck, Proof};
 use crate::worker::{Resolved, Shared, Worker};
 
@@ -79,6 +80,12 @@ pub(crate) async fn check(
             .earn(authorized(request, &shared.auth[0], Duration::from_secs(10)))
             .await
             .context("the unrecorded earn")?;
+        // For the per-key check: the earn journaled as refused (so it was "applied although
+        // refused"), and an earn journaled as acknowledged but never sent (so it is "lost").
+        let member = (member % shared.names.members.len()) as u32;
+        let earn = Op::Earn { partner: 0, member, amount: points };
+        shared.journal.record(&earn, &format!("{run_id}-unrecorded"), false, shared);
+        shared.journal.record(&earn, &format!("{run_id}-never-sent"), true, shared);
     }
 
     // 2. Every account, read back linearizably.

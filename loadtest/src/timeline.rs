@@ -187,8 +187,10 @@ pub fn unavailability_windows(timeline: &TimelineReport) -> Vec<Window> {
 /// Attributes each window to the fault whose span it starts in, and measures each fault.
 ///
 /// A fault's span runs from one bucket before its injection (an injection inside a bucket
-/// degrades that bucket) until the next fault's injection, or `settle_ms` after it was undone
-/// when it is the last one. Faults must be given in injection order.
+/// degrades that bucket) until `settle_ms` after it was undone (undoing a fault disrupts too:
+/// a partitioned node coming back with a higher term, a restarted node rejoining), or until the
+/// next fault's injection if that comes first. Windows in no span are nobody's. Faults must be
+/// given in injection order.
 pub fn fault_impacts(
     faults: &[Fault],
     windows: &mut [Window],
@@ -202,9 +204,10 @@ pub fn fault_impacts(
     for window in windows.iter_mut() {
         for (f, fault) in faults.iter().enumerate() {
             let span_start = fault.start_unix_ms.saturating_sub(bucket_ms);
+            let settled = fault.end_unix_ms.max(fault.start_unix_ms) + settle_ms;
             let span_end = match faults.get(f + 1) {
-                Some(next) => next.start_unix_ms.saturating_sub(bucket_ms),
-                None => fault.end_unix_ms.max(fault.start_unix_ms) + settle_ms,
+                Some(next) => settled.min(next.start_unix_ms.saturating_sub(bucket_ms)),
+                None => settled,
             };
             if window.start_unix_ms < span_start || window.start_unix_ms >= span_end {
                 continue;

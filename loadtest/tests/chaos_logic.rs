@@ -61,8 +61,8 @@ fn windows_are_runs_of_intervals_with_errors_or_no_answer() {
 }
 
 /// A window belongs to the fault whose span it starts in (from one bucket before the injection
-/// to the next injection); a fault's unavailability runs from its injection to the end of its
-/// last window, and a fault without a window has none.
+/// until `settle_ms` after it was undone, or the next injection); a fault's unavailability runs
+/// from its injection to the end of its last window, and a fault without a window has none.
 #[test]
 fn windows_are_attributed_to_the_fault_they_start_under() {
     let mut buckets = vec![ok(10); 100];
@@ -73,13 +73,15 @@ fn windows_are_attributed_to_the_fault_they_start_under() {
     for b in &mut buckets[20..22] {
         *b = Bucket::default();
     }
-    // Fault B at 4.0 s does nothing; fault C at 6.0 s: 6.3-6.6 s; an unrelated blip at 0.5 s.
+    // Fault B at 4.0 s does nothing; fault C at 6.0 s: 6.3-6.6 s; unrelated blips at 0.5 s and
+    // at 8.5 s, 2.3 s after C was undone.
     for b in &mut buckets[63..66] {
         *b = Bucket::default();
     }
     buckets[5] = Bucket::default();
+    buckets[85] = Bucket::default();
     let mut windows = unavailability_windows(&timeline(buckets, 10_000));
-    assert_eq!(windows.len(), 4);
+    assert_eq!(windows.len(), 5);
     let faults =
         [fault("kill-leader", 1050, 3000), fault("partition", 4000, 5000), fault("pause", 6000, 6200)];
     let impacts = fault_impacts(&faults, &mut windows, 100, 2000);
@@ -87,6 +89,7 @@ fn windows_are_attributed_to_the_fault_they_start_under() {
     assert_eq!(windows[1].faults, vec![0]);
     assert_eq!(windows[2].faults, vec![0]);
     assert_eq!(windows[3].faults, vec![2]);
+    assert_eq!(windows[4].faults, Vec::<usize>::new(), "2.3 s after C was undone (settle 2 s)");
     assert_eq!(impacts[0].unavailable_ms, 2200 - 1050);
     assert_eq!(impacts[0].degraded_ms, 800 + 200);
     assert_eq!(impacts[0].errors, 16);

@@ -45,9 +45,26 @@ async fn smoke_runs_pass_the_proof_and_a_hidden_earn_is_caught() {
     // Mixed single calls, Zipfian members.
     let mut config = small(target.clone(), Profile::Mixed);
     config.zipf_exponent = Some(0.99);
+    config.timeline_bucket_ms = Some(100);
     let report = run(config).await.unwrap();
     println!("{}", report.table());
     assert!(report.proof.passed, "{:?}", report.proof.failures);
+    // Every operation checked by key: the 400 funding earns and the measured ones.
+    let p = &report.proof;
+    assert!(p.operations_acknowledged >= 800 + report.totals.ok, "{p:?}");
+    assert!(p.operations_checked > 400 && p.statement_lines_read >= 400, "{p:?}");
+    assert_eq!(
+        (p.operations_lost, p.operations_applied_twice, p.operations_applied_unacknowledged),
+        (0, 0, 0)
+    );
+    assert_eq!(p.operations_applied_differently, 0);
+    // The timeline covers the measured phase and saw every acknowledgement (probes' short
+    // first attempts are left out of it).
+    let timeline = report.timeline.as_ref().expect("a timeline was asked for");
+    assert_eq!(timeline.bucket_ms, 100);
+    assert!(timeline.buckets.len() >= 19, "{} buckets for 2 s", timeline.buckets.len());
+    let acked: u64 = timeline.buckets.iter().map(|b| b.ok).sum();
+    assert!(acked + p.timeout_probes >= report.totals.ok, "{acked} acks in the timeline");
     assert!(report.totals.ok > 50, "too few operations: {:?}", report.totals);
     assert_eq!(report.proof.accounts_checked, 400);
     assert!(report.proof.replay_checks > 0);
@@ -83,6 +100,11 @@ async fn smoke_runs_pass_the_proof_and_a_hidden_earn_is_caught() {
     assert_eq!(mismatch.member_id, "tamper1-m7");
     assert_eq!(mismatch.actual_balance - mismatch.expected_balance, 5);
     assert!(report.proof.failures.iter().any(|f| f.contains("tamper1-m7")), "{:?}", report.proof.failures);
+    // The per-key check finds the hidden earn under its key, and misses the one never sent.
+    assert_eq!(report.proof.operations_applied_unacknowledged, 1);
+    assert_eq!(report.proof.operations_lost, 1);
+    assert_eq!(report.proof.operations_applied_twice, 0);
+    assert!(report.timeline.is_none());
 
     cluster.stop().await.unwrap();
 }

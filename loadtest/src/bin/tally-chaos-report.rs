@@ -26,8 +26,9 @@ struct Args {
     /// The fault log (kind, target, start and end in ms since the Unix epoch, tab-separated).
     #[arg(long)]
     faults: PathBuf,
-    /// Windows starting up to this long after the last fault was undone are still its own.
-    #[arg(long, default_value_t = 10_000)]
+    /// Windows starting up to this long after a fault was undone (and before the next one) are
+    /// still its own.
+    #[arg(long, default_value_t = 3_000)]
     settle_ms: u64,
     /// "ok" when every replica's state digest equals its leader's; otherwise what differed.
     #[arg(long)]
