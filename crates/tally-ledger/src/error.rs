@@ -49,7 +49,7 @@ pub enum LedgerError {
     HoldClosed { hold_key: String, status: String },
     #[error("capture of {requested_points} points exceeds the hold's {authorized_points} points")]
     CaptureExceedsHold { requested_points: u64, authorized_points: u64 },
-    #[error("reversal of {requested_points} points exceeds the {remaining_points} points of earn {earn_key} not yet reversed")]
+    #[error("{}", reversal_exceeds_earn(earn_key, *requested_points, *remaining_points))]
     ReversalExceedsEarn { earn_key: String, requested_points: u64, remaining_points: u64 },
     #[error("member {member_id} has only {available_points} available points, too few to reverse {requested_points} points of earn {earn_key}")]
     InsufficientPointsForReversal {
@@ -68,6 +68,19 @@ pub enum LedgerError {
     KeyReusedWithDifferentRequest { key: String, field: String },
     #[error("{0}")]
     PermissionDenied(String),
+}
+
+/// An earn with nothing left to reverse gets its own message: "reversal of 0 points exceeds
+/// the 0 points ..." (the answer to `amount_points: 0`, "all of it") named no problem.
+fn reversal_exceeds_earn(earn_key: &str, requested_points: u64, remaining_points: u64) -> String {
+    if remaining_points == 0 {
+        format!("earn {earn_key} is already fully reversed; no points of it are left to reverse")
+    } else {
+        format!(
+            "reversal of {requested_points} points exceeds the {remaining_points} points of earn \
+             {earn_key} not yet reversed"
+        )
+    }
 }
 
 impl LedgerError {
@@ -96,5 +109,27 @@ impl LedgerError {
 impl From<ValidationError> for LedgerError {
     fn from(error: ValidationError) -> Self {
         LedgerError::Invalid(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fully_reversed_earn_says_so() {
+        let error = |requested_points, remaining_points| LedgerError::ReversalExceedsEarn {
+            earn_key: "e1".into(),
+            requested_points,
+            remaining_points,
+        };
+        assert_eq!(
+            error(0, 0).to_string(),
+            "earn e1 is already fully reversed; no points of it are left to reverse"
+        );
+        assert_eq!(
+            error(7, 5).to_string(),
+            "reversal of 7 points exceeds the 5 points of earn e1 not yet reversed"
+        );
     }
 }
