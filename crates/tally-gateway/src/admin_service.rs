@@ -139,6 +139,9 @@ fn describe(command: &MetaCommand) -> String {
             format!("initialize the cluster on nodes {:?}", layout.nodes.keys())
         }
         MetaCommand::AddNode { node_id, address } => format!("add node {node_id} at {address}"),
+        MetaCommand::RecordIncarnation { node_id, incarnation } => {
+            format!("record node {node_id}'s data folder incarnation {incarnation:016x}")
+        }
         MetaCommand::RemoveNode { node_id } => format!("remove node {node_id}"),
         MetaCommand::SetShardReplicas { shard, replicas, .. } => {
             format!("place shard {shard} on nodes {replicas:?}")

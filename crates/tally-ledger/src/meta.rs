@@ -58,6 +58,14 @@ pub enum MetaCommand {
         node_id: u64,
         address: String,
     },
+    /// Records the incarnation of a layout node's data folder (a random id made with the
+    /// folder). Peers refuse Raft traffic from and to a folder with another incarnation, so a
+    /// node whose folder was wiped or replaced cannot vote or acknowledge as the old member.
+    /// Recording the same value again is a no-op; a different one is refused.
+    RecordIncarnation {
+        node_id: u64,
+        incarnation: u64,
+    },
     /// Refused while the node still holds a replica.
     RemoveNode {
         node_id: u64,
@@ -134,6 +142,9 @@ pub struct ClusterLayout {
     pub shards: Vec<ShardPlacement>,
     /// Ids of removed nodes: never given to another node (a node id names one data folder).
     pub retired_node_ids: Vec<u64>,
+    /// Per node, the incarnation of the data folder it joined with (see
+    /// `MetaCommand::RecordIncarnation`); a node without one is not checked.
+    pub incarnations: BTreeMap<u64, u64>,
 }
 
 impl ClusterLayout {
@@ -180,6 +191,7 @@ impl ClusterLayout {
             nodes: by_id,
             shards,
             retired_node_ids: Vec::new(),
+            incarnations: BTreeMap::new(),
         })
     }
 
@@ -192,6 +204,29 @@ impl ClusterLayout {
 
     pub fn address(&self, node_id: u64) -> Option<&str> {
         self.nodes.get(&node_id).map(|node| node.address.as_str())
+    }
+
+    /// The incarnation recorded for `node_id`'s data folder, if any.
+    pub fn incarnation(&self, node_id: u64) -> Option<u64> {
+        self.incarnations.get(&node_id).copied()
+    }
+
+    fn record_incarnation(&mut self, node_id: u64, incarnation: u64) -> Result<(), MetaError> {
+        if !self.nodes.contains_key(&node_id) {
+            return Err(MetaError::Layout(format!("node {node_id} is not part of the cluster")));
+        }
+        if incarnation == 0 {
+            return Err(MetaError::Layout("incarnation 0 means unknown and cannot be recorded".into()));
+        }
+        match self.incarnations.get(&node_id) {
+            Some(recorded) if *recorded != incarnation => {
+                Err(MetaError::Layout(replaced_folder_message(node_id, incarnation, *recorded)))
+            }
+            _ => {
+                self.incarnations.insert(node_id, incarnation);
+                Ok(())
+            }
+        }
     }
 
     fn check_replicas(&self, shard: u32, replicas: &[u64]) -> Result<(), MetaError> {
@@ -281,6 +316,11 @@ impl MetaState {
                 }
                 Ok(MetaResult::Layout(layout.clone()))
             }
+            MetaCommand::RecordIncarnation { node_id, incarnation } => {
+                let layout = self.layout_mut()?;
+                layout.record_incarnation(*node_id, *incarnation)?;
+                Ok(MetaResult::Layout(layout.clone()))
+            }
             MetaCommand::RemoveNode { node_id } => {
                 let layout = self.layout_mut()?;
                 if !layout.nodes.contains_key(node_id) {
@@ -293,6 +333,7 @@ impl MetaState {
                     )));
                 }
                 layout.nodes.remove(node_id);
+                layout.incarnations.remove(node_id);
                 layout.retired_node_ids.push(*node_id);
                 Ok(MetaResult::Layout(layout.clone()))
             }
@@ -321,6 +362,15 @@ impl MetaState {
     }
 
     fn init_cluster(&mut self, layout: &ClusterLayout) -> Result<ClusterLayout, MetaError> {
+        if let Some(existing) = &self.layout {
+            for (node_id, incarnation) in &layout.incarnations {
+                if let Some(recorded) =
+                    existing.incarnation(*node_id).filter(|recorded| recorded != incarnation)
+                {
+                    return Err(MetaError::Layout(replaced_folder_message(*node_id, *incarnation, recorded)));
+                }
+            }
+        }
         match &self.layout {
             // The same cluster, initialized before (its placement may have changed since).
             Some(existing)
@@ -394,6 +444,16 @@ impl MetaState {
 /// Checks agreement terms: a positive rate with both parts at most `RATE_PART_MAX`,
 /// `minimum <= maximum` when both are set, a fee below the minimum when one is set, and a fee
 /// below the maximum when one is set (else no amount could ever be exchanged).
+/// What an operator reads when a node's data folder is not the one the layout recorded.
+pub fn replaced_folder_message(node_id: u64, found: u64, recorded: u64) -> String {
+    format!(
+        "node {node_id}'s data folder was replaced (incarnation {found:016x}, the layout expects \
+         {recorded:016x}): it lost what it had acknowledged, so it must not rejoin as node {node_id}; \
+         stop it, start it with a new node id and an empty data folder, run `tally cluster add-node`, \
+         then `tally cluster remove-node --id {node_id}`"
+    )
+}
+
 pub fn validate_terms(terms: &AgreementTerms) -> Result<(), ValidationError> {
     check_rate_part("rate_numerator", terms.rate_numerator)?;
     check_rate_part("rate_denominator", terms.rate_denominator)?;

@@ -104,6 +104,8 @@ pub struct NodeIdentityView {
     pub node_id: NodeId,
     pub shard_count: u32,
     pub address: String,
+    /// The data folder's incarnation (recorded in the layout when the node joins).
+    pub incarnation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +127,11 @@ pub struct NodeStatusView {
     /// Also the leader lease: how long a leadership move waits for followers' leases to lapse.
     pub election_timeout_max_ms: u64,
     pub groups: Vec<GroupStatusView>,
+    /// The data folder's incarnation.
+    pub incarnation: u64,
+    /// Raft messages this node refused because a data folder was replaced (its own or a
+    /// peer's), as messages for the operator.
+    pub incarnation_conflicts: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +213,7 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
             node_id,
             shard_count: node.shard_count(),
             address: node.config().advertised(),
+            incarnation: node.incarnation(),
         })),
         NodeRequest::Submit { shard, commands } => {
             node.submit(shard, commands).await.map(NodeResponse::Outcomes).map_err(propose)
@@ -245,6 +253,8 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
             healthy: node.is_healthy(),
             election_timeout_max_ms: node.config().raft.election_timeout_max_ms,
             groups: node.status(with_state).await,
+            incarnation: node.incarnation(),
+            incarnation_conflicts: node.incarnation_conflicts(),
         })),
         NodeRequest::HostGroup { group_id } => {
             node.host_group(group_id).await.map(|_| NodeResponse::Done).map_err(refused)

@@ -48,6 +48,11 @@ pub enum NodeError {
 struct NodeIdentity {
     node_id: NodeId,
     shard_count: u32,
+    /// Random, made with the folder: tells this folder from a wiped or replaced one with the
+    /// same node id (the cluster layout records it; see `tally_raft::network::IncarnationGuard`).
+    /// 0 in files written before incarnations existed; such a file gets one on its next start.
+    #[serde(default)]
+    incarnation: u64,
 }
 
 /// A balance read and how fresh it is.
@@ -127,17 +132,18 @@ impl Node {
     /// in it (a restarted node rejoins its groups by itself).
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
-        check_identity(
+        let identity = check_identity(
             &config.data_dir,
-            &NodeIdentity { node_id: config.node_id, shard_count: config.shard_count },
+            &NodeIdentity { node_id: config.node_id, shard_count: config.shard_count, incarnation: 0 },
         )?;
         let store = NodeStore::open(&config.data_dir.join("db"))?;
         let (stop, stopped) = watch::channel(false);
         let background = vec![crate::metrics::spawn_store_metrics(store.clone(), stopped)];
+        let peers = Arc::new(PeerPool::new(config.node_id, identity.incarnation));
         let node = Arc::new(Node {
             config,
             store,
-            peers: Arc::new(PeerPool::default()),
+            peers,
             registry: Arc::new(GroupRegistry::default()),
             replica_tasks: Mutex::new(BTreeMap::new()),
             hosting: tokio::sync::Mutex::new(()),
@@ -145,14 +151,20 @@ impl Node {
             stop,
             background: Mutex::new(background),
         });
-        let mut groups = vec![META_GROUP_ID];
-        groups.extend(
-            node.store
-                .stored_groups()
-                .into_iter()
-                .filter(|group| (1..=node.config.shard_count).contains(group)),
-        );
-        for group_id in groups {
+        // The meta replica first: its layout says which incarnations to expect of peers (and of
+        // this folder) before any shard replica talks to them.
+        node.host_group(META_GROUP_ID).await?;
+        node.check_own_incarnation()?;
+        node.sync_incarnations();
+        let watcher = spawn_incarnation_sync(node.clone(), node.stop.subscribe());
+        node.background.lock().expect("background lock poisoned").push(watcher);
+        let shards: Vec<GroupId> = node
+            .store
+            .stored_groups()
+            .into_iter()
+            .filter(|group| (1..=node.config.shard_count).contains(group))
+            .collect();
+        for group_id in shards {
             node.host_group(group_id).await?;
         }
         tracing::info!(
@@ -163,6 +175,44 @@ impl Node {
             "node started its group replicas"
         );
         Ok(node)
+    }
+
+    /// Refuses a folder whose incarnation is not the one its own meta replica recorded for this
+    /// node (the identity file was lost and made again over an existing database).
+    fn check_own_incarnation(&self) -> Result<(), NodeError> {
+        let own = self.peers.guard().own();
+        let recorded =
+            self.meta_state().layout.as_ref().and_then(|layout| layout.incarnation(self.config.node_id));
+        match recorded {
+            Some(recorded) if recorded != own => Err(NodeError::Identity {
+                path: self.config.data_dir.display().to_string(),
+                reason: tally_ledger::meta::replaced_folder_message(self.config.node_id, own, recorded),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Copies the incarnations the layout records into the transport's guard.
+    fn sync_incarnations(&self) {
+        let expected =
+            self.meta_state().layout.as_ref().map(|layout| layout.incarnations.clone()).unwrap_or_default();
+        self.peers.set_expected_incarnations(expected);
+    }
+
+    /// This data folder's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.peers.guard().own()
+    }
+
+    /// Raft messages refused because a data folder was replaced (this one or a peer's), as
+    /// operator messages.
+    pub fn incarnation_conflicts(&self) -> Vec<String> {
+        self.peers.guard().conflicts().iter().map(ToString::to_string).collect()
+    }
+
+    /// The peer pool (and its incarnation guard) that the Raft transport server must share.
+    pub fn peers(&self) -> Arc<PeerPool> {
+        self.peers.clone()
     }
 
     /// Starts an empty replica of `group_id` here if there is none, so that a leader can add
@@ -330,6 +380,10 @@ impl Node {
     /// Healthy when every hosted replica runs (no fatal error) and every replica that is a
     /// voter of its group knows its leader (an empty replica waiting to be added is healthy).
     pub fn is_healthy(&self) -> bool {
+        let node_id = self.config.node_id;
+        if self.peers.guard().conflicts().iter().any(|conflict| conflict.node_id == node_id) {
+            return false;
+        }
         self.registry.all().iter().all(|group| {
             let metrics = group.raft.metrics();
             let metrics = metrics.borrow();
@@ -725,6 +779,28 @@ impl Node {
     }
 }
 
+/// Keeps the transport's expected incarnations equal to the layout's as the meta replica
+/// applies entries.
+fn spawn_incarnation_sync(node: Arc<Node>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    let Some(meta) = node.registry.get(META_GROUP_ID) else {
+        return tokio::spawn(async {});
+    };
+    let mut metrics = meta.raft.metrics();
+    drop(meta);
+    // Holds only a weak handle, so that this task never keeps the node (and its database) open.
+    let node = Arc::downgrade(&node);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            let Some(node) = node.upgrade() else { return };
+            node.sync_incarnations();
+        }
+    })
+}
+
 /// How often a shard leader checks whether an open hold has expired by its clock.
 const HOLD_EXPIRY_CHECK_INTERVAL_MS: u64 = 250;
 
@@ -799,27 +875,66 @@ fn read_error(
     }
 }
 
-fn check_identity(data_dir: &Path, expected: &NodeIdentity) -> Result<(), NodeError> {
+/// Reads the folder's identity (or writes a new one, with a new random incarnation, into a
+/// folder that has none) and checks it against the configuration. Returns the stored identity.
+fn check_identity(data_dir: &Path, expected: &NodeIdentity) -> Result<NodeIdentity, NodeError> {
     let identity_error =
         |reason: String| NodeError::Identity { path: data_dir.display().to_string(), reason };
     std::fs::create_dir_all(data_dir).map_err(|error| identity_error(error.to_string()))?;
     let path = data_dir.join("node-identity.json");
-    match std::fs::read(&path) {
+    let mut found = match std::fs::read(&path) {
         Ok(bytes) => {
-            let found: NodeIdentity = serde_json::from_slice(&bytes)
-                .map_err(|error| identity_error(format!("unreadable node-identity.json: {error}")))?;
-            if &found != expected {
+            let found: NodeIdentity = serde_json::from_slice(&bytes).map_err(|error| {
+                identity_error(format!(
+                    "unreadable {}: {error}; the folder is damaged: replace the node (docs/operations.md 7.2)",
+                    path.display()
+                ))
+            })?;
+            if (found.node_id, found.shard_count) != (expected.node_id, expected.shard_count) {
                 return Err(identity_error(format!(
                     "holds node {} with {} shards, but this node is configured as node {} with {} shards",
                     found.node_id, found.shard_count, expected.node_id, expected.shard_count
                 )));
             }
-            Ok(())
+            found
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = serde_json::to_vec_pretty(expected).expect("identity encodes");
-            std::fs::write(&path, bytes).map_err(|error| identity_error(error.to_string()))
+            NodeIdentity { node_id: expected.node_id, shard_count: expected.shard_count, incarnation: 0 }
         }
-        Err(error) => Err(identity_error(error.to_string())),
+        Err(error) => return Err(identity_error(error.to_string())),
+    };
+    if found.incarnation == 0 {
+        found.incarnation = new_incarnation();
+        let bytes = serde_json::to_vec_pretty(&found).expect("identity encodes");
+        write_durably(&path, &bytes)
+            .map_err(|error| identity_error(format!("{}: {error}", path.display())))?;
     }
+    Ok(found)
+}
+
+/// A random non-zero u64 (std's hasher keys are random per process; the clock and process id
+/// separate two folders made in one process).
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
+/// Writes `path` so that it survives a crash whole or not at all: a temporary file, fsync,
+/// rename, fsync of the folder.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(folder) = path.parent() {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! transport failure as `Unreachable`/`Network` (which drive openraft's retry behaviour).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
@@ -44,13 +44,123 @@ pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     }
 }
 
-/// One channel per peer node, created on first use and shared by all groups.
+/// One channel per peer node, created on first use and shared by all groups, and the
+/// incarnation guard that both ends of the transport apply.
 #[derive(Default)]
 pub struct PeerPool {
     channels: Mutex<BTreeMap<(NodeId, String), Channel>>,
+    guard: IncarnationGuard,
+}
+
+/// Keeps a node whose data folder was wiped or replaced from taking part in Raft as the member
+/// it used to be (Raft amnesia: it could vote twice in a term, or count toward a quorum for
+/// entries it no longer has). Each data folder has a random incarnation made with it; the
+/// cluster layout records it when the node joins. Messages carry the sender's incarnation and
+/// the one the sender expects of the target; a mismatch on either side is refused.
+///
+/// Incarnation 0 means unknown and is not checked (single-process clusters, tests, and
+/// nodes whose layout entry predates incarnations).
+#[derive(Default)]
+pub struct IncarnationGuard {
+    node_id: NodeId,
+    own: u64,
+    /// Per peer, the incarnation the cluster layout records (updated as the meta state changes).
+    expected: RwLock<BTreeMap<NodeId, u64>>,
+    /// Refused messages, by the node whose folder does not match: (found, expected).
+    conflicts: Mutex<BTreeMap<NodeId, (u64, u64)>>,
+}
+
+/// A message refused by the incarnation guard; the text is what the operator needs to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncarnationConflict {
+    pub node_id: NodeId,
+    pub found: u64,
+    pub expected: u64,
+}
+
+impl IncarnationGuard {
+    /// Checks a received message: meant for this folder, and from the folder the layout
+    /// records for its sender. Records (and logs once per pair) any conflict.
+    pub fn check_incoming(
+        &self,
+        target_incarnation: u64,
+        sender_node_id: NodeId,
+        sender_incarnation: u64,
+    ) -> Result<(), IncarnationConflict> {
+        let conflict = if self.own != 0 && target_incarnation != 0 && target_incarnation != self.own {
+            Some(IncarnationConflict { node_id: self.node_id, found: self.own, expected: target_incarnation })
+        } else {
+            let expected = self.expected_of(sender_node_id);
+            (sender_incarnation != 0 && expected != 0 && sender_incarnation != expected).then_some(
+                IncarnationConflict { node_id: sender_node_id, found: sender_incarnation, expected },
+            )
+        };
+        let Some(conflict) = conflict else { return Ok(()) };
+        let previous = self
+            .conflicts
+            .lock()
+            .expect("incarnation conflicts lock poisoned")
+            .insert(conflict.node_id, (conflict.found, conflict.expected));
+        if previous != Some((conflict.found, conflict.expected)) {
+            tracing::error!(node_id = self.node_id, "Raft message refused: {conflict}");
+        }
+        Err(conflict)
+    }
+
+    /// The incarnation the layout records for `node_id`, 0 if none.
+    pub fn expected_of(&self, node_id: NodeId) -> u64 {
+        self.expected.read().expect("incarnations lock poisoned").get(&node_id).copied().unwrap_or(0)
+    }
+
+    /// This node's folder incarnation (0: not checked).
+    pub fn own(&self) -> u64 {
+        self.own
+    }
+
+    /// Conflicts seen so far (a conflict about a peer ends when the layout stops recording the
+    /// old incarnation for it, for example after `remove-node`).
+    pub fn conflicts(&self) -> Vec<IncarnationConflict> {
+        let expected = self.expected.read().expect("incarnations lock poisoned");
+        self.conflicts
+            .lock()
+            .expect("incarnation conflicts lock poisoned")
+            .iter()
+            .filter(|(node_id, (_, was_expected))| {
+                **node_id == self.node_id || expected.get(node_id) == Some(was_expected)
+            })
+            .map(|(node_id, (found, expected))| IncarnationConflict {
+                node_id: *node_id,
+                found: *found,
+                expected: *expected,
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for IncarnationConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&tally_ledger::meta::replaced_folder_message(self.node_id, self.found, self.expected))
+    }
 }
 
 impl PeerPool {
+    /// A pool for node `node_id` whose data folder has incarnation `incarnation`.
+    pub fn new(node_id: NodeId, incarnation: u64) -> PeerPool {
+        PeerPool {
+            channels: Mutex::default(),
+            guard: IncarnationGuard { node_id, own: incarnation, ..IncarnationGuard::default() },
+        }
+    }
+
+    /// Replaces the incarnations expected of peers (from the cluster layout).
+    pub fn set_expected_incarnations(&self, expected: BTreeMap<NodeId, u64>) {
+        *self.guard.expected.write().expect("incarnations lock poisoned") = expected;
+    }
+
+    pub fn guard(&self) -> &IncarnationGuard {
+        &self.guard
+    }
+
     fn channel(&self, target: NodeId, raft_addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().expect("peer pool lock poisoned");
         if let Some(channel) = channels.get(&(target, raft_addr.to_string())) {
@@ -79,7 +189,7 @@ impl RaftNetworkFactory<TallyRaft> for GroupNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &TallyNode) -> GroupConnection {
         // Must not fail or block: the channel connects on first use.
         let channel = self.peers.channel(target, &node.raft_addr);
-        GroupConnection { group_id: self.group_id, target, channel }
+        GroupConnection { group_id: self.group_id, target, channel, peers: self.peers.clone() }
     }
 }
 
@@ -87,6 +197,7 @@ pub struct GroupConnection {
     group_id: GroupId,
     target: NodeId,
     channel: Result<Channel, String>,
+    peers: Arc<PeerPool>,
 }
 
 impl GroupConnection {
@@ -110,6 +221,11 @@ impl GroupConnection {
             group_id: self.group_id,
             target_node_id: self.target,
             payload: encode_wire(request),
+            // Read per message: the layout may record the target's incarnation after this
+            // connection was made.
+            target_incarnation: self.peers.guard.expected_of(self.target),
+            sender_node_id: self.peers.guard.node_id,
+            sender_incarnation: self.peers.guard.own,
         });
         grpc_request.set_timeout(option.hard_ttl());
         let reply = match method {

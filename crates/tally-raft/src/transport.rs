@@ -10,17 +10,34 @@ use tally_proto::internal::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
 use crate::group::{Group, GroupRegistry};
-use crate::network::{decode_wire, encode_wire, RAFT_MESSAGE_BYTES_MAX};
+use crate::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
 use crate::types::NodeId;
 
 pub struct RaftTransportService {
     node_id: NodeId,
     registry: Arc<GroupRegistry>,
+    /// The pool whose incarnation guard checks every message (none: nothing is checked).
+    peers: Option<Arc<PeerPool>>,
 }
 
 impl RaftTransportService {
+    /// A transport that checks no incarnations (one-process clusters and tests).
     pub fn server(node_id: NodeId, registry: Arc<GroupRegistry>) -> RaftTransportServer<Self> {
-        RaftTransportServer::new(Self { node_id, registry })
+        Self::build(Self { node_id, registry, peers: None })
+    }
+
+    /// A transport that refuses messages from or to a replaced data folder, by `peers`'
+    /// incarnation guard (see [`crate::network::IncarnationGuard`]).
+    pub fn guarded(
+        node_id: NodeId,
+        registry: Arc<GroupRegistry>,
+        peers: Arc<PeerPool>,
+    ) -> RaftTransportServer<Self> {
+        Self::build(Self { node_id, registry, peers: Some(peers) })
+    }
+
+    fn build(service: Self) -> RaftTransportServer<Self> {
+        RaftTransportServer::new(service)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
@@ -33,6 +50,16 @@ impl RaftTransportService {
                 "this is node {}, not node {}",
                 self.node_id, request.target_node_id
             )));
+        }
+        if let Some(peers) = &self.peers {
+            peers
+                .guard()
+                .check_incoming(
+                    request.target_incarnation,
+                    request.sender_node_id,
+                    request.sender_incarnation,
+                )
+                .map_err(|conflict| Status::failed_precondition(conflict.to_string()))?;
         }
         let group = self.registry.get(request.group_id).ok_or_else(|| {
             Status::not_found(format!("node {} does not host group {}", self.node_id, request.group_id))

@@ -29,10 +29,13 @@ pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-/// Checks the framing of `bytes` (length, version, crc32) and decodes the payload.
-///
-/// Any failure is [`StoreError::Corrupt`], whose `what` starts with the caller's `what`.
-pub fn decode_value<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+/// Checks the framing of `bytes` (length, version, crc32) without decoding the payload: a
+/// cheap check of every stored value when a database is opened.
+pub fn check_frame(bytes: &[u8], what: &str) -> Result<(), StoreError> {
+    frame_payload(bytes, what).map(|_| ())
+}
+
+fn frame_payload<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt { what: format!("{what}: {detail}") };
     if bytes.len() < HEADER_LEN {
         return Err(corrupt(format!("value is {} bytes, shorter than its header", bytes.len())));
@@ -46,7 +49,16 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, 
     if stored != computed {
         return Err(corrupt(format!("crc32 mismatch (stored {stored:08x}, computed {computed:08x})")));
     }
-    bincode::deserialize(payload).map_err(|e| corrupt(format!("payload does not decode: {e}")))
+    Ok(payload)
+}
+
+/// Checks the framing of `bytes` (length, version, crc32) and decodes the payload.
+///
+/// Any failure is [`StoreError::Corrupt`], whose `what` starts with the caller's `what`.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    let payload = frame_payload(bytes, what)?;
+    bincode::deserialize(payload)
+        .map_err(|e| StoreError::Corrupt { what: format!("{what}: payload does not decode: {e}") })
 }
 
 #[cfg(test)]

@@ -16,6 +16,16 @@ pub enum StoreError {
     #[error("corrupt stored value: {what}")]
     Corrupt { what: String },
 
+    /// The database (or a file beside it) failed a check when it was opened: sled reported
+    /// corruption, or a stored value or vote file failed its framing. The node must not start
+    /// from it (it could serve state that differs from its peers' or forget a vote).
+    #[error(
+        "the data at {path} is damaged: {detail}; the node cannot start from it: replace the node \
+         (new id, empty folder, `tally cluster add-node`, then `tally cluster remove-node` of this id; \
+         docs/operations.md 7.2)"
+    )]
+    Damaged { path: String, detail: String },
+
     /// Another process holds the database (sled takes an exclusive file lock).
     #[error("the database at {path} is in use by another process; stop it or choose another data folder")]
     Locked { path: String },

@@ -24,6 +24,8 @@
 //! - `node`: [`NodeStore`], the node's `Db`, and the per-group tree constructors.
 //! - `log_store`: [`LogStore`], `RaftLogStorage` + `RaftLogReader` for one group.
 //! - `state_tree`: [`StateTree`], a group's state-machine tree.
+//! - `vote_file`: the copy of each group's vote kept outside sled (see [`LogStore`]'s
+//!   `save_vote`), so that a database that lost its tail cannot make the node vote twice.
 
 mod codec;
 mod error;
@@ -31,8 +33,9 @@ mod flusher;
 mod log_store;
 mod node;
 mod state_tree;
+mod vote_file;
 
-pub use codec::{decode_value, encode_value, VALUE_FORMAT_VERSION};
+pub use codec::{check_frame, decode_value, encode_value, VALUE_FORMAT_VERSION};
 pub use error::StoreError;
 pub use flusher::FlushStats;
 pub use log_store::LogStore;

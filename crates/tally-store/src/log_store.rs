@@ -25,6 +25,7 @@ use openraft::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::vote_file::{reconcile_vote, VoteFile};
 use crate::{decode_value, encode_value, NodeStore, StoreError};
 
 const META: u8 = 0x00;
@@ -44,6 +45,14 @@ fn entry_key(index: u64) -> [u8; 9] {
     key
 }
 
+/// The index in an entry key, `None` for metadata keys.
+pub(crate) fn entry_index(key: &[u8]) -> Option<u64> {
+    match key {
+        [ENTRY, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
 /// The Raft log and vote of one group. Cheap to clone: the clone is also the group's log reader
 /// (sled trees are safe to read while RaftCore writes).
 pub struct LogStore<C> {
@@ -53,6 +62,8 @@ pub struct LogStore<C> {
     /// Encoded bytes appended since the store was opened (shared by clones), so the group can
     /// bound its log by size as well as by entry count.
     appended_bytes: Arc<AtomicU64>,
+    /// The vote's copy outside sled (none for temporary stores).
+    vote_file: Option<VoteFile>,
     _config: PhantomData<C>,
 }
 
@@ -63,6 +74,7 @@ impl<C> Clone for LogStore<C> {
             tree: self.tree.clone(),
             node: self.node.clone(),
             appended_bytes: self.appended_bytes.clone(),
+            vote_file: self.vote_file.clone(),
             _config: PhantomData,
         }
     }
@@ -75,8 +87,15 @@ impl<C> fmt::Debug for LogStore<C> {
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
-    pub(crate) fn new(group_id: u32, tree: sled::Tree, node: NodeStore) -> Self {
-        LogStore { group_id, tree, node, appended_bytes: Arc::new(AtomicU64::new(0)), _config: PhantomData }
+    pub(crate) fn new(group_id: u32, tree: sled::Tree, node: NodeStore, vote_file: Option<VoteFile>) -> Self {
+        LogStore {
+            group_id,
+            tree,
+            node,
+            appended_bytes: Arc::new(AtomicU64::new(0)),
+            vote_file,
+            _config: PhantomData,
+        }
     }
 
     /// A live counter of the encoded bytes appended to this log since it was opened.
@@ -211,15 +230,32 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let write = |e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e);
         let value = encode_value(vote).map_err(write)?;
-        self.tree.insert(KEY_VOTE, value).map_err(|e| write(e.into()))?;
+        self.tree.insert(KEY_VOTE, value.clone()).map_err(|e| write(e.into()))?;
         // The vote must be durable before we return: losing it would let this node vote twice
         // in one term. The flush starts after the insert, so it covers it (and, sled recovering
         // a prefix, every earlier write of this node, including truncates and purges).
-        self.node.flush().await.map_err(write)
+        self.node.flush().await.map_err(write)?;
+        // Then the copy outside sled (see `vote_file`), in case sled later loses its tail.
+        // Blocking file I/O on the Raft task: votes change only with elections.
+        if let Some(file) = &self.vote_file {
+            file.write(&value).map_err(write)?;
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
-        self.read_meta(KEY_VOTE).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+        let read = |e| sto_err(ErrorSubject::Vote, ErrorVerb::Read, e);
+        let in_db: Option<Vote<C::NodeId>> = self.read_meta(KEY_VOTE).map_err(read)?;
+        let Some(file) = &self.vote_file else { return Ok(in_db) };
+        let damaged = |error: StoreError| StoreError::Damaged {
+            path: file.path().display().to_string(),
+            detail: error.to_string(),
+        };
+        let in_file: Option<Vote<C::NodeId>> = match file.read().map_err(read)? {
+            Some(bytes) => Some(decode_value(&bytes, "vote file").map_err(|e| read(damaged(e)))?),
+            None => None,
+        };
+        reconcile_vote(self.group_id, in_db, in_file, file.path()).map_err(read)
     }
 
     async fn save_committed(

@@ -1,10 +1,11 @@
 //! [`NodeStore`]: the node's one sled `Db`, its flusher, and the per-group trees.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::flusher::{FlushCallback, FlushStats, Flusher};
+use crate::vote_file::VoteFile;
 use crate::{LogStore, StateTree, StoreError};
 
 /// The storage of one node: a single sled `Db` shared by every Raft group the node hosts, plus
@@ -26,12 +27,38 @@ pub struct NodeStore {
 struct Inner {
     db: sled::Db,
     flusher: Flusher,
+    /// The folder of the groups' vote files; none for temporary stores.
+    votes_dir: Option<PathBuf>,
 }
 
 impl NodeStore {
     /// Opens (or creates) the node's one sled Db at `path` and starts the flusher thread.
+    ///
+    /// Every stored value's framing (version byte and crc32) is checked before the store is
+    /// returned, so that a damaged database refuses the start ([`StoreError::Damaged`]) instead
+    /// of failing a group later, or serving a value that differs from its peers'.
     pub fn open(path: &Path) -> Result<NodeStore, StoreError> {
-        Self::from_config(sled::Config::new().path(path)).map_err(|error| match error {
+        let damaged = |detail: String| StoreError::Damaged { path: path.display().to_string(), detail };
+        // Inside sled's folder (sled only reads its own `conf`, `db`, `snap.*` and `blobs`), so
+        // that the database and its vote files are copied, moved and deleted together.
+        let votes_dir = path.join(VOTES_FOLDER);
+        std::fs::create_dir_all(&votes_dir)
+            .map_err(|error| damaged(format!("{}: {error}", votes_dir.display())))?;
+        // sled panics on some damaged files instead of returning an error; catch it, so that
+        // the node still exits with a message that names the folder.
+        let config = sled::Config::new().path(path);
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::from_config(config, Some(votes_dir.clone()))
+        }))
+        .unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "sled panicked".to_string());
+            Err(damaged(format!("sled could not open it: {reason}")))
+        });
+        let store = opened.map_err(|error| match error {
             // sled 0.34 reports its file lock as an `Other` error wrapping the WouldBlock.
             StoreError::Sled(sled::Error::Io(io))
                 if io.kind() == std::io::ErrorKind::WouldBlock
@@ -39,25 +66,81 @@ impl NodeStore {
             {
                 StoreError::Locked { path: path.display().to_string() }
             }
+            // A damaged `conf` file reads as an unsupported (older) format.
+            StoreError::Sled(error @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_))) => {
+                damaged(format!("sled: {error}"))
+            }
+            StoreError::Sled(sled::Error::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                damaged(format!("sled: {io}"))
+            }
             other => other,
-        })
+        })?;
+        store.check_values().map_err(|error| match error {
+            StoreError::Corrupt { what } => damaged(what),
+            StoreError::Sled(error) => damaged(format!("sled: {error}")),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    /// Opens like [`NodeStore::open`] without checking the stored values first: for tools and
+    /// tests that look into a damaged database (reads still check each value they decode).
+    pub fn open_unverified(path: &Path) -> Result<NodeStore, StoreError> {
+        let votes_dir = path.join(VOTES_FOLDER);
+        std::fs::create_dir_all(&votes_dir).map_err(StoreError::Io)?;
+        Self::from_config(sled::Config::new().path(path), Some(votes_dir))
     }
 
     /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.
     pub fn temporary() -> Result<NodeStore, StoreError> {
-        Self::from_config(sled::Config::new().temporary(true))
+        Self::from_config(sled::Config::new().temporary(true), None)
     }
 
-    fn from_config(config: sled::Config) -> Result<NodeStore, StoreError> {
+    fn from_config(config: sled::Config, votes_dir: Option<PathBuf>) -> Result<NodeStore, StoreError> {
         let db = config.open()?;
         let flusher = Flusher::start(db.clone()).map_err(StoreError::Io)?;
-        Ok(NodeStore { inner: Arc::new(Inner { db, flusher }) })
+        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
+    }
+
+    /// Reads every tree whole (so that sled meets every page now, not later while serving),
+    /// checks the framing of every value of every group's Raft tree (the log decodes what it
+    /// reads; the state-machine trees are decoded whole when their group starts, statement
+    /// lines excepted, which are checked when read), and checks that each log has no hole.
+    fn check_values(&self) -> Result<(), StoreError> {
+        for name in self.inner.db.tree_names() {
+            let tree_name = String::from_utf8_lossy(&name).to_string();
+            let is_raft_tree = tree_name.starts_with('g') && tree_name.ends_with("/raft");
+            let mut previous_entry: Option<u64> = None;
+            for item in self.inner.db.open_tree(&name)?.iter() {
+                let (key, value) = item?;
+                if !is_raft_tree {
+                    continue;
+                }
+                crate::codec::check_frame(&value, &format!("tree {tree_name} key {:02x?}", &key[..]))?;
+                let Some(index) = crate::log_store::entry_index(&key) else { continue };
+                if let Some(previous) = previous_entry.filter(|previous| previous + 1 != index) {
+                    return Err(StoreError::Corrupt {
+                        what: format!(
+                            "tree {tree_name}: the log has a hole: entry {index} follows entry {previous}"
+                        ),
+                    });
+                }
+                previous_entry = Some(index);
+            }
+        }
+        Ok(())
     }
 
     /// The Raft log + vote storage of group `group_id` (tree `"g{group_id:05}/raft"`).
     pub fn log_store<C: openraft::RaftTypeConfig>(&self, group_id: u32) -> Result<LogStore<C>, StoreError> {
         let tree = self.inner.db.open_tree(raft_tree_name(group_id))?;
-        Ok(LogStore::new(group_id, tree, self.clone()))
+        let vote_file = self.inner.votes_dir.as_deref().map(|folder| VoteFile::new(folder, group_id));
+        Ok(LogStore::new(group_id, tree, self.clone(), vote_file))
     }
 
     /// The state-machine tree of group `group_id` (tree `"g{group_id:05}/sm"`).
@@ -73,6 +156,9 @@ impl NodeStore {
     pub fn drop_group(&self, group_id: u32) -> Result<bool, StoreError> {
         let raft = self.inner.db.drop_tree(raft_tree_name(group_id))?;
         let sm = self.inner.db.drop_tree(sm_tree_name(group_id))?;
+        if let Some(folder) = &self.inner.votes_dir {
+            VoteFile::new(folder, group_id).remove()?;
+        }
         Ok(raft || sm)
     }
 
@@ -123,6 +209,9 @@ impl fmt::Debug for NodeStore {
         f.debug_struct("NodeStore").field("flush_stats", &self.flush_stats()).finish_non_exhaustive()
     }
 }
+
+/// The folder of the vote files, inside sled's folder.
+const VOTES_FOLDER: &str = "tally-votes";
 
 fn raft_tree_name(group_id: u32) -> String {
     format!("g{group_id:05}/raft")

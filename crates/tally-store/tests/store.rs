@@ -280,7 +280,16 @@ async fn corrupt_log_values_are_reported_not_returned() {
     };
     patch_raw(dir.path(), "g00003/raft", &entry_key(5), |_| entry4);
 
-    let node = NodeStore::open(dir.path()).unwrap();
+    // Opening checks every value of the Raft trees: the damage refuses the open, naming the
+    // folder and the value.
+    let refused = NodeStore::open(dir.path()).unwrap_err();
+    assert!(matches!(refused, StoreError::Damaged { .. }), "{refused:?}");
+    let text = refused.to_string();
+    assert!(text.contains(&dir.path().display().to_string()) && text.contains("g00003/raft"), "{text}");
+    assert!(text.contains("crc32 mismatch"), "{text}");
+
+    // Reads check again (damage done while the database is open).
+    let node = NodeStore::open_unverified(dir.path()).unwrap();
     let mut log = node.log_store::<TestConfig>(3).unwrap();
     let err = log.try_get_log_entries(1..4).await.unwrap_err().to_string();
     assert!(err.contains("group 3 log entry 2") && err.contains("crc32 mismatch"), "{err}");
@@ -317,4 +326,56 @@ async fn stored_groups_lists_hosted_groups_until_they_are_dropped() {
     assert!(node.drop_group(3).unwrap());
     assert!(!node.drop_group(3).unwrap(), "nothing left to drop");
     assert_eq!(node.stored_groups(), vec![0, 12]);
+}
+
+/// Copies sled's own files (not the vote files) from `from` to `to`.
+fn copy_sled_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "tally-votes" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_sled_files(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_vote_that_sled_lost_comes_back_from_the_vote_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_sled = tempfile::tempdir().unwrap();
+    {
+        let node = NodeStore::open(dir.path()).unwrap();
+        node.log_store::<TestConfig>(1).unwrap().save_vote(&Vote::new(2, 1)).await.unwrap();
+    }
+    copy_sled_files(dir.path(), old_sled.path());
+    {
+        let node = NodeStore::open(dir.path()).unwrap();
+        node.log_store::<TestConfig>(1).unwrap().save_vote(&Vote::new(3, 2)).await.unwrap();
+    }
+    // sled comes back without its last writes (a cut or damaged log file): it holds the vote
+    // for term 2 only. The node promised term 3 to node 2 and must not forget it.
+    copy_sled_files(old_sled.path(), dir.path());
+    {
+        let node = NodeStore::open(dir.path()).unwrap();
+        let mut log = node.log_store::<TestConfig>(1).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+    }
+    // A vote file older than sled's vote (a crash between the two writes) is ignored.
+    let vote_file = dir.path().join("tally-votes/g00001.vote");
+    std::fs::write(&vote_file, encode_value(&Vote::<u64>::new(1, 9)).unwrap()).unwrap();
+    let node = NodeStore::open(dir.path()).unwrap();
+    let mut log = node.log_store::<TestConfig>(1).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+    // A damaged vote file refuses the start, naming the file.
+    std::fs::write(&vote_file, b"\x01garbage").unwrap();
+    let refused = log.read_vote().await.unwrap_err().to_string();
+    assert!(refused.contains("g00001.vote") && refused.contains("damaged"), "{refused}");
+    // A dropped group's vote file goes with it.
+    node.drop_group(1).unwrap();
+    assert!(!vote_file.exists());
 }

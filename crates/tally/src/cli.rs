@@ -316,8 +316,12 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
                 (true, true) => "healthy",
                 (true, false) => "degraded",
             };
-            let detail =
-                if node.reachable { format!("{:?}", node.hosted_groups) } else { node.error.clone() };
+            let detail = match (node.reachable, node.error.is_empty()) {
+                (false, _) => node.error.clone(),
+                (true, true) => format!("{:?}", node.hosted_groups),
+                // For example a data folder that replaced a member's (refused by its peers).
+                (true, false) => format!("{:?} {}", node.hosted_groups, node.error),
+            };
             writeln!(out, "{:>5} {:<24} {:<12} {detail}", node.node_id, node.address, health)?;
         }
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tally_gateway::{AdminAction, BackendError};
-use tally_ledger::meta::{ClusterLayout, MetaCommand, MetaResult, NodeInfo};
+use tally_ledger::meta::{replaced_folder_message, ClusterLayout, MetaCommand, MetaResult, NodeInfo};
 use tally_node::api::{NodeApiError, NodeIdentityView, NodeRequest, NodeResponse, NodeStatusView};
 use tally_node::{GroupStatusView, RaftSwitches};
 use tally_raft::group::group_name;
@@ -186,8 +186,19 @@ pub async fn init_cluster(
         .iter()
         .map(|identity| NodeInfo { node_id: identity.node_id, address: identity.address.clone() })
         .collect();
-    let layout = ClusterLayout::initial(nodes, shard_count, replication_factor)
+    let mut layout = ClusterLayout::initial(nodes, shard_count, replication_factor)
         .map_err(|error| refused(error.to_string()))?;
+    layout.incarnations = identities
+        .iter()
+        .filter(|identity| identity.incarnation != 0)
+        .map(|identity| (identity.node_id, identity.incarnation))
+        .collect();
+    // A re-run must not bootstrap anything on a folder that replaced a member's (the meta
+    // group would refuse the layout, but only after the groups were initialized).
+    cluster.refresh().await;
+    if let Some(existing) = cluster.layout() {
+        check_incarnations(&existing, &identities)?;
+    }
     steps.push(format!(
         "{} nodes answered: {:?}",
         layout.nodes.len(),
@@ -279,6 +290,7 @@ async fn add_node(cluster: &ClusterClient, address: &str) -> Result<Steps, Backe
             identity.node_id, identity.shard_count, layout.shard_count
         )));
     }
+    check_incarnations(&layout, std::slice::from_ref(&identity))?;
     if let Some(existing) = layout.nodes.get(&identity.node_id) {
         return Err(refused(format!(
             "node {} is already part of the cluster (at {}); nothing to add",
@@ -291,6 +303,18 @@ async fn add_node(cluster: &ClusterClient, address: &str) -> Result<Steps, Backe
     )
     .await?;
     let mut steps = vec![format!("node {} at {} added to the layout", identity.node_id, identity.address)];
+    // Recorded before the node joins any group, so that every member expects this folder.
+    if identity.incarnation != 0 {
+        propose_meta(
+            cluster,
+            MetaCommand::RecordIncarnation { node_id: identity.node_id, incarnation: identity.incarnation },
+        )
+        .await?;
+        steps.push(format!(
+            "node {}'s data folder incarnation {:016x} recorded",
+            identity.node_id, identity.incarnation
+        ));
+    }
     // Every node of the layout follows the meta group (as a learner unless it votes), so that
     // it knows the layout and the partners from its own replica.
     let request = NodeRequest::AddLearner {
@@ -305,6 +329,23 @@ async fn add_node(cluster: &ClusterClient, address: &str) -> Result<Steps, Backe
         identity.node_id
     ));
     Ok(steps)
+}
+
+/// Refuses nodes whose data folder is not the one the layout recorded for their id.
+fn check_incarnations(layout: &ClusterLayout, identities: &[NodeIdentityView]) -> Result<(), BackendError> {
+    for identity in identities {
+        match layout.incarnation(identity.node_id) {
+            Some(recorded) if recorded != identity.incarnation => {
+                return Err(refused(replaced_folder_message(
+                    identity.node_id,
+                    identity.incarnation,
+                    recorded,
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The node (not in `excluded`) holding the fewest replicas.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use tally_ledger::meta::ClusterLayout;
+use tally_ledger::meta::{replaced_folder_message, ClusterLayout};
 use tally_ledger::{CurrencyCode, CurrencyTotals};
 use tally_node::api::NodeStatusView;
 use tally_node::GroupStatusView;
@@ -107,14 +107,23 @@ pub fn status_reply(
     let nodes = reports
         .iter()
         .map(|report| match &report.status {
-            Ok(status) => NodeStatus {
-                node_id: report.node_id,
-                address: report.address.clone(),
-                reachable: true,
-                healthy: status.healthy,
-                error: String::new(),
-                hosted_groups: status.groups.iter().map(|view| view.group_id).collect(),
-            },
+            Ok(status) => {
+                // A folder that is not the one the layout recorded: peers refuse it, so it is
+                // not healthy whatever its replicas say.
+                let replaced = layout
+                    .and_then(|layout| layout.incarnation(report.node_id))
+                    .filter(|recorded| status.incarnation != 0 && *recorded != status.incarnation)
+                    .map(|recorded| replaced_folder_message(report.node_id, status.incarnation, recorded));
+                let error = replaced.clone().unwrap_or_else(|| status.incarnation_conflicts.join("; "));
+                NodeStatus {
+                    node_id: report.node_id,
+                    address: report.address.clone(),
+                    reachable: true,
+                    healthy: status.healthy && replaced.is_none(),
+                    error,
+                    hosted_groups: status.groups.iter().map(|view| view.group_id).collect(),
+                }
+            }
             Err(error) => NodeStatus {
                 node_id: report.node_id,
                 address: report.address.clone(),

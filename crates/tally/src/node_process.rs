@@ -3,16 +3,18 @@
 //! on restart, resolves cross-shard transfers on the shards it leads, and drops replicas it
 //! was moved off while it was down.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use tally_node::api::NodeApiService;
+use tally_node::api::{NodeApiService, NodeRequest, NodeResponse};
 use tally_node::{Node, NodeConfig, RaftSwitches};
+use tally_raft::group::group_name;
 use tally_raft::transport::RaftTransportService;
-use tally_raft::META_GROUP_ID;
+use tally_raft::{GroupId, META_GROUP_ID};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,6 +49,7 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
     }
     let advertised = config.advertised();
     let node = Node::start(config).await?;
+    check_acknowledged_logs(&node, Duration::from_millis(node_call_timeout_ms)).await?;
 
     // The node reaches other shards (transfer resolver) like a gateway does.
     let cluster = ClusterClient::new(vec![advertised], Duration::from_millis(node_call_timeout_ms));
@@ -70,13 +73,59 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
         .add_service(health_service)
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
-        .add_service(RaftTransportService::server(node.config().node_id, node.registry()))
+        .add_service(RaftTransportService::guarded(node.config().node_id, node.registry(), node.peers()))
         .add_service(NodeApiService::server(node.clone()));
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
         let _ = shutdown_signal.await;
     }));
     Ok(NodeProcess { addr, node, shutdown: Some(shutdown), server: Some(server), tasks })
+}
+
+/// Refuses to serve when a hosted group's log ends before the index its leader recorded as
+/// stored on this node: sled came back without writes it had made durable (its files were cut
+/// or overwritten while the node was stopped). Such a node must not rejoin: the entries it
+/// acknowledged may have counted toward a commit, and openraft's leader stops the group
+/// ("follower log reversion") when a follower's log goes back. Checked before the Raft
+/// transport serves, by asking every peer in the layout for its view; a peer that does not
+/// answer cannot tell, and is skipped (its leader, if any, will have no record either once it
+/// restarts).
+async fn check_acknowledged_logs(node: &Node, call_timeout: Duration) -> anyhow::Result<()> {
+    let node_id = node.config().node_id;
+    let Some(layout) = node.meta_state().layout.clone() else { return Ok(()) };
+    let own_last_index: BTreeMap<GroupId, u64> =
+        node.status(false).await.iter().map(|view| (view.group_id, view.last_log_index)).collect();
+    let peers = ClusterClient::new(Vec::new(), call_timeout);
+    let mut calls = tokio::task::JoinSet::new();
+    for peer in layout.nodes.values().filter(|peer| peer.node_id != node_id) {
+        let (peers, address) = (peers.clone(), peer.address.clone());
+        calls.spawn(
+            async move { peers.call_address(&address, &NodeRequest::Status { with_state: false }).await },
+        );
+    }
+    for answer in calls.join_all().await {
+        let Ok(NodeResponse::Status(status)) = answer else { continue };
+        for view in status.groups.iter().filter(|view| view.role == "leader") {
+            let (Some(matched), Some(last)) =
+                (view.matched_index.get(&node_id), own_last_index.get(&view.group_id))
+            else {
+                continue;
+            };
+            if matched > last {
+                anyhow::bail!(
+                    "the data at {} is damaged: it lost Raft log entries it had acknowledged: the leader of {} \
+                     (node {}) recorded entries up to index {matched} as stored here, but the log ends at {last}; \
+                     the files were cut or overwritten while the node was stopped. Replace the node: a new id and \
+                     an empty folder, `tally cluster add-node`, then `tally cluster remove-node --id {node_id}` \
+                     (docs/operations.md 7.2)",
+                    node.config().data_dir.display(),
+                    group_name(view.group_id),
+                    status.node_id,
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 const HEALTH_SERVICES: &[&str] = &["tally.internal.NodeApi", "tally.internal.RaftTransport"];

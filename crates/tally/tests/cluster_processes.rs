@@ -6,13 +6,16 @@
 //! write is present exactly once (balances equal the writer's model), points are conserved,
 //! and every replica of every group has the same state digest.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod process_cluster;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use process_cluster::{
+    assert_conserved, authorized, connect, free_addr, member, pause_writers, status, tally,
+    wait_replicas_identical, write_until_answered, writer, Cluster, Model, Operation, Process, MEMBERS,
+};
 use tally_gateway::transfer::{transfer_id, CrossShardTransfer};
 use tally_ledger::routing::shard_of_member;
 use tally_ledger::{CurrencyCode, IdempotencyKey, MemberId, PartnerId};
@@ -20,333 +23,21 @@ use tally_node::api::{NodeRequest, NodeResponse};
 use tally_proto::v1::admin_client::AdminClient;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
-    AddNodeRequest, ClusterStatusReply, ClusterStatusRequest, CreatePartnerRequest, EarnRequest,
-    GetBalanceRequest, MoveLeaderRequest, MoveReplicaRequest, RemoveNodeRequest, TransferRequest,
-    TriggerSnapshotRequest,
+    AddNodeRequest, ClusterStatusReply, CreatePartnerRequest, EarnRequest, GetBalanceRequest,
+    MoveLeaderRequest, MoveReplicaRequest, RemoveNodeRequest, TriggerSnapshotRequest,
 };
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 
 const SHARDS: u32 = 8;
-const MEMBERS: u64 = 24;
 const WRITERS: usize = 4;
 /// Writes must resume this soon after the leader of the most shards is killed: an election
 /// (timeout 1-2 s), then the gateway's retries (documented in docs/operations.md).
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-fn tally() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-}
-
-/// One `tally` process, killed when dropped; its output goes to a log file.
-struct Process {
-    name: String,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Process {
-    fn spawn(name: &str, dir: &Path, args: &[&str]) -> Process {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = tally()
-            .args(args)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Process { name: name.to_string(), log, child }
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Cluster {
-    dir: PathBuf,
-    node_addrs: BTreeMap<u64, String>,
-    nodes: BTreeMap<u64, Process>,
-    gateways: Vec<Process>,
-}
-
-impl Cluster {
-    fn start_node(&mut self, node_id: u64) {
-        let addr = self.node_addrs.entry(node_id).or_insert_with(free_addr).clone();
-        let data_dir = self.dir.join(format!("node{node_id}"));
-        let process = Process::spawn(
-            &format!("node{node_id}"),
-            &self.dir,
-            &[
-                "node",
-                "--node-id",
-                &node_id.to_string(),
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--listen",
-                &addr,
-                "--advertise",
-                &addr,
-                "--no-metrics",
-                "--shards",
-                &SHARDS.to_string(),
-            ],
-        );
-        self.nodes.insert(node_id, process);
-    }
-
-    fn logs(&self) -> String {
-        self.nodes
-            .values()
-            .chain(&self.gateways)
-            .map(|process| format!("--- {}:\n{}\n", process.name, process.log_tail()))
-            .collect()
-    }
-}
-
-async fn connect(addr: &str) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
-            Ok(channel) => return channel,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(error) => panic!("nothing listens on {addr}: {error}"),
-        }
-    }
-}
-
-fn authorized<T>(message: T, api_key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", MetadataValue::try_from(format!("Bearer {api_key}")).unwrap());
-    // Longer than the gateway's own deadline (5 s), so that the gateway's answer arrives.
-    request.set_timeout(Duration::from_secs(8));
-    request
-}
-
-fn member(index: u64) -> String {
-    format!("member-{index}")
-}
-
-/// What the writers know: expected balance per member (from acknowledged writes only), and
-/// counts for the report.
-#[derive(Default)]
-struct Model {
-    balances: BTreeMap<String, u64>,
-    acknowledged: u64,
-    refused: u64,
-    retries: u64,
-    replays_checked: u64,
-}
-
-/// Sends one write until it has a definitive answer, always with the same key (a lost or
-/// unavailable answer is retried; the cluster applies the key once). `Ok(true)`: applied;
-/// `Ok(false)`: refused by the ledger (changes nothing).
-async fn write_until_answered(
-    ledger: &mut LedgerClient<Channel>,
-    api_key: &str,
-    operation: &Operation,
-    model: &Mutex<Model>,
-) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let result = match operation {
-            Operation::Earn { key, member, points } => ledger
-                .earn(authorized(
-                    EarnRequest {
-                        idempotency_key: key.clone(),
-                        member_id: member.clone(),
-                        amount_points: *points,
-                    },
-                    api_key,
-                ))
-                .await
-                .map(|reply| reply.into_inner()),
-            Operation::Transfer { key, from, to, points } => ledger
-                .transfer(authorized(
-                    TransferRequest {
-                        idempotency_key: key.clone(),
-                        from_member_id: from.clone(),
-                        to_member_id: to.clone(),
-                        amount_points: *points,
-                    },
-                    api_key,
-                ))
-                .await
-                .map(|reply| reply.into_inner()),
-        };
-        match result {
-            Ok(_) => return true,
-            Err(status) if status.code() == Code::FailedPrecondition => return false,
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-                ) && Instant::now() < deadline =>
-            {
-                model.lock().unwrap().retries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("{operation:?} failed for good: {status:?}"),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Operation {
-    Earn { key: String, member: String, points: u64 },
-    Transfer { key: String, from: String, to: String, points: u64 },
-}
-
-async fn writer(
-    writer_index: usize,
-    channel: Channel,
-    api_key: String,
-    model: Arc<Mutex<Model>>,
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    in_flight: Arc<AtomicU64>,
-) {
-    let mut ledger = LedgerClient::new(channel);
-    let mut sequence = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        if paused.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        in_flight.fetch_add(1, Ordering::SeqCst);
-        sequence += 1;
-        // A fixed mix: a third earns, two thirds transfers (most across shards).
-        let pick = sequence.wrapping_mul(2_654_435_761).wrapping_add(writer_index as u64 * 97);
-        let key = format!("w{writer_index}-{sequence}");
-        let operation = if sequence.is_multiple_of(3) {
-            Operation::Earn { key, member: member(pick % MEMBERS), points: 50 + pick % 50 }
-        } else {
-            let from = pick % MEMBERS;
-            let to = (from + 1 + (pick / MEMBERS) % (MEMBERS - 1)) % MEMBERS;
-            Operation::Transfer { key, from: member(from), to: member(to), points: 1 + pick % 20 }
-        };
-        let applied = write_until_answered(&mut ledger, &api_key, &operation, &model).await;
-        {
-            let mut model = model.lock().unwrap();
-            if applied {
-                model.acknowledged += 1;
-                match &operation {
-                    Operation::Earn { member, points, .. } => {
-                        *model.balances.entry(member.clone()).or_default() += points
-                    }
-                    Operation::Transfer { from, to, points, .. } => {
-                        let sender = model.balances.entry(from.clone()).or_default();
-                        *sender = sender.checked_sub(*points).expect("the ledger refused overdrafts");
-                        *model.balances.entry(to.clone()).or_default() += points;
-                    }
-                }
-            } else {
-                model.refused += 1;
-            }
-        }
-        // Every fifth acknowledged write is sent again: it must replay, not apply twice.
-        if applied && sequence.is_multiple_of(5) {
-            assert!(
-                write_until_answered(&mut ledger, &api_key, &operation, &model).await,
-                "a replay is an answer"
-            );
-            model.lock().unwrap().replays_checked += 1;
-        }
-        in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn status(admin: &mut AdminClient<Channel>) -> ClusterStatusReply {
-    let mut request = Request::new(ClusterStatusRequest {});
-    request.set_timeout(Duration::from_secs(10));
-    admin.cluster_status(request).await.unwrap().into_inner()
-}
-
-/// Waits until every replica of every group has applied its leader's last entry and all
-/// replicas of a group have the same digest (call with writes paused).
-async fn wait_replicas_identical(admin: &mut AdminClient<Channel>, expected_nodes: usize, cluster: &Cluster) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let reply = status(admin).await;
-        let mut by_group: BTreeMap<u32, Vec<(u64, u64, String, String)>> = BTreeMap::new();
-        for group in &reply.groups {
-            if group.voters.is_empty() && group.learners.is_empty() {
-                continue;
-            }
-            by_group.entry(group.group_id).or_default().push((
-                group.node_id,
-                group.applied_index,
-                group.state_digest.clone(),
-                group.role.clone(),
-            ));
-        }
-        let reachable = reply.nodes.iter().filter(|node| node.reachable).count();
-        let converged = reachable == expected_nodes
-            && by_group.len() == SHARDS as usize + 1
-            && by_group.values().all(|replicas| {
-                replicas.iter().any(|replica| replica.3 == "leader")
-                    && replicas.iter().all(|replica| replica.1 == replicas[0].1 && replica.2 == replicas[0].2)
-            })
-            && reply.groups.iter().all(|group| group.lag_entries == 0);
-        if converged {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("replicas did not converge: {by_group:#?}\n{}", cluster.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn pause_writers(paused: &AtomicBool, in_flight: &AtomicU64) {
-    paused.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while in_flight.load(Ordering::SeqCst) > 0 {
-        assert!(Instant::now() < deadline, "writers did not finish their writes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn assert_conserved(reply: &ClusterStatusReply) {
-    assert!(!reply.currency_totals.is_empty());
-    for total in &reply.currency_totals {
-        assert_eq!(total.debits_points, total.credits_points, "{} is not conserved", total.currency);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     let temp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster {
-        dir: temp.path().to_path_buf(),
-        node_addrs: BTreeMap::new(),
-        nodes: BTreeMap::new(),
-        gateways: Vec::new(),
-    };
+    let mut cluster = Cluster::new(temp.path(), SHARDS);
     for node_id in 1..=3 {
         cluster.start_node(node_id);
     }
