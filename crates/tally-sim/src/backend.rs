@@ -71,6 +71,19 @@ impl SimCluster {
     }
 }
 
+impl SimCluster {
+    async fn submit_once(&self, shard: u32, commands: Vec<Command>) -> Result<Vec<CommandOutcome>, BackendError> {
+        let group = self.leader_group(shard)?;
+        self.client_request_dropped()?;
+        let proposer = group.proposer.as_ref().expect("shard groups have a proposer");
+        let outcomes = proposer.propose(commands).await.map_err(backend_error)?;
+        if self.client_reply_lost() {
+            return Err(BackendError::Unavailable("reply lost on the client link".into()));
+        }
+        Ok(outcomes)
+    }
+}
+
 fn with_ledger<T>(group: &Group, read: impl FnOnce(&tally_ledger::Ledger, u64) -> T) -> T {
     let state = group.shared.read();
     let GroupData::Shard(ledger) = &state.data else { unreachable!("shard groups hold a ledger") };
@@ -83,14 +96,12 @@ impl Backend for SimCluster {
     }
 
     async fn submit(&self, shard: u32, commands: Vec<Command>) -> Result<Vec<CommandOutcome>, BackendError> {
-        let group = self.leader_group(shard)?;
-        self.client_request_dropped()?;
-        let proposer = group.proposer.as_ref().expect("shard groups have a proposer");
-        let outcomes = proposer.propose(commands).await.map_err(backend_error)?;
-        if self.client_reply_lost() {
-            return Err(BackendError::Unavailable("reply lost on the client link".into()));
+        let answer = self.submit_once(shard, commands).await;
+        if answer.is_err() {
+            // The gateway (or, after its deadline, the client) sends the same keys again.
+            self.net.counters.add(&self.net.counters.retries);
         }
-        Ok(outcomes)
+        answer
     }
 
     async fn balance(

@@ -26,9 +26,9 @@ pub fn sim_tuning() -> RaftTuning {
         install_snapshot_timeout_ms: 1_000,
         max_payload_entries: 32,
         // Small, so that restarted nodes catch up through snapshots too.
-        snapshot_logs_since_last: 40,
+        snapshot_logs_since_last: 8,
         snapshot_log_bytes: 1 << 40,
-        logs_kept_after_snapshot: 10,
+        logs_kept_after_snapshot: 2,
     }
 }
 

@@ -15,7 +15,8 @@ pub struct FaultCounters {
     pub restarts: AtomicU64,
     /// Client requests answered (first answers of a key, including business refusals).
     pub acknowledged: AtomicU64,
-    /// Client attempts after a failed or unanswered one, same key.
+    /// Write attempts that failed or went unanswered; each is retried with the same key (by
+    /// the gateway's retry loop inside the deadline, or by the client after it).
     pub retries: AtomicU64,
     /// Acknowledged requests sent again on purpose.
     pub resends: AtomicU64,
@@ -94,7 +95,7 @@ impl Totals {
             ("crashes", self.crashes),
             ("restarts", self.restarts),
             ("operations acknowledged", self.acknowledged),
-            ("retries (same key)", self.retries),
+            ("failed attempts retried with the same key", self.retries),
             ("acknowledged re-sent", self.resends),
             ("linearizable reads", self.reads),
             ("transfers finished by the resolver", self.resolved_transfers),

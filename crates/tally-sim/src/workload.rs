@@ -241,7 +241,7 @@ pub async fn run_client(
                 let mut sends = if resend { 2 } else { 1 };
                 while sends > 0 {
                     if !single_until_answered(
-                        &cluster, &recorder, &counters, &mut rng, shard, &command, times,
+                        &cluster, &recorder, &mut rng, shard, &command, times,
                     )
                     .await
                     {
@@ -260,7 +260,7 @@ pub async fn run_client(
                 recorder.sent(slot.clone(), Sent::CrossShard(transfer.clone()));
                 let mut sends = if resend { 2 } else { 1 };
                 while sends > 0 {
-                    if !cross_until_answered(&cluster, &recorder, &counters, &mut rng, &transfer, times).await
+                    if !cross_until_answered(&cluster, &recorder, &mut rng, &transfer, times).await
                     {
                         return;
                     }
@@ -292,8 +292,8 @@ pub async fn run_client(
     }
 }
 
-async fn pause_before_retry(rng: &mut StdRng, counters: &FaultCounters) {
-    counters.add(&counters.retries);
+/// The failed attempt itself was counted by the backend as a retry.
+async fn pause_before_retry(rng: &mut StdRng) {
     tokio::time::sleep(Duration::from_millis(rng.gen_range(10..=150))).await;
 }
 
@@ -301,7 +301,6 @@ async fn pause_before_retry(rng: &mut StdRng, counters: &FaultCounters) {
 async fn single_until_answered(
     cluster: &Arc<SimCluster>,
     recorder: &Recorder,
-    counters: &FaultCounters,
     rng: &mut StdRng,
     shard: u32,
     command: &Command,
@@ -324,7 +323,7 @@ async fn single_until_answered(
                 recorder.answer(slot, outcomes.remove(0));
                 return true;
             }
-            Err(_) => pause_before_retry(rng, counters).await,
+            Err(_) => pause_before_retry(rng).await,
         }
     }
 }
@@ -334,7 +333,6 @@ async fn single_until_answered(
 async fn cross_until_answered(
     cluster: &Arc<SimCluster>,
     recorder: &Recorder,
-    counters: &FaultCounters,
     rng: &mut StdRng,
     transfer: &CrossShardTransfer,
     times: ClientTimes,
@@ -351,7 +349,7 @@ async fn cross_until_answered(
         let outcome = match first {
             Ok(mut outcomes) => outcomes.remove(0),
             Err(_) => {
-                pause_before_retry(rng, counters).await;
+                pause_before_retry(rng).await;
                 continue;
             }
         };
@@ -364,7 +362,7 @@ async fn cross_until_answered(
             Ok(_) => return true,
             // Step 2 refused for good: the caller has its answer; the resolver refunds.
             Err(ApiError::Ledger(_)) => return true,
-            Err(_) => pause_before_retry(rng, counters).await,
+            Err(_) => pause_before_retry(rng).await,
         }
     }
 }
