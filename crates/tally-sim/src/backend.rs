@@ -72,7 +72,11 @@ impl SimCluster {
 }
 
 impl SimCluster {
-    async fn submit_once(&self, shard: u32, commands: Vec<Command>) -> Result<Vec<CommandOutcome>, BackendError> {
+    async fn submit_once(
+        &self,
+        shard: u32,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandOutcome>, BackendError> {
         let group = self.leader_group(shard)?;
         self.client_request_dropped()?;
         let proposer = group.proposer.as_ref().expect("shard groups have a proposer");

@@ -240,11 +240,7 @@ pub async fn run_client(
                 recorder.sent(slot.clone(), Sent::Single { shard, command: command.clone() });
                 let mut sends = if resend { 2 } else { 1 };
                 while sends > 0 {
-                    if !single_until_answered(
-                        &cluster, &recorder, &mut rng, shard, &command, times,
-                    )
-                    .await
-                    {
+                    if !single_until_answered(&cluster, &recorder, &mut rng, shard, &command, times).await {
                         return;
                     }
                     if recorder.ack(slot.clone()) {
@@ -260,8 +256,7 @@ pub async fn run_client(
                 recorder.sent(slot.clone(), Sent::CrossShard(transfer.clone()));
                 let mut sends = if resend { 2 } else { 1 };
                 while sends > 0 {
-                    if !cross_until_answered(&cluster, &recorder, &mut rng, &transfer, times).await
-                    {
+                    if !cross_until_answered(&cluster, &recorder, &mut rng, &transfer, times).await {
                         return;
                     }
                     if recorder.ack(slot.clone()) {
