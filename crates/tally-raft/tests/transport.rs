@@ -95,14 +95,15 @@ async fn connections_reach_the_right_group_and_map_failures_for_openraft() {
 
     // Undecodable payloads are rejected by the server with InvalidArgument.
     let mut client = RaftTransportClient::connect(format!("http://{addr}")).await.unwrap();
-    let garbage = RaftRequest { group_id: SHARD, target_node_id: 1, payload: vec![9, 1, 2, 3] };
+    let garbage =
+        RaftRequest { group_id: SHARD, target_node_id: 1, payload: vec![9, 1, 2, 3], ..Default::default() };
     let status = client.vote(garbage).await.expect_err("unknown wire version");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("version 9"), "{}", status.message());
     let mut truncated = encode_wire(&request);
     truncated.truncate(3);
     let status = client
-        .vote(RaftRequest { group_id: SHARD, target_node_id: 1, payload: truncated })
+        .vote(RaftRequest { group_id: SHARD, target_node_id: 1, payload: truncated, ..Default::default() })
         .await
         .expect_err("truncated payload");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
