@@ -62,10 +62,13 @@ impl Pools {
         let mut keys: Vec<IdempotencyKey> =
             (0..10).map(|index| IdempotencyKey::parse(format!("k{index}")).expect("valid")).collect();
         keys.push(unchecked(""));
-        let transfers =
-            (0..3).map(|index| TransferId::parse(format!("t{index}")).expect("valid")).collect();
+        let transfers = (0..3).map(|index| TransferId::parse(format!("t{index}")).expect("valid")).collect();
         Pools {
-            partners: vec![partner("sky", "SKYMILES"), partner("hotel", "HOTELPTS"), partner("cafe", "BEANS")],
+            partners: vec![
+                partner("sky", "SKYMILES"),
+                partner("hotel", "HOTELPTS"),
+                partner("cafe", "BEANS"),
+            ],
             members,
             keys,
             transfers,
@@ -116,7 +119,7 @@ fn terms(input: &mut Unstructured) -> Result<AgreementTerms> {
     })
 }
 
-fn operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode, now_ms: u64) -> Result<Operation> {
+fn operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode) -> Result<Operation> {
     Ok(match input.int_in_range(0..=12u8)? {
         0 => Operation::Enrol { member_id: pools.member(input)?, currency: pools.currency(input, own)? },
         1 => Operation::Earn {
@@ -131,7 +134,7 @@ fn operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode, now_ms
         },
         3 => Operation::ReverseEarn { earn_key: pools.key(input)?, amount_points: amount(input)? },
         4 => {
-            // Around the valid window (now, now + 90 days], edges included.
+            // Around the valid durations [1 ms, 90 days], edges included.
             let offset_ms: u64 = match input.int_in_range(0..=4u8)? {
                 0 => 0,
                 1 => HOLD_DURATION_MS_MAX,
@@ -142,7 +145,7 @@ fn operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode, now_ms
                 member_id: pools.member(input)?,
                 currency: pools.currency(input, own)?,
                 amount_points: amount(input)?,
-                expires_at_ms: now_ms.saturating_add(offset_ms),
+                expires_in_ms: offset_ms,
             }
         }
         5 => Operation::CaptureHold { hold_key: pools.key(input)?, amount_points: amount(input)? },
@@ -212,7 +215,7 @@ fn batch(input: &mut Unstructured, pools: &Pools, now_ms: &mut u64) -> Result<Sh
     for _ in 0..count {
         let (partner_id, currency) = input.choose(&pools.partners)?.clone();
         let idempotency_key = pools.key(input)?;
-        let operation = operation(input, pools, &currency, *now_ms)?;
+        let operation = operation(input, pools, &currency)?;
         commands.push(Command { partner_id, idempotency_key, operation });
     }
     let header = BatchHeader { log_time_ms: header_ms, idempotency_retention_ms: RETENTION_MS };

@@ -43,9 +43,8 @@ fn raft_wire(data: &[u8]) {
         let _ = decode_wire::<InstallSnapshotRequest<TallyRaft>>(&bytes);
         let _ = decode_wire::<Result<AppendEntriesResponse<NodeId>, RaftError>>(&bytes);
         let _ = decode_wire::<Result<VoteResponse<NodeId>, RaftError>>(&bytes);
-        let _ = decode_wire::<Result<InstallSnapshotResponse<NodeId>, RaftError<InstallSnapshotError>>>(
-            &bytes,
-        );
+        let _ =
+            decode_wire::<Result<InstallSnapshotResponse<NodeId>, RaftError<InstallSnapshotError>>>(&bytes);
         let _ = decode_wire::<Entry>(&bytes);
         if let Some(request) = round_trip_wire::<GroupRequest>(&bytes) {
             if let GroupRequest::Shard(batch) = request {
