@@ -46,10 +46,8 @@ fn raft_wire(data: &[u8]) {
         let _ =
             decode_wire::<Result<InstallSnapshotResponse<NodeId>, RaftError<InstallSnapshotError>>>(&bytes);
         let _ = decode_wire::<Entry>(&bytes);
-        if let Some(request) = round_trip_wire::<GroupRequest>(&bytes) {
-            if let GroupRequest::Shard(batch) = request {
-                apply_decoded(&batch);
-            }
+        if let Some(GroupRequest::Shard(batch)) = round_trip_wire::<GroupRequest>(&bytes) {
+            apply_decoded(&batch);
         }
     }
 }
