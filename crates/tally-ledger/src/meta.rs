@@ -532,3 +532,48 @@ fn check_bounds(terms: &AgreementTerms, amount_points: u64) -> Result<(), String
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_nodes() -> MetaState {
+        let nodes = (1..=3)
+            .map(|node_id| NodeInfo { node_id, address: format!("127.0.0.1:{}", 7100 + node_id) })
+            .collect();
+        let mut layout = ClusterLayout::initial(nodes, 2, 3).unwrap();
+        layout.incarnations = BTreeMap::from([(1, 11), (2, 22), (3, 33)]);
+        let mut meta = MetaState::default();
+        meta.apply(1, &MetaCommand::InitCluster { layout }).unwrap();
+        meta
+    }
+
+    #[test]
+    fn a_recorded_incarnation_is_never_replaced() {
+        let mut meta = three_nodes();
+        let again = MetaCommand::RecordIncarnation { node_id: 3, incarnation: 33 };
+        assert!(meta.apply(2, &again).is_ok(), "recording the same value again is a no-op");
+        let replaced = meta.apply(3, &MetaCommand::RecordIncarnation { node_id: 3, incarnation: 34 });
+        let message = replaced.unwrap_err().to_string();
+        assert!(message.contains("node 3's data folder was replaced"), "{message}");
+        assert!(message.contains("tally cluster remove-node --id 3"), "{message}");
+        assert_eq!(meta.layout.as_ref().unwrap().incarnation(3), Some(33));
+        let unknown = meta.apply(4, &MetaCommand::RecordIncarnation { node_id: 9, incarnation: 1 });
+        assert!(unknown.unwrap_err().to_string().contains("not part of the cluster"));
+        let zero = meta.apply(5, &MetaCommand::RecordIncarnation { node_id: 1, incarnation: 0 });
+        assert!(zero.is_err(), "0 means unknown");
+    }
+
+    #[test]
+    fn init_again_with_a_replaced_folder_is_refused_and_removal_forgets_the_incarnation() {
+        let mut meta = three_nodes();
+        let mut layout = meta.layout.clone().unwrap();
+        layout.incarnations.insert(2, 23);
+        let refused = meta.apply(2, &MetaCommand::InitCluster { layout }).unwrap_err().to_string();
+        assert!(refused.contains("node 2's data folder was replaced"), "{refused}");
+        let layout = meta.layout.as_mut().unwrap();
+        layout.shards.iter_mut().for_each(|placement| placement.replicas.retain(|node_id| *node_id != 2));
+        meta.apply(3, &MetaCommand::RemoveNode { node_id: 2 }).unwrap();
+        assert_eq!(meta.layout.as_ref().unwrap().incarnation(2), None);
+    }
+}
