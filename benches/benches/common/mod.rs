@@ -61,7 +61,7 @@ pub fn authorize(index: usize, amount_points: u64) -> Operation {
         member_id: member(index % MEMBERS),
         currency: currency(SKY),
         amount_points,
-        expires_at_ms: START_MS + HOUR_MS,
+        expires_in_ms: HOUR_MS,
     }
 }
 pub fn capture(hold_key: &str) -> Operation {

@@ -5,7 +5,6 @@
 //! commands are grouped per shard and each shard gets one `submit` call, shards concurrently.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tally_ledger::meta::MetaState;
 use tally_ledger::routing::shard_of_member;
@@ -20,7 +19,7 @@ use tally_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Caller};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::metrics::{observe, record_operation};
 use crate::status::{self, ApiError};
 use crate::submit::{submit_grouped, with_retry, Deadline, Purpose};
@@ -31,11 +30,6 @@ use crate::{convert, Shared};
 /// The partner API. Build it with [`Gateway::ledger_service`](crate::Gateway::ledger_service).
 pub struct LedgerService<B> {
     shared: Arc<Shared<B>>,
-}
-
-/// Milliseconds since the Unix epoch on the gateway's clock.
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
 /// What one admitted write turns into once routed.
@@ -53,15 +47,10 @@ enum Planned {
     },
 }
 
-/// Whether two operations are the same partner request, ignoring what the gateway derives at
-/// admission: a hold's expiry (wall clock + `expires_in_ms`) and an exchange's copied terms.
-/// A client's retry of such a request is a replay even though the derived field differs.
+/// Whether two exchanges are the same partner request, ignoring the terms the gateway copies
+/// at admission: a client's retry is a replay even though the agreement changed in between.
 fn same_partner_request(stored: &Operation, sent: &Operation) -> bool {
     match (stored, sent) {
-        (
-            Operation::AuthorizeHold { member_id: a, currency: b, amount_points: c, .. },
-            Operation::AuthorizeHold { member_id: x, currency: y, amount_points: z, .. },
-        ) => (a, b, c) == (x, y, z),
         (
             Operation::Exchange { member_id: a, from_currency: b, to_currency: c, amount_points: d, .. },
             Operation::Exchange { member_id: w, from_currency: x, to_currency: y, amount_points: z, .. },
@@ -153,10 +142,10 @@ impl<B: Backend> LedgerService<B> {
                 Planned::Single { name, shard, submission } => {
                     let command = &commands[submission];
                     Some(match taken(&mut outcomes, submission) {
-                        Ok(outcome) => {
-                            let outcome = self.reconcile(deadline, shard, command, outcome).await;
-                            convert::outcome_reply(name, &outcome)
-                        }
+                        Ok(outcome) => match self.reconcile(deadline, shard, command, outcome).await {
+                            Ok(outcome) => convert::outcome_reply(name, &outcome),
+                            Err(error) => Err(error),
+                        },
                         Err(error) => Err(error),
                     })
                 }
@@ -242,20 +231,22 @@ impl<B: Backend> LedgerService<B> {
         Planned::Single { name, shard, submission: submissions.len() - 1 }
     }
 
-    /// A retried hold or exchange differs from its first attempt in a field the gateway
-    /// derived; if the shard rejects it as a different request, answer with the stored
-    /// outcome of the first attempt when the partner's request is the same.
+    /// A retried exchange differs from its first attempt when the agreement's terms changed in
+    /// between (the gateway copies them at admission); if the shard rejects it as a different
+    /// request, answer with the stored outcome of the first attempt when the partner's request
+    /// is the same. When that cannot be decided now (the lookup failed or the deadline is
+    /// spent) the answer is UNAVAILABLE, "retry with the same key": answering the rejection
+    /// would tell the client a request that was applied had been refused.
     async fn reconcile(
         &self,
         deadline: Deadline,
         shard: u32,
         command: &Command,
         outcome: CommandOutcome,
-    ) -> CommandOutcome {
-        let reusable =
-            matches!(command.operation, Operation::AuthorizeHold { .. } | Operation::Exchange { .. });
+    ) -> Result<CommandOutcome, ApiError> {
+        let reusable = matches!(command.operation, Operation::Exchange { .. });
         if !reusable || !matches!(outcome.result, Err(LedgerError::KeyReusedWithDifferentRequest { .. })) {
-            return outcome;
+            return Ok(outcome);
         }
         let lookup = with_retry(deadline, Purpose::Read, "operation lookup", || {
             self.backend().operation(shard, command.partner_id.clone(), command.idempotency_key.clone())
@@ -264,9 +255,13 @@ impl<B: Backend> LedgerService<B> {
         match lookup {
             Ok(Some((stored, mut first))) if same_partner_request(&stored, &command.operation) => {
                 first.replay = true;
-                first
+                Ok(first)
             }
-            _ => outcome,
+            Ok(_) => Ok(outcome),
+            Err(error) => Err(ApiError::Backend(BackendError::Unavailable(format!(
+                "the key was used before and whether by this same request could not be checked \
+                 ({error})"
+            )))),
         }
     }
 
@@ -307,7 +302,7 @@ impl<B: Backend> Ledger for LedgerService<B> {
         request: Request<AuthorizeHoldRequest>,
     ) -> Result<Response<OperationReply>, Status> {
         self.write_one("authorize_hold", request, |caller, _, request| {
-            validate::authorize_hold(caller, request, now_ms())
+            validate::authorize_hold(caller, request)
         })
         .await
     }
@@ -345,13 +340,12 @@ impl<B: Backend> Ledger for LedgerService<B> {
             }
             let operations = batch.operations.len() as u64;
             self.shared.rate_limiter.admit(&caller.partner_id, operations, std::time::Instant::now())?;
-            let now = now_ms();
             let writes = batch
                 .operations
                 .iter()
                 .map(|operation| {
                     let name = validate::batch_operation_name(operation);
-                    (name, validate::batch_operation(&caller, &meta, now, operation))
+                    (name, validate::batch_operation(&caller, &meta, operation))
                 })
                 .collect();
             let results = self.execute(&caller, deadline, writes).await;

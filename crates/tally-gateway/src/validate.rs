@@ -130,15 +130,10 @@ pub fn reverse_earn(_caller: &Caller, request: &ReverseEarnRequest) -> Result<Wr
     Ok(Write { idempotency_key, member_id, action: Action::Apply(operation) })
 }
 
-/// `now_ms` is the gateway's wall clock at admission. The gateway does not know the log time
-/// at which the hold will be applied, so the expiry is `now_ms + expires_in_ms` on the
-/// gateway's clock; the shard compares it with log time when the hold is captured, voided or
-/// expired, so a hold never outlives its expiry in log time.
-pub fn authorize_hold(
-    caller: &Caller,
-    request: &AuthorizeHoldRequest,
-    now_ms: u64,
-) -> Result<Write, ApiError> {
+/// The command carries the duration, and the shard sets the expiry from the log time at which
+/// it applies the hold: so a retry of the request is the same command (it replays) even when
+/// it reaches another gateway much later.
+pub fn authorize_hold(caller: &Caller, request: &AuthorizeHoldRequest) -> Result<Write, ApiError> {
     let idempotency_key = write_key("idempotency_key", &request.idempotency_key)?;
     let member_id = member("member_id", &request.member_id)?;
     let amount_points = check_amount("amount_points", request.amount_points)?;
@@ -160,7 +155,7 @@ pub fn authorize_hold(
         member_id: member_id.clone(),
         currency: caller.currency.clone(),
         amount_points,
-        expires_at_ms: now_ms.saturating_add(request.expires_in_ms),
+        expires_in_ms: request.expires_in_ms,
     };
     Ok(Write { idempotency_key, member_id, action: Action::Apply(operation) })
 }
@@ -274,7 +269,6 @@ fn batch_operation_key(operation: &BatchOperation) -> Option<&str> {
 pub fn batch_operation(
     caller: &Caller,
     meta: &MetaState,
-    now_ms: u64,
     operation: &BatchOperation,
 ) -> Result<Write, ApiError> {
     use batch_operation::Operation as O;
@@ -283,7 +277,7 @@ pub fn batch_operation(
         Some(O::Earn(request)) => earn(caller, request),
         Some(O::Redeem(request)) => redeem(caller, request),
         Some(O::ReverseEarn(request)) => reverse_earn(caller, request),
-        Some(O::AuthorizeHold(request)) => authorize_hold(caller, request, now_ms),
+        Some(O::AuthorizeHold(request)) => authorize_hold(caller, request),
         Some(O::CaptureHold(request)) => capture_hold(caller, request),
         Some(O::VoidHold(request)) => void_hold(caller, request),
         Some(O::Transfer(request)) => transfer(caller, request),

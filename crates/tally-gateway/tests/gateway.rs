@@ -459,6 +459,32 @@ async fn exchange_applies_the_agreement() {
     assert_eq!(reply.credited_points, 20);
 }
 
+/// Found by the container chaos run (cluster/docker/chaos.sh, seed 7): a retried request whose
+/// first attempt was applied must never be answered as a refusal. When the terms changed and
+/// the stored first attempt cannot be looked up in time, the answer is UNAVAILABLE (retry with
+/// the same key), and the retry then replays.
+#[tokio::test]
+async fn a_retry_that_cannot_be_reconciled_yet_is_unavailable_not_refused() {
+    let gateway = TestGateway::start(4).await;
+    gateway.backend.insert_agreement("SKYMILES", "HOTELPTS", terms(1, 2));
+    let mut client = gateway.ledger();
+    client.earn(authed(SKY_KEY, earn("e1", "alice", 100))).await.unwrap();
+    let request = exchange("x1", "alice", "SKYMILES", "HOTELPTS", 40);
+    let first = client.exchange(authed(SKY_KEY, request.clone())).await.unwrap().into_inner();
+    gateway.backend.insert_agreement("SKYMILES", "HOTELPTS", terms(1, 1));
+    gateway.backend.set_lookups_failing(true);
+    let mut retry = authed(SKY_KEY, request.clone());
+    retry.set_timeout(Duration::from_millis(300));
+    let status = client.exchange(retry).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("retry"), "{}", status.message());
+    gateway.backend.set_lookups_failing(false);
+    let again = client.exchange(authed(SKY_KEY, request)).await.unwrap().into_inner();
+    assert!(again.replay);
+    assert_eq!((again.log_index, again.credited_points), (first.log_index, 20));
+    assert_eq!(balance(&gateway, SKY_KEY, "alice").await, Some(60));
+}
+
 // ---- transfers -------------------------------------------------------------------------
 
 #[tokio::test]
@@ -708,7 +734,10 @@ async fn holds_and_reversals() {
     let held = reply.hold.unwrap();
     assert_eq!((held.authorized_points, held.status), (40, HoldStatus::Open as i32));
     assert_eq!(reply.balances[0].available_points, 60);
-    // A client retry later (another expiry on the gateway's clock) is still a replay.
+    // A client retry later is still a replay: the command carries the duration, so it is the
+    // same command (before, the gateway stamped its clock into it, and a retry whose
+    // reconciliation failed was answered ALREADY_EXISTS although the hold was applied: found
+    // by the chaos run, seed 7).
     tokio::time::sleep(Duration::from_millis(5)).await;
     let again = client.authorize_hold(authed(SKY_KEY, hold)).await.unwrap().into_inner();
     assert!(again.replay);

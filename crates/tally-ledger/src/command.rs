@@ -39,8 +39,11 @@ pub enum Operation {
     Redeem { member_id: MemberId, currency: CurrencyCode, amount_points: u64 },
     /// Undo an earn (all of it when `amount_points` is 0, else that part) by the earn's key.
     ReverseEarn { earn_key: IdempotencyKey, amount_points: u64 },
-    /// Reserve points until `expires_at_ms` (log time). The hold is named by this command's key.
-    AuthorizeHold { member_id: MemberId, currency: CurrencyCode, amount_points: u64, expires_at_ms: u64 },
+    /// Reserve points for `expires_in_ms` from the log time at which the hold is applied. The
+    /// hold is named by this command's key. A duration, not an instant: a retry of the same
+    /// request is then the very same command whenever and wherever it is admitted, so it
+    /// replays instead of looking like a different request under the same key.
+    AuthorizeHold { member_id: MemberId, currency: CurrencyCode, amount_points: u64, expires_in_ms: u64 },
     /// Capture a hold (all of it when `amount_points` is 0); the rest is released.
     CaptureHold { hold_key: IdempotencyKey, amount_points: u64 },
     /// Release a hold without moving points.

@@ -175,7 +175,7 @@ impl Ledger {
         operation: &Operation,
         changes: &mut ChangeSet,
     ) -> Result<OperationResult, LedgerError> {
-        validate::operation(operation, context.now_ms)?;
+        validate::operation(operation)?;
         match operation {
             Operation::Enrol { member_id, currency } => self.enrol(context, member_id, currency, changes),
             Operation::Earn { member_id, currency, amount_points } => {
@@ -187,9 +187,10 @@ impl Ledger {
             Operation::ReverseEarn { earn_key, amount_points } => {
                 self.reverse_earn(context, earn_key, *amount_points, changes)
             }
-            Operation::AuthorizeHold { member_id, currency, amount_points, expires_at_ms } => {
+            Operation::AuthorizeHold { member_id, currency, amount_points, expires_in_ms } => {
                 let account_key = AccountKey::member(member_id, currency);
-                self.authorize_hold(context, &account_key, *amount_points, *expires_at_ms, changes)
+                let expires_at_ms = context.now_ms.saturating_add(*expires_in_ms);
+                self.authorize_hold(context, &account_key, *amount_points, expires_at_ms, changes)
             }
             Operation::CaptureHold { hold_key, amount_points } => {
                 self.capture_hold(context, hold_key, *amount_points, changes)

@@ -91,11 +91,11 @@ fn variations() -> Vec<(Operation, Vec<(&'static str, Operation)>)> {
             vec![("earn_idempotency_key", reverse("j", 5)), ("amount_points", reverse("k", 0))],
         ),
         (
-            authorize("m", SKY, 5, START_MS + 10),
+            authorize("m", SKY, 5, 10),
             vec![
-                ("member_id", authorize("n", SKY, 5, START_MS + 10)),
-                ("amount_points", authorize("m", SKY, 6, START_MS + 10)),
-                ("expires_at_ms", authorize("m", SKY, 5, START_MS + 11)),
+                ("member_id", authorize("n", SKY, 5, 10)),
+                ("amount_points", authorize("m", SKY, 6, 10)),
+                ("expires_in_ms", authorize("m", SKY, 5, 11)),
             ],
         ),
         (
@@ -263,7 +263,7 @@ fn huge_retention_saturates_instead_of_overflowing() {
     let mut h = Harness::new();
     h.retention_ms = u64::MAX;
     h.ok("e1", earn("alice", SKY, 10));
-    h.ok("h1", authorize("alice", SKY, 5, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 5, HOUR_MS));
     let (_, outcome) = h.ledger.operation(&partner(PARTNER), &key("e1")).unwrap();
     assert!(!outcome.replay);
     assert_eq!(h.ledger.earn_record(&partner(PARTNER), &key("e1")).unwrap().expires_at_ms, u64::MAX);

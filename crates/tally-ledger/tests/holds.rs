@@ -24,7 +24,7 @@ fn funded() -> Harness {
 fn authorize_reserves_points_without_moving_them() {
     let mut h = funded();
     let expires = START_MS + HOUR_MS;
-    let result = h.ok("h1", authorize("alice", SKY, 70, expires));
+    let result = h.ok("h1", authorize("alice", SKY, 70, expires - h.now_ms));
     assert!(matches!(result, OperationResult::HoldAuthorized { .. }));
     let (balance, hold) = hold_result(result);
     assert_eq!((balance.balance_points, balance.held_points, balance.available_points), (100, 70, 30));
@@ -43,13 +43,13 @@ fn authorize_reserves_points_without_moving_them() {
     assert_eq!(h.ledger.hold(&partner(PARTNER), &key("h1")), Some(hold));
     assert_eq!(h.lines("alice", SKY).len(), 1, "a hold writes no statement line");
     // Holds stack up to the balance.
-    h.ok("h2", authorize("alice", SKY, 30, expires));
+    h.ok("h2", authorize("alice", SKY, 30, expires - h.now_ms));
     assert_eq!(
-        h.err("h3", authorize("alice", SKY, 1, expires)),
+        h.err("h3", authorize("alice", SKY, 1, expires - h.now_ms)),
         LedgerError::InsufficientPoints { available_points: 0, requested_points: 1 }
     );
     assert_eq!(
-        h.err("h4", authorize("bob", SKY, 1, expires)),
+        h.err("h4", authorize("bob", SKY, 1, expires - h.now_ms)),
         LedgerError::AccountNotFound { member_id: "bob".into(), currency: SKY.into() }
     );
 }
@@ -57,7 +57,7 @@ fn authorize_reserves_points_without_moving_them() {
 #[test]
 fn full_capture_moves_the_held_points_to_redemption() {
     let mut h = funded();
-    h.ok("h1", authorize("alice", SKY, 70, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 70, HOUR_MS));
     let (balance, hold) = hold_result(h.ok("c1", capture("h1", 0)));
     assert_eq!((balance.balance_points, balance.held_points, balance.available_points), (30, 0, 30));
     assert_eq!((hold.status, hold.captured_points), (HoldStatus::Captured, 70));
@@ -71,7 +71,7 @@ fn full_capture_moves_the_held_points_to_redemption() {
 #[test]
 fn partial_capture_releases_the_rest_and_closes_the_hold() {
     let mut h = funded();
-    h.ok("h1", authorize("alice", SKY, 70, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 70, HOUR_MS));
     let (balance, hold) = hold_result(h.ok("c1", capture("h1", 20)));
     assert_eq!((balance.balance_points, balance.held_points, balance.available_points), (80, 0, 80));
     assert_eq!((hold.status, hold.captured_points, hold.authorized_points), (HoldStatus::Captured, 20, 70));
@@ -84,7 +84,7 @@ fn partial_capture_releases_the_rest_and_closes_the_hold() {
 fn capture_errors() {
     let mut h = funded();
     assert_eq!(h.err("c0", capture("nope", 0)), LedgerError::HoldNotFound { hold_key: "nope".into() });
-    h.ok("h1", authorize("alice", SKY, 70, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 70, HOUR_MS));
     assert_eq!(
         h.err("c1", capture("h1", 71)),
         LedgerError::CaptureExceedsHold { requested_points: 71, authorized_points: 70 }
@@ -99,7 +99,7 @@ fn capture_errors() {
 #[test]
 fn void_releases_everything() {
     let mut h = funded();
-    h.ok("h1", authorize("alice", SKY, 70, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 70, HOUR_MS));
     let (balance, hold) = hold_result(h.ok("v1", void("h1")));
     assert_eq!((balance.balance_points, balance.available_points), (100, 100));
     assert_eq!((hold.status, hold.captured_points), (HoldStatus::Voided, 0));
@@ -114,7 +114,7 @@ fn void_releases_everything() {
 fn a_hold_expires_when_log_time_reaches_its_expiry() {
     let mut h = funded();
     let expires = START_MS + HOUR_MS;
-    h.ok("h1", authorize("alice", SKY, 70, expires));
+    h.ok("h1", authorize("alice", SKY, 70, expires - h.now_ms));
     // Many batches before the expiry time leave it open, however many there are.
     for round in 0..5 {
         h.advance(HOUR_MS / 10);
@@ -146,7 +146,7 @@ fn a_hold_expires_when_log_time_reaches_its_expiry() {
 fn a_leader_clock_behind_the_log_time_does_not_expire_or_revive_holds() {
     let mut h = funded();
     let expires = START_MS + HOUR_MS;
-    h.ok("h1", authorize("alice", SKY, 70, expires));
+    h.ok("h1", authorize("alice", SKY, 70, expires - h.now_ms));
     h.now_ms = expires + 10;
     h.batch(vec![]);
     assert_eq!(h.ledger.log_time_ms(), expires + 10);
@@ -155,10 +155,17 @@ fn a_leader_clock_behind_the_log_time_does_not_expire_or_revive_holds() {
     h.batch(vec![]);
     assert_eq!(h.ledger.log_time_ms(), expires + 10);
     assert_eq!(h.ledger.hold(&partner(PARTNER), &key("h1")).unwrap().status, HoldStatus::Expired);
-    // And a hold must expire after the log time, not after the stamped time.
-    let error = h.err("h2", authorize("alice", SKY, 1, expires + 5));
+    // A new hold lasts its duration from the log time, not from the stamped time.
+    match h.ok("h2", authorize("alice", SKY, 1, HOUR_MS)) {
+        OperationResult::HoldAuthorized { hold, .. } => {
+            assert_eq!(hold.expires_at_ms, expires + 10 + HOUR_MS)
+        }
+        other => panic!("{other:?}"),
+    }
+    // A zero duration would be born expired.
+    let error = h.err("h3", authorize("alice", SKY, 1, 0));
     assert!(
-        matches!(error, LedgerError::Invalid(ValidationError { ref field, .. }) if field == "expires_at_ms")
+        matches!(error, LedgerError::Invalid(ValidationError { ref field, .. }) if field == "expires_in_ms")
     );
 }
 
@@ -166,7 +173,7 @@ fn a_leader_clock_behind_the_log_time_does_not_expire_or_revive_holds() {
 fn expired_holds_are_kept_until_their_retention_ends_then_forgotten() {
     let mut h = funded();
     let expires = START_MS + HOUR_MS;
-    h.ok("h1", authorize("alice", SKY, 70, expires));
+    h.ok("h1", authorize("alice", SKY, 70, expires - h.now_ms));
     h.now_ms = expires + RETENTION_MS - 1;
     h.batch(vec![]);
     assert!(h.ledger.hold(&partner(PARTNER), &key("h1")).is_some());
@@ -178,17 +185,17 @@ fn expired_holds_are_kept_until_their_retention_ends_then_forgotten() {
     assert_eq!(h.ledger.operation(&partner(PARTNER), &key("h1")), None);
     assert_eq!(h.err("c1", capture("h1", 0)), LedgerError::HoldNotFound { hold_key: "h1".into() });
     // The key can now name a new hold.
-    h.ok("h1", authorize("alice", SKY, 5, h.now_ms + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 5, HOUR_MS));
 }
 
 #[test]
 fn a_hold_outliving_the_retention_keeps_its_key_taken() {
     let mut h = funded();
-    let expires = START_MS + 30 * 24 * HOUR_MS;
-    h.ok("h1", authorize("alice", SKY, 70, expires));
+    let duration_ms = 30 * 24 * HOUR_MS;
+    h.ok("h1", authorize("alice", SKY, 70, duration_ms));
     h.advance(RETENTION_MS + HOUR_MS);
     // The retry of the authorize replays instead of reserving the points twice.
-    let outcome = h.run("h1", authorize("alice", SKY, 70, expires));
+    let outcome = h.run("h1", authorize("alice", SKY, 70, duration_ms));
     assert!(outcome.replay);
     assert_eq!(h.view("alice", SKY).held_points, 70);
     h.ok("c1", capture("h1", 0));
@@ -202,7 +209,7 @@ fn many_holds_expire_in_one_batch_deterministically() {
     }
     for (index, who) in ["d", "c", "b", "a"].iter().enumerate() {
         let expires = START_MS + 1 + index as u64;
-        h.ok(&format!("h-{who}"), authorize(who, SKY, 10, expires));
+        h.ok(&format!("h-{who}"), authorize(who, SKY, 10, expires - h.now_ms));
     }
     h.advance(100);
     h.batch(vec![]);

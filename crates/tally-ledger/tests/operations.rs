@@ -97,7 +97,7 @@ fn redeem_errors_change_nothing() {
 fn holds_reduce_what_redeem_and_transfer_can_spend() {
     let mut h = Harness::new();
     h.ok("e1", earn("alice", SKY, 100));
-    h.ok("h1", authorize("alice", SKY, 70, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 70, HOUR_MS));
     assert_eq!(h.err("r1", redeem("alice", SKY, 31)), insufficient(30, 31));
     assert_eq!(h.err("t1", transfer("alice", "bob", SKY, 31)), insufficient(30, 31));
     h.ok("r2", redeem("alice", SKY, 30));
@@ -169,7 +169,7 @@ fn reversal_errors() {
 fn reversal_counts_held_points_as_unavailable() {
     let mut h = Harness::new();
     h.ok("e1", earn("alice", SKY, 100));
-    h.ok("h1", authorize("alice", SKY, 80, START_MS + HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 80, HOUR_MS));
     let error = h.err("v1", reverse("e1", 30));
     assert!(matches!(
         error,
@@ -254,10 +254,10 @@ fn malformed_commands_are_answered_invalid_and_change_nothing() {
         ("amount_points", earn("alice", SKY, max + 1)),
         ("amount_points", redeem("alice", SKY, 0)),
         ("amount_points", reverse("e0", max + 1)),
-        ("amount_points", authorize("alice", SKY, 0, START_MS + 1)),
-        ("expires_at_ms", authorize("alice", SKY, 1, START_MS)),
-        ("expires_at_ms", authorize("alice", SKY, 1, START_MS - 1)),
-        ("expires_at_ms", authorize("alice", SKY, 1, START_MS + limits::HOLD_DURATION_MS_MAX + 1)),
+        ("amount_points", authorize("alice", SKY, 0, 1)),
+        ("expires_in_ms", authorize("alice", SKY, 1, 0)),
+        ("expires_in_ms", authorize("alice", SKY, 1, limits::HOLD_DURATION_MS_MAX + 1)),
+        ("expires_in_ms", authorize("alice", SKY, 1, u64::MAX)),
         ("amount_points", capture("h", max + 1)),
         ("amount_points", transfer("alice", "bob", SKY, 0)),
         ("to_member_id", transfer("alice", "alice", SKY, 1)),
@@ -277,7 +277,7 @@ fn malformed_commands_are_answered_invalid_and_change_nothing() {
     assert_eq!(h.balance("alice", SKY), 100);
     assert_eq!(h.ledger.balance(&member("bob"), &currency(SKY)), None);
     // The longest hold allowed is accepted.
-    h.ok("h1", authorize("alice", SKY, 1, START_MS + limits::HOLD_DURATION_MS_MAX));
+    h.ok("h1", authorize("alice", SKY, 1, limits::HOLD_DURATION_MS_MAX));
 }
 
 #[test]

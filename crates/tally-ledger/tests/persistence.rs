@@ -13,9 +13,9 @@ fn busy_harness() -> Harness {
     h.ok("e1", earn("alice", SKY, 500));
     h.ok("e2", earn("bob", SKY, 300));
     h.ok("n1", enrol("carol", HOTEL));
-    h.ok("h1", authorize("alice", SKY, 50, START_MS + HOUR_MS));
-    h.ok("h2", authorize("alice", SKY, 20, START_MS + 2 * HOUR_MS));
-    h.ok("h3", authorize("bob", SKY, 10, START_MS + 3 * HOUR_MS));
+    h.ok("h1", authorize("alice", SKY, 50, HOUR_MS));
+    h.ok("h2", authorize("alice", SKY, 20, 2 * HOUR_MS));
+    h.ok("h3", authorize("bob", SKY, 10, 3 * HOUR_MS));
     h.ok("c1", capture("h2", 5));
     h.ok("t1", transfer_out("x1", "alice", "zed", SKY, 30));
     h.ok("t2", transfer_in("y1", "mallory", "bob", SKY, 7));

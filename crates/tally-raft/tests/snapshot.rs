@@ -381,7 +381,7 @@ async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
             member_id: member(0),
             currency: currency_of(0),
             amount_points: 30,
-            expires_at_ms: T + 500,
+            expires_in_ms: 500,
         },
     ));
     first.push(command(

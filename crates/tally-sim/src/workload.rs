@@ -22,8 +22,8 @@ use crate::stats::FaultCounters;
 
 /// Two partners, each with its own currency; members hold both.
 pub const PARTNERS: [(&str, &str); 2] = [("simair", "SIMMILES"), ("simhotel", "SIMNIGHTS")];
-/// Far in the future: holds in the simulation never expire, so the model stays exact.
-const HOLD_EXPIRES_AT_MS: u64 = 4_000_000_000_000;
+/// 30 days, far longer than a run: holds in the simulation never expire, so the model stays exact.
+const HOLD_DURATION_MS: u64 = 30 * 24 * 3_600_000;
 /// Deadline of one attempt, as a gateway would give a request.
 const ATTEMPT_DEADLINE: Duration = Duration::from_millis(1_500);
 
@@ -113,7 +113,7 @@ pub fn plan(seed: u64, client: usize, shape: &WorkloadShape) -> Plan {
                         member_id,
                         currency,
                         amount_points: rng.gen_range(1..=60),
-                        expires_at_ms: HOLD_EXPIRES_AT_MS,
+                        expires_in_ms: HOLD_DURATION_MS,
                     },
                 )
             }

@@ -77,7 +77,7 @@ fn clean_input() -> AuditInput {
                 member_id: m1.clone(),
                 currency: sim.clone(),
                 amount_points: 10,
-                expires_at_ms: LOG_TIME_MS + 3_600_000,
+                expires_in_ms: 3_600_000,
             },
         ),
         command("capture", Operation::CaptureHold { hold_key: key("hold"), amount_points: 4 }),

@@ -56,6 +56,7 @@ pub struct InMemoryBackend {
     pub submit_calls: AtomicUsize,
     down: Mutex<BTreeSet<u32>>,
     flaky_submits: AtomicU32,
+    failing_lookups: std::sync::atomic::AtomicBool,
 }
 
 impl InMemoryBackend {
@@ -67,6 +68,7 @@ impl InMemoryBackend {
             submit_calls: AtomicUsize::new(0),
             down: Mutex::new(BTreeSet::new()),
             flaky_submits: AtomicU32::new(0),
+            failing_lookups: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -118,6 +120,11 @@ impl InMemoryBackend {
     /// The next `count` submits (to any shard) fail with `Unavailable`.
     pub fn fail_next_submits(&self, count: u32) {
         self.flaky_submits.store(count, Ordering::SeqCst);
+    }
+
+    /// While set, operation lookups by key fail with `Unavailable` (submits still work).
+    pub fn set_lookups_failing(&self, failing: bool) {
+        self.failing_lookups.store(failing, Ordering::SeqCst);
     }
 
     pub fn applied(&self) -> usize {
@@ -218,6 +225,9 @@ impl Backend for InMemoryBackend {
         key: IdempotencyKey,
     ) -> Result<Option<(Operation, CommandOutcome)>, BackendError> {
         self.check_up(shard)?;
+        if self.failing_lookups.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable(format!("lookups on shard {shard} fail (test)")));
+        }
         Ok(lock(&self.shards[shard as usize]).ledger().operation(&partner_id, &key))
     }
 

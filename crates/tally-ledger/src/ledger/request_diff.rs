@@ -47,11 +47,11 @@ fn fields(operation: &Operation) -> Fields<'_> {
                 ("amount_points", Points(*amount_points)),
             ]
         }
-        Operation::AuthorizeHold { member_id, currency, amount_points, expires_at_ms } => vec![
+        Operation::AuthorizeHold { member_id, currency, amount_points, expires_in_ms } => vec![
             ("member_id", Value::Text(member_id.as_str())),
             ("currency", Value::Text(currency.as_str())),
             ("amount_points", Points(*amount_points)),
-            ("expires_at_ms", Points(*expires_at_ms)),
+            ("expires_in_ms", Points(*expires_in_ms)),
         ],
         Operation::CaptureHold { hold_key, amount_points } => {
             vec![

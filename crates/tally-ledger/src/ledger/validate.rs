@@ -8,7 +8,7 @@ use crate::ids::{check_amount, MemberId};
 use crate::limits::HOLD_DURATION_MS_MAX;
 use crate::meta::validate_terms;
 
-pub(super) fn operation(operation: &Operation, now_ms: u64) -> Result<(), ValidationError> {
+pub(super) fn operation(operation: &Operation) -> Result<(), ValidationError> {
     match operation {
         Operation::Enrol { .. }
         | Operation::VoidHold { .. }
@@ -24,9 +24,9 @@ pub(super) fn operation(operation: &Operation, now_ms: u64) -> Result<(), Valida
                 amount_points => check_amount("amount_points", *amount_points).map(drop),
             }
         }
-        Operation::AuthorizeHold { amount_points, expires_at_ms, .. } => {
+        Operation::AuthorizeHold { amount_points, expires_in_ms, .. } => {
             check_amount("amount_points", *amount_points)?;
-            hold_expiry(*expires_at_ms, now_ms)
+            hold_duration(*expires_in_ms)
         }
         Operation::Transfer { from_member_id, to_member_id, amount_points, .. }
         | Operation::TransferOut { from_member_id, to_member_id, amount_points, .. }
@@ -47,25 +47,16 @@ pub(super) fn operation(operation: &Operation, now_ms: u64) -> Result<(), Valida
     }
 }
 
-/// A hold must expire after the log time of the batch that authorizes it, or it would be born
-/// expired, and within `HOLD_DURATION_MS_MAX`, so reserved points are not locked away forever.
-fn hold_expiry(expires_at_ms: u64, now_ms: u64) -> Result<(), ValidationError> {
-    if expires_at_ms <= now_ms {
+/// A hold must last at least 1 ms past the log time that authorizes it (or it would be born
+/// expired) and at most `HOLD_DURATION_MS_MAX`, so reserved points are not locked away forever.
+/// (The API's own minimum, `HOLD_DURATION_MS_MIN`, is the gateway's policy.)
+fn hold_duration(expires_in_ms: u64) -> Result<(), ValidationError> {
+    if !(1..=HOLD_DURATION_MS_MAX).contains(&expires_in_ms) {
         return Err(ValidationError::new(
-            "expires_at_ms",
+            "expires_in_ms",
             format!(
-                "is {expires_at_ms} (admission time + expires_in_ms), not after the log time {now_ms} at \
-                 which the hold was applied; ask for a longer expires_in_ms"
-            ),
-        ));
-    }
-    let latest_ms = now_ms.saturating_add(HOLD_DURATION_MS_MAX);
-    if expires_at_ms > latest_ms {
-        return Err(ValidationError::new(
-            "expires_at_ms",
-            format!(
-                "is {expires_at_ms}, after {latest_ms}; a hold lasts at most \
-                 {HOLD_DURATION_MS_MAX} ms from the current log time {now_ms}"
+                "is {expires_in_ms}; a hold lasts from 1 ms to {HOLD_DURATION_MS_MAX} ms (90 days) after \
+                 the log time that authorizes it"
             ),
         ));
     }

@@ -52,12 +52,12 @@ pub fn redeem(who: &str, code: &str, amount_points: u64) -> Operation {
 pub fn reverse(earn_key: &str, amount_points: u64) -> Operation {
     Operation::ReverseEarn { earn_key: key(earn_key), amount_points }
 }
-pub fn authorize(who: &str, code: &str, amount_points: u64, expires_at_ms: u64) -> Operation {
+pub fn authorize(who: &str, code: &str, amount_points: u64, expires_in_ms: u64) -> Operation {
     Operation::AuthorizeHold {
         member_id: member(who),
         currency: currency(code),
         amount_points,
-        expires_at_ms,
+        expires_in_ms,
     }
 }
 pub fn capture(hold_key: &str, amount_points: u64) -> Operation {

@@ -13,7 +13,6 @@ use tally_ledger::{
     Command, CommandOutcome, CurrencyCode, IdempotencyKey, Ledger, MemberId, Operation, PartnerId,
 };
 use tally_raft::network::PeerPool;
-use tally_raft::proposer::wall_clock_ms;
 use tally_raft::{
     shard_group_id, Group, GroupData, GroupId, GroupShared, LogId, NodeId, ProposerConfig, RaftTuning,
     StoredMembership, TallyNode,
@@ -64,7 +63,6 @@ pub fn command(idempotency_key: &str, operation: Operation) -> Command {
 /// the member two places on (same currency, so the ring nets to zero), settles the hold of the
 /// previous round (capture of 5 in even rounds, void in odd ones) and authorizes a new hold.
 pub fn round_commands(round: u64) -> Vec<Command> {
-    let expires_at_ms = wall_clock_ms() + HOUR_MS;
     let mut commands = Vec::new();
     for i in 0..MEMBERS {
         let (member_id, currency) = (member(i), currency_of(i));
@@ -105,7 +103,12 @@ pub fn round_commands(round: u64) -> Vec<Command> {
         let (member_id, currency) = (member(i), currency_of(i));
         commands.push(command(
             &format!("r{round}-hold-m{i}"),
-            Operation::AuthorizeHold { member_id, currency, amount_points: HOLD_POINTS, expires_at_ms },
+            Operation::AuthorizeHold {
+                member_id,
+                currency,
+                amount_points: HOLD_POINTS,
+                expires_in_ms: HOUR_MS,
+            },
         ));
     }
     commands
