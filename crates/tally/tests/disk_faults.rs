@@ -59,7 +59,8 @@ async fn wait_for_snapshots(
     past: u64,
     cluster: &Cluster,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: the writers reach index 261 in about 3 s on an idle machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         admin.trigger_snapshot(TriggerSnapshotRequest { shard: None }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
