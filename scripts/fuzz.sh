@@ -21,9 +21,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
+# TALLY_FUZZ_TARGET_DIR keeps the sanitizer build outside a fresh clone (CI reuses it).
+target_dir=(--target-dir "${TALLY_FUZZ_TARGET_DIR:-fuzz/target}")
+
 targets=(command_decode state_machine_apply)
 echo "fuzz: building ${targets[*]} (nightly, sanitizer, debug assertions)"
-cargo +nightly fuzz build -a
+cargo +nightly fuzz build -a "${target_dir[@]}"
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -35,7 +38,7 @@ for target in "${targets[@]}"; do
     log="$scratch/$target.log"
     echo "fuzz: $target for ${seconds_per_target}s over $corpus ($(ls "$corpus" | wc -l) inputs), seed $seed"
     set +e
-    cargo +nightly fuzz run -a "$target" "$scratch/$target" "$corpus" -- \
+    cargo +nightly fuzz run -a "${target_dir[@]}" "$target" "$scratch/$target" "$corpus" -- \
         -max_total_time="$seconds_per_target" -seed="$seed" -print_final_stats=1 \
         -artifact_prefix="$artifacts/" >"$log" 2>&1
     status=$?

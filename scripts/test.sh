@@ -72,6 +72,18 @@ loadtest_smoke() {
 echo "== load generator smoke run (tally-loadtest against tally dev, 5 s, with its proof)"
 loadtest_smoke
 
+# The fuzz targets (fuzz/: command decoding, state-machine apply) for 20 s each over the
+# committed corpus; any crash fails the suite. They need the nightly toolchain (cargo-fuzz is
+# installed when missing). TALLY_SKIP_FUZZ=1 skips them.
+if [[ "${TALLY_SKIP_FUZZ:-0}" == 1 ]]; then
+    echo "fuzzing skipped (TALLY_SKIP_FUZZ=1)"
+elif cargo +nightly --version >/dev/null 2>&1; then
+    echo "== fuzz targets, 20 s each (scripts/fuzz.sh)"
+    scripts/fuzz.sh 20
+else
+    echo "fuzzing skipped: no nightly toolchain here (rustup toolchain install nightly)" >&2
+fi
+
 # The same three-node topology in containers (cluster/docker): a FROM scratch image around a
 # static binary (built in its own target folder), the compose file on a private network, and
 # docker kill / start / network disconnect / connect and a gateway restart under writes.
