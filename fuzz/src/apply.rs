@@ -134,18 +134,19 @@ fn operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode) -> Res
         },
         3 => Operation::ReverseEarn { earn_key: pools.key(input)?, amount_points: amount(input)? },
         4 => {
-            // Around the valid durations [1 ms, 90 days], edges included.
-            let offset_ms: u64 = match input.int_in_range(0..=4u8)? {
+            // Around the valid durations 1 ms ..= 90 days, edges included.
+            let expires_in_ms: u64 = match input.int_in_range(0..=4u8)? {
                 0 => 0,
                 1 => HOLD_DURATION_MS_MAX,
                 2 => HOLD_DURATION_MS_MAX + 1,
+                3 => u64::MAX,
                 _ => input.int_in_range(1..=1u64 << 31)?,
             };
             Operation::AuthorizeHold {
                 member_id: pools.member(input)?,
                 currency: pools.currency(input, own)?,
                 amount_points: amount(input)?,
-                expires_in_ms: offset_ms,
+                expires_in_ms,
             }
         }
         5 => Operation::CaptureHold { hold_key: pools.key(input)?, amount_points: amount(input)? },
