@@ -203,7 +203,7 @@ tally_runs() { # system, gateway URL
     fi
     # The same at 64 callers with half of the transfers crossing shards (three Raft entries on
     # two shards each: TransferOut, TransferIn, TransferComplete).
-    loadtest "$system" "c64-cross-shard" "$target" --concurrency 64 --cross-shard-share 0.5
+    loadtest "$system" "c64-cross-shard" "$target" --cross-shard-share 0.5 --concurrency 64
     loadtest "$system" "batch1000" "$target" --batch 1000 --concurrency 8
     local peak
     peak="$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['totals']['ops_per_sec']))" "$OUT/${system}__c64.json")"
