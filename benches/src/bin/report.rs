@@ -36,6 +36,8 @@ struct LoadRun {
     concurrency: u64,
     batch: u64,
     rate: Option<f64>,
+    /// Gifting: the share of transfers between members of different shards.
+    cross_shard_share: f64,
     ops_per_sec: f64,
     /// Per call: single operations, or whole batches when `batch > 1`.
     latency_us: Option<Percentiles>,
@@ -145,6 +147,7 @@ fn load_run(system: &str, file: &str, json: &Value) -> Result<LoadRun> {
         concurrency: config["concurrency"].as_u64().context("config.concurrency")?,
         batch,
         rate: config["rate"].as_f64(),
+        cross_shard_share: config["cross_shard_share"].as_f64().unwrap_or(0.0),
         ops_per_sec: json["totals"]["ops_per_sec"].as_f64().context("totals.ops_per_sec")?,
         latency_us,
         proof_passed: json["proof"]["passed"].as_bool().unwrap_or(false),
@@ -163,12 +166,29 @@ fn target_ops_per_sec(system: &str, batched: bool) -> Option<f64> {
     }
 }
 
+/// The closed-loop single-call run of this system at this concurrency with the run's usual
+/// (smallest) cross-shard share; a run with more cross-shard transfers is shown on its own row.
 fn closed_single(runs: &[LoadRun], system: &str, concurrency: u64) -> Option<LoadRun> {
+    closed_single_runs(runs, system, concurrency)
+        .min_by(|a, b| a.cross_shard_share.total_cmp(&b.cross_shard_share))
+}
+
+fn closed_single_runs<'a>(
+    runs: &'a [LoadRun],
+    system: &'a str,
+    concurrency: u64,
+) -> impl Iterator<Item = LoadRun> + 'a {
     runs.iter()
-        .find(|run| {
+        .filter(move |run| {
             run.system == system && run.batch == 1 && run.rate.is_none() && run.concurrency == concurrency
         })
         .cloned()
+}
+
+/// Closed-loop single-call runs at 64 callers with more cross-shard transfers than the usual one.
+fn cross_shard_variants(runs: &[LoadRun], system: &str) -> Vec<LoadRun> {
+    let usual = closed_single(runs, system, 64).map(|run| run.cross_shard_share).unwrap_or(0.0);
+    closed_single_runs(runs, system, 64).filter(|run| run.cross_shard_share > usual).collect()
 }
 
 fn batched(runs: &[LoadRun], system: &str) -> Option<LoadRun> {
@@ -233,12 +253,21 @@ fn summary_markdown(runs: &[LoadRun], baselines: &[BaselineRun], machine: &Value
         );
     }
     for system in ["tally-dev", "tally-cluster"] {
-        let shaped = [closed_single(runs, system, 64), batched(runs, system), open_loop(runs, system)];
-        for run in shaped.into_iter().flatten() {
+        let mut shaped: Vec<LoadRun> = closed_single(runs, system, 64).into_iter().collect();
+        shaped.extend(cross_shard_variants(runs, system));
+        shaped.extend(batched(runs, system));
+        shaped.extend(open_loop(runs, system));
+        for run in shaped {
             let shape = if run.batch > 1 {
                 format!("SubmitBatch of {}, {} in flight", run.batch, run.concurrency)
             } else if let Some(rate) = run.rate {
                 format!("open loop at {} ops/s", thousands(rate))
+            } else if run.cross_shard_share > 0.0 {
+                format!(
+                    "{} callers, single calls, {:.0} % across shards",
+                    run.concurrency,
+                    run.cross_shard_share * 100.0
+                )
             } else {
                 format!("{} callers, single calls", run.concurrency)
             };
@@ -342,9 +371,16 @@ const SERIES_COLORS: [RGBColor; 4] =
 fn plot_throughput(runs: &[LoadRun], baselines: &[BaselineRun], path: &Path) -> Result<()> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for system in ["tally-dev", "tally-cluster"] {
-        let mut points: Vec<(f64, f64)> = runs
+        let mut concurrencies: Vec<u64> = runs
             .iter()
             .filter(|run| run.system == system && run.batch == 1 && run.rate.is_none())
+            .map(|run| run.concurrency)
+            .collect();
+        concurrencies.sort_unstable();
+        concurrencies.dedup();
+        let mut points: Vec<(f64, f64)> = concurrencies
+            .into_iter()
+            .filter_map(|concurrency| closed_single(runs, system, concurrency))
             .map(|run| (run.concurrency as f64, run.ops_per_sec))
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
