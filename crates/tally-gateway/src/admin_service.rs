@@ -356,6 +356,17 @@ impl<B: Backend> Admin for AdminService<B> {
     ) -> Result<Response<ClusterChangeReply>, Status> {
         observe("trigger_snapshot", async move {
             let shard = request.get_ref().shard;
+            let shard_count = self.shared.backend.shard_count();
+            if let Some(shard) = shard.filter(|shard| *shard >= shard_count) {
+                return Err(ValidationError::new(
+                    "shard",
+                    format!(
+                        "is {shard}; shards are 0 to {} (leave it unset for every group)",
+                        shard_count - 1
+                    ),
+                )
+                .into());
+            }
             self.act(&request, AdminAction::TriggerSnapshot { shard }).await
         })
         .await

@@ -1499,8 +1499,8 @@ fn admin_cases() -> Vec<Case> {
             "snapshot of unknown shard",
             Operator,
             TriggerSnapshot(TriggerSnapshotRequest { shard: Some(99) }),
-            Code::FailedPrecondition,
-            "no shard 99",
+            Code::InvalidArgument,
+            "shard is 99; shards are 0 to",
         ),
         case(
             "malformed list partners",
