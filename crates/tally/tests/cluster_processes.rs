@@ -23,8 +23,8 @@ use tally_node::api::{NodeRequest, NodeResponse};
 use tally_proto::v1::admin_client::AdminClient;
 use tally_proto::v1::ledger_client::LedgerClient;
 use tally_proto::v1::{
-    AddNodeRequest, ClusterStatusReply, CreatePartnerRequest, EarnRequest, GetBalanceRequest,
-    MoveLeaderRequest, MoveReplicaRequest, RemoveNodeRequest, TriggerSnapshotRequest,
+    AddNodeRequest, ClusterStatusReply, EarnRequest, GetBalanceRequest, MoveLeaderRequest,
+    MoveReplicaRequest, RemoveNodeRequest, TriggerSnapshotRequest,
 };
 use tonic::Code;
 
@@ -75,16 +75,7 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
         assert!(led >= 2, "node {node_id} leads {led} shards: {:?}", before.shards);
     }
 
-    let api_key = admin
-        .create_partner(CreatePartnerRequest {
-            partner_id: "air".into(),
-            display_name: "Air".into(),
-            currency: "AIR".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key;
+    let api_key = process_cluster::create_partner(channel.clone()).await;
     // Give every member a starting balance so transfers mostly succeed. Through the second
     // gateway, right after the partner was created through the first: its new key must work
     // there at once.
