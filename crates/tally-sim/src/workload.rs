@@ -218,6 +218,15 @@ pub struct ClientTimes {
     pub give_up_at: Instant,
 }
 
+/// The first answer of a request acknowledges it; a later one answers a deliberate resend.
+fn count_answer(recorder: &Recorder, counters: &FaultCounters, slot: &Slot) {
+    if recorder.ack(slot.clone()) {
+        counters.add(&counters.acknowledged);
+    } else {
+        counters.add(&counters.resends);
+    }
+}
+
 /// Runs one client's plan. Every request is retried with the same key until it is answered;
 /// acknowledged requests marked `resend` are sent once more on purpose.
 pub async fn run_client(
@@ -243,11 +252,7 @@ pub async fn run_client(
                     if !single_until_answered(&cluster, &recorder, &mut rng, shard, &command, times).await {
                         return;
                     }
-                    if recorder.ack(slot.clone()) {
-                        counters.add(&counters.acknowledged);
-                    } else {
-                        counters.add(&counters.resends);
-                    }
+                    count_answer(&recorder, &counters, &slot);
                     sends -= 1;
                 }
             }
@@ -259,11 +264,7 @@ pub async fn run_client(
                     if !cross_until_answered(&cluster, &recorder, &mut rng, &transfer, times).await {
                         return;
                     }
-                    if recorder.ack(slot.clone()) {
-                        counters.add(&counters.acknowledged);
-                    } else {
-                        counters.add(&counters.resends);
-                    }
+                    count_answer(&recorder, &counters, &slot);
                     sends -= 1;
                 }
             }
