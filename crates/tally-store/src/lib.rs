@@ -17,10 +17,12 @@
 //!
 //! # Layout
 //!
+//! - `config`: [`StoreConfig`] and its defaults.
 //! - `error`: [`StoreError`].
 //! - `codec`: the value framing `[version u8 = 1][crc32 be][bincode 1]`: [`encode_value`],
 //!   [`decode_value`].
-//! - `flusher`: the flusher thread (group commit) and [`FlushStats`].
+//! - `flusher`: the flusher thread (group commit), its watchdog against flushes that never
+//!   return, and [`FlushStats`].
 //! - `node`: [`NodeStore`], the node's `Db`, and the per-group tree constructors.
 //! - `log_store`: [`LogStore`], `RaftLogStorage` + `RaftLogReader` for one group.
 //! - `state_tree`: [`StateTree`], a group's state-machine tree.
@@ -28,6 +30,7 @@
 //!   `save_vote`), so that a database that lost its tail cannot make the node vote twice.
 
 mod codec;
+mod config;
 mod error;
 mod flusher;
 mod log_store;
@@ -36,6 +39,7 @@ mod state_tree;
 mod vote_file;
 
 pub use codec::{check_frame, decode_value, encode_value, VALUE_FORMAT_VERSION};
+pub use config::{StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN};
 pub use error::StoreError;
 pub use flusher::FlushStats;
 pub use log_store::LogStore;

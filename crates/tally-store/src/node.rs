@@ -4,9 +4,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::flusher::{FlushCallback, FlushStats, Flusher};
+use crate::flusher::{FlushCallback, FlushStats, FlushWatchdog, Flusher};
 use crate::vote_file::VoteFile;
-use crate::{LogStore, StateTree, StoreError};
+use crate::{LogStore, StateTree, StoreConfig, StoreError};
 
 /// The storage of one node: a single sled `Db` shared by every Raft group the node hosts, plus
 /// the flusher thread that makes writes durable with group commit.
@@ -32,12 +32,20 @@ struct Inner {
 }
 
 impl NodeStore {
-    /// Opens (or creates) the node's one sled Db at `path` and starts the flusher thread.
+    /// Opens (or creates) the node's one sled Db at `path` and starts the flusher thread, with
+    /// the default [`StoreConfig`].
+    pub fn open(path: &Path) -> Result<NodeStore, StoreError> {
+        Self::open_with(path, &StoreConfig::default())
+    }
+
+    /// Opens (or creates) the node's one sled Db at `path` and starts the flusher thread and its
+    /// watchdog as `config` says.
     ///
     /// Every stored value's framing (version byte and crc32) is checked before the store is
     /// returned, so that a damaged database refuses the start ([`StoreError::Damaged`]) instead
     /// of failing a group later, or serving a value that differs from its peers'.
-    pub fn open(path: &Path) -> Result<NodeStore, StoreError> {
+    pub fn open_with(path: &Path, config: &StoreConfig) -> Result<NodeStore, StoreError> {
+        config.validate().map_err(StoreError::InvalidArgument)?;
         let damaged = |detail: String| StoreError::Damaged { path: path.display().to_string(), detail };
         // Inside sled's folder (sled only reads its own `conf`, `db`, `snap.*` and `blobs`), so
         // that the database and its vote files are copied, moved and deleted together.
@@ -46,9 +54,9 @@ impl NodeStore {
             .map_err(|error| damaged(format!("{}: {error}", votes_dir.display())))?;
         // sled panics on some damaged files instead of returning an error; catch it, so that
         // the node still exits with a message that names the folder.
-        let config = sled::Config::new().path(path);
+        let sled_config = sled::Config::new().path(path);
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::from_config(config, Some(votes_dir.clone()))
+            Self::from_config(sled_config, Some(votes_dir.clone()), config, &path.display().to_string())
         }))
         .unwrap_or_else(|panic| {
             let reason = panic
@@ -93,17 +101,37 @@ impl NodeStore {
     pub fn open_unverified(path: &Path) -> Result<NodeStore, StoreError> {
         let votes_dir = path.join(VOTES_FOLDER);
         std::fs::create_dir_all(&votes_dir).map_err(StoreError::Io)?;
-        Self::from_config(sled::Config::new().path(path), Some(votes_dir))
+        let config = StoreConfig::default();
+        Self::from_config(
+            sled::Config::new().path(path),
+            Some(votes_dir),
+            &config,
+            &path.display().to_string(),
+        )
     }
 
     /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.
     pub fn temporary() -> Result<NodeStore, StoreError> {
-        Self::from_config(sled::Config::new().temporary(true), None)
+        let config = StoreConfig::default();
+        Self::from_config(sled::Config::new().temporary(true), None, &config, "(a temporary database)")
     }
 
-    fn from_config(config: sled::Config, votes_dir: Option<PathBuf>) -> Result<NodeStore, StoreError> {
-        let db = config.open()?;
-        let flusher = Flusher::start(db.clone()).map_err(StoreError::Io)?;
+    fn from_config(
+        sled_config: sled::Config,
+        votes_dir: Option<PathBuf>,
+        config: &StoreConfig,
+        data_folder: &str,
+    ) -> Result<NodeStore, StoreError> {
+        // sled's own background flusher (`flush_every_ms`, 500 ms by default) stays on, although
+        // the one hang seen had it contending with ours: in sled 0.34.7 that thread is also the
+        // only caller of the segment cleaner (`PageCache::attempt_gc`, crate-private), so without
+        // it sled never relocates the live pages of fragmented segments and the folder grows
+        // without bound under log appends and purges. Nothing relies on its periodic flush for
+        // durability (see the crate docs). The flusher's watchdog covers the hang instead.
+        let db = sled_config.open()?;
+        let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);
+        let flusher =
+            Flusher::start_for_db(db.clone(), watchdog, data_folder.to_string()).map_err(StoreError::Io)?;
         Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
     }
 
