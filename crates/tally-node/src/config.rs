@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tally_raft::{ProposerConfig, RaftTuning};
+use tally_store::StoreConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +30,10 @@ pub struct NodeConfig {
     pub queued_proposals_max: usize,
     /// Raft entries proposed and not yet applied, per shard.
     pub inflight_entries_max: usize,
+    /// How long one sled flush may go without returning before the node aborts, so that it is
+    /// restarted instead of hanging with its shard leaderships (default 30000, at least 1000;
+    /// only time the process was running counts). See `tally_store::StoreConfig`.
+    pub flush_stall_abort_ms: u64,
     pub raft: RaftTuning,
 }
 
@@ -45,6 +50,7 @@ impl Default for NodeConfig {
             idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
             queued_proposals_max: proposer.queued_proposals_max,
             inflight_entries_max: proposer.inflight_entries_max,
+            flush_stall_abort_ms: tally_store::FLUSH_STALL_ABORT_MS_DEFAULT,
             raft: RaftTuning::default(),
         }
     }
@@ -67,7 +73,12 @@ impl NodeConfig {
         if self.queued_proposals_max == 0 || self.inflight_entries_max == 0 {
             return Err("queued_proposals_max and inflight_entries_max must be at least 1".into());
         }
+        self.store_config().validate()?;
         self.raft.openraft_config(0).map(|_| ()).map_err(|error| error.to_string())
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig { flush_stall_abort_ms: self.flush_stall_abort_ms }
     }
 
     pub fn proposer_config(&self) -> ProposerConfig {
@@ -80,5 +91,29 @@ impl NodeConfig {
 
     pub fn advertised(&self) -> String {
         self.advertise_addr.clone().unwrap_or_else(|| self.listen_addr.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flush_stall_bound_defaults_to_the_store_default_and_reaches_the_store() {
+        let defaults = NodeConfig::default();
+        assert_eq!(defaults.flush_stall_abort_ms, tally_store::FLUSH_STALL_ABORT_MS_DEFAULT);
+        assert_eq!(defaults.validate(), Ok(()));
+        let config = NodeConfig { flush_stall_abort_ms: 45_000, ..NodeConfig::default() };
+        assert_eq!(config.store_config(), StoreConfig { flush_stall_abort_ms: 45_000 });
+    }
+
+    #[test]
+    fn a_flush_stall_bound_below_the_minimum_is_refused() {
+        let config = NodeConfig {
+            flush_stall_abort_ms: tally_store::FLUSH_STALL_ABORT_MS_MIN - 1,
+            ..NodeConfig::default()
+        };
+        let problem = config.validate().unwrap_err();
+        assert!(problem.contains("flush_stall_abort_ms"), "{problem}");
     }
 }

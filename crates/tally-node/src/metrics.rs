@@ -54,6 +54,12 @@ fn describe_node_metrics() {
         "Durability requests served by those flushes (group commit)."
     );
     describe_gauge!("tally_store_flush_time_seconds", "Time spent in sled flushes since start, summed.");
+    describe_gauge!(
+        "tally_store_flush_in_progress_seconds",
+        "How long the sled flush in progress has been running; 0 when none is. The node aborts when \
+         it reaches flush_stall_abort_ms."
+    );
+    describe_gauge!("tally_store_flush_stalls", "sled flushes the watchdog found stalled since start.");
     describe_histogram!(
         "tally_proposal_duration_seconds",
         Unit::Seconds,
@@ -117,6 +123,8 @@ pub fn spawn_store_metrics(store: NodeStore, mut stop: watch::Receiver<bool>) ->
             gauge!("tally_store_flushes").set(stats.flushes as f64);
             gauge!("tally_store_flush_requests").set(stats.requests as f64);
             gauge!("tally_store_flush_time_seconds").set(stats.flush_time_ns as f64 / 1e9);
+            gauge!("tally_store_flush_in_progress_seconds").set(stats.flush_in_progress_ns as f64 / 1e9);
+            gauge!("tally_store_flush_stalls").set(stats.stalls as f64);
             if let Ok(size_bytes) = store.size_on_disk_bytes() {
                 gauge!("tally_store_size_bytes").set(size_bytes as f64);
             }

@@ -136,7 +136,7 @@ impl Node {
             &config.data_dir,
             &NodeIdentity { node_id: config.node_id, shard_count: config.shard_count, incarnation: 0 },
         )?;
-        let store = NodeStore::open(&config.data_dir.join("db"))?;
+        let store = NodeStore::open_with(&config.data_dir.join("db"), &config.store_config())?;
         let (stop, stopped) = watch::channel(false);
         let background = vec![crate::metrics::spawn_store_metrics(store.clone(), stopped)];
         let peers = Arc::new(PeerPool::new(config.node_id, identity.incarnation));
