@@ -1,5 +1,8 @@
 //! Generated tonic/prost code for Tally's gRPC services. `proto/` at the repository root is the
-//! source of truth; this crate only compiles it (with protox, so no protoc is needed).
+//! source of truth; this crate only compiles it (with protox, so no protoc is needed), with
+//! [`codec::ProtoCodec`] as the codec of every client and server.
+
+pub mod codec;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
