@@ -9,7 +9,7 @@ use common::{normal_entries, normal_entry, TestConfig};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
 use openraft::{EntryPayload, RaftLogReader, Vote};
-use tally_store::{decode_value, encode_value, NodeStore, StoreError};
+use tally_store::{decode_value, encode_value, NodeStore, StoreConfig, StoreError, FLUSH_STALL_ABORT_MS_MIN};
 
 fn payloads(entries: &[openraft::Entry<TestConfig>]) -> Vec<(u64, String)> {
     entries
@@ -378,4 +378,25 @@ async fn a_vote_that_sled_lost_comes_back_from_the_vote_file() {
     // A dropped group's vote file goes with it.
     node.drop_group(1).unwrap();
     assert!(!vote_file.exists());
+}
+
+/// Goal: `open_with` refuses a flush stall bound below the minimum before touching the folder,
+/// and a store opened with a valid bound flushes with the watchdog quiet. Method: open with a
+/// bound one below the minimum, then with the minimum, append and flush, read the stats.
+#[tokio::test]
+async fn open_with_checks_the_flush_stall_bound_and_the_watchdog_stays_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let too_short = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1 };
+    let error = NodeStore::open_with(&dir.path().join("db"), &too_short).unwrap_err();
+    assert!(matches!(error, StoreError::InvalidArgument(ref text) if text.contains("flush_stall_abort_ms")));
+    assert!(!dir.path().join("db").exists(), "nothing was created");
+
+    let config = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN };
+    let node = NodeStore::open_with(&dir.path().join("db"), &config).unwrap();
+    let mut log = node.log_store::<TestConfig>(1).unwrap();
+    log.blocking_append(normal_entries(1..=50)).await.unwrap();
+    node.flush().await.unwrap();
+    let stats = node.flush_stats();
+    assert!(stats.flushes >= 1, "{stats:?}");
+    assert_eq!((stats.stalls, stats.flush_in_progress_ns), (0, 0), "{stats:?}");
 }
