@@ -5,11 +5,15 @@
 //! record and outcome, earn and hold records, expiry indexes, change sets), and a clone is then
 //! a reference count instead of an allocation. Measured on 730,000 earns held in memory: see
 //! docs/benchmarks.md.
+//!
+//! Deserializing runs the same checks as `parse`: ids also arrive as bincode (the node API,
+//! Raft entries from a leader, values read back from the store), and a decoder must not be a
+//! way around validation.
 
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ValidationError;
 use crate::limits::*;
@@ -33,12 +37,27 @@ fn check_text(field: &'static str, value: &str, bytes_max: usize) -> Result<(), 
     Ok(())
 }
 
+/// Implements `Deserialize` through the type's `parse`, so that a decoded id is as valid as a
+/// parsed one; serialization stays the plain string (`#[serde(transparent)]`).
+macro_rules! deserialize_with_parse {
+    ($name:ident) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(deserializer)?;
+                Self::parse(value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
         pub struct $name(Arc<str>);
+
+        deserialize_with_parse!($name);
 
         impl $name {
             pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
@@ -73,9 +92,11 @@ text_id!(
 );
 
 /// A partner brand: lower-case letters, digits, `-` and `_`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct PartnerId(Arc<str>);
+
+deserialize_with_parse!(PartnerId);
 
 impl PartnerId {
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
@@ -101,9 +122,11 @@ impl fmt::Display for PartnerId {
 }
 
 /// A point currency such as `SKYMILES`: upper-case letters, digits and `_`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct CurrencyCode(Arc<str>);
+
+deserialize_with_parse!(CurrencyCode);
 
 impl CurrencyCode {
     pub fn parse(value: impl Into<String>) -> Result<Self, ValidationError> {
