@@ -373,11 +373,16 @@ mod tests {
         (FlushWatchdog { stall_abort_ms, on_stall }, stalls_rx)
     }
 
-    /// A flush that blocks until the returned sender sends (or is dropped), then succeeds.
+    /// A flush whose first call blocks until the returned sender sends (or is dropped); later
+    /// calls return at once, so that a failed assertion cannot hang the test in the final flush
+    /// that dropping the flusher waits for.
     fn blocking_flush() -> (FlushFn, Sender<()>) {
         let (release_tx, release_rx) = channel::<()>();
+        let mut first_call = true;
         let flush: FlushFn = Box::new(move || {
-            let _ = release_rx.recv();
+            if std::mem::take(&mut first_call) {
+                let _ = release_rx.recv();
+            }
             Ok(())
         });
         (flush, release_tx)
@@ -398,8 +403,11 @@ mod tests {
     #[test]
     fn a_flush_blocked_past_the_bound_runs_the_stall_action_once() {
         let (watchdog, stalls) = reporting_watchdog(50);
-        let (flush, release) = blocking_flush();
+        let (flush, release_first_flush) = blocking_flush();
         let flusher = Flusher::start(flush, watchdog, "/data/node-7/db".to_string()).unwrap();
+        // Declared after `flusher`, so dropped before it if an assertion fails: the blocked flush
+        // returns and dropping the flusher does not wait forever.
+        let release = release_first_flush;
         let done = submit_and_wait(&flusher);
 
         let stall = stalls.recv_timeout(Duration::from_secs(20)).expect("the watchdog saw the stall");
@@ -415,7 +423,6 @@ mod tests {
         release.send(()).unwrap();
         assert!(done.recv_timeout(Duration::from_secs(20)).unwrap().is_ok());
         assert_eq!(flusher.stats().flush_in_progress_ns, 0);
-        drop(release); // the final flush at shutdown returns at once
         drop(flusher);
         assert!(stalls.try_recv().is_err());
     }
