@@ -95,6 +95,10 @@ pub struct NodeFlags {
     /// Idempotency key retention in milliseconds of log time [default: 7 days].
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION_MS")]
     pub idempotency_retention_ms: Option<u64>,
+    /// Abort the node when one sled flush has not returned after this many milliseconds, so that
+    /// it restarts instead of hanging; at least 1000 [default: 30000].
+    #[arg(long, env = "TALLY_FLUSH_STALL_ABORT_MS")]
+    pub flush_stall_abort_ms: Option<u64>,
     /// `tally dev` only (its gateway): longest time spent on one request, retries included
     /// [default: 5000].
     #[arg(long, env = "TALLY_REQUEST_DEADLINE_MS")]
@@ -138,6 +142,9 @@ impl NodeFlags {
         }
         if let Some(retention_ms) = self.idempotency_retention_ms {
             config.idempotency_retention_ms = retention_ms;
+        }
+        if let Some(stall_abort_ms) = self.flush_stall_abort_ms {
+            config.flush_stall_abort_ms = stall_abort_ms;
         }
         config.validate().map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))?;
         Ok(file_config)
@@ -240,6 +247,24 @@ mod tests {
         assert_eq!(config.node.shard_count, 16, "the flag wins over the file");
         assert_eq!(config.gateway.request_deadline_ms, 100, "the file wins over the default");
         assert_eq!(config.gateway_config().partner_operations_per_second_max, 50);
+    }
+
+    #[test]
+    fn the_flush_stall_bound_comes_from_the_file_then_the_flag_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "[node]\nflush_stall_abort_ms = 60000\n").unwrap();
+        let from_file = NodeFlags { config: Some(path.clone()), ..NodeFlags::default() }.load().unwrap();
+        assert_eq!(from_file.node.flush_stall_abort_ms, 60_000);
+        let flags = NodeFlags {
+            config: Some(path.clone()),
+            flush_stall_abort_ms: Some(45_000),
+            ..NodeFlags::default()
+        };
+        assert_eq!(flags.load().unwrap().node.flush_stall_abort_ms, 45_000, "the flag wins over the file");
+        std::fs::write(&path, "[node]\nflush_stall_abort_ms = 10\n").unwrap();
+        let error = NodeFlags { config: Some(path), ..NodeFlags::default() }.load().unwrap_err();
+        assert!(format!("{error:#}").contains("flush_stall_abort_ms"), "{error:#}");
     }
 
     #[test]
