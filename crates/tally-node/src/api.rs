@@ -196,11 +196,19 @@ impl NodeApiService {
 #[tonic::async_trait]
 impl NodeApi for NodeApiService {
     async fn call(&self, request: Request<NodeCall>) -> Result<Response<NodeReply>, Status> {
-        let request: NodeRequest =
-            decode_wire(&request.get_ref().payload).map_err(Status::invalid_argument)?;
+        let request = decode_request(&request.get_ref().payload)?;
         let result = handle(&self.node, request).await;
         Ok(Response::new(NodeReply { payload: encode_wire(&result) }))
     }
+}
+
+/// A `NodeCall` payload to the request it carries. Ids in it are checked as they decode (the
+/// id types' `Deserialize` runs their `parse`), so a request with an empty or control-character
+/// member id or key is refused here, before any group sees it.
+pub fn decode_request(payload: &[u8]) -> Result<NodeRequest, Status> {
+    decode_wire(payload).map_err(|reason| {
+        Status::invalid_argument(format!("the NodeCall payload is not a valid node request: {reason}"))
+    })
 }
 
 /// Runs one request on the node; also used directly by in-process callers.
@@ -335,5 +343,63 @@ impl NodeClient {
         decode_wire::<NodeResult>(&reply.get_ref().payload).map_err(|reason| {
             NodeApiError::Transport(format!("node {}: undecodable answer: {reason}", self.address))
         })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balance_request(member_id: &str) -> NodeRequest {
+        NodeRequest::Balance {
+            shard: 0,
+            member_id: MemberId::parse(member_id).unwrap(),
+            currency: CurrencyCode::parse("SKYMILES").unwrap(),
+            linearizable: true,
+        }
+    }
+
+    /// The encoding of a request for `alice` with her name's bytes replaced: what a client that
+    /// does not go through `parse` could send.
+    fn with_member_bytes(replacement: &[u8; 5]) -> Vec<u8> {
+        let mut payload = encode_wire(&balance_request("alice"));
+        let at = payload.windows(5).position(|window| window == b"alice").expect("the id is in the bytes");
+        payload[at..at + 5].copy_from_slice(replacement);
+        payload
+    }
+
+    #[test]
+    fn a_valid_request_decodes_unchanged() {
+        assert_eq!(decode_request(&with_member_bytes(b"alice")).unwrap(), balance_request("alice"));
+    }
+
+    #[test]
+    fn a_control_character_in_a_member_id_is_refused_as_invalid_argument() {
+        let status = decode_request(&with_member_bytes(b"al\x07ce")).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("the NodeCall payload is not a valid node request: ")
+                && status.message().contains("member_id contains a control character at position 2"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn an_empty_idempotency_key_in_a_submit_is_refused() {
+        let command = |key: &str| Command {
+            partner_id: PartnerId::parse("sky").unwrap(),
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
+            operation: Operation::Enrol {
+                member_id: MemberId::parse("bob").unwrap(),
+                currency: CurrencyCode::parse("SKYMILES").unwrap(),
+            },
+        };
+        let mut payload = encode_wire(&NodeRequest::Submit { shard: 1, commands: vec![command("k")] });
+        // bincode writes a string as its u64 length, then the bytes: make "k" the empty key.
+        let at = payload.windows(9).position(|window| window == b"\x01\0\0\0\0\0\0\0k").unwrap();
+        payload.splice(at..at + 9, [0u8; 8]);
+        let status = decode_request(&payload).unwrap_err();
+        assert!(status.message().contains("idempotency_key must not be empty"), "{}", status.message());
     }
 }
