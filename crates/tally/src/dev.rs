@@ -1,5 +1,11 @@
 //! The one-process dev cluster: one node holding the meta group and every shard, plus the
 //! gateway, the admin API, health and reflection, all on one gRPC address.
+//!
+//! The node's internal services (`tally.internal.NodeApi`, `tally.internal.RaftTransport`)
+//! are not served: they do not authenticate, so on the partner address anyone could submit
+//! commands in any partner's name, and nothing needs them here. The gateway reaches the node
+//! in process (`LocalBackend`), and a one-node cluster has no peers to send Raft messages to;
+//! adding nodes is what `tally node` and `tally gateway` are for (docs/operations.md).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use tally_gateway::{Gateway, GatewayConfig};
-use tally_node::api::NodeApiService;
 use tally_node::{Node, NodeConfig};
-use tally_raft::transport::RaftTransportService;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -69,9 +73,7 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(gateway.ledger_service())
-        .add_service(gateway.admin_service())
-        .add_service(RaftTransportService::server(node.config().node_id, node.registry()))
-        .add_service(NodeApiService::server(node.clone()));
+        .add_service(gateway.admin_service());
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let incoming = TcpListenerStream::new(listener);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
