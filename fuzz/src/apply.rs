@@ -119,7 +119,23 @@ fn terms(input: &mut Unstructured) -> Result<AgreementTerms> {
     })
 }
 
+/// A ledger operation, or now and then a key claim of one (and rarely a claim of a claim,
+/// which must be refused as invalid).
 fn operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode) -> Result<Operation> {
+    Ok(match input.int_in_range(0..=15u8)? {
+        14 => Operation::claim_key(pools.member(input)?, ledger_operation(input, pools, own)?),
+        15 => Operation::ClaimKey {
+            member_id: pools.member(input)?,
+            request: Box::new(Operation::claim_key(
+                pools.member(input)?,
+                ledger_operation(input, pools, own)?,
+            )),
+        },
+        _ => ledger_operation(input, pools, own)?,
+    })
+}
+
+fn ledger_operation(input: &mut Unstructured, pools: &Pools, own: &CurrencyCode) -> Result<Operation> {
     Ok(match input.int_in_range(0..=12u8)? {
         0 => Operation::Enrol { member_id: pools.member(input)?, currency: pools.currency(input, own)? },
         1 => Operation::Earn {

@@ -82,6 +82,7 @@ pub fn operation_reply(
             reply.fee_points = *fee_points;
             reply.credited_points = *credited_points;
         }
+        OperationResult::KeyClaimed => {}
     }
     reply
 }

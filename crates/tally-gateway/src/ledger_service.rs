@@ -22,7 +22,7 @@ use crate::auth::{self, Caller};
 use crate::backend::{Backend, BackendError};
 use crate::metrics::{observe, record_operation};
 use crate::status::{self, ApiError};
-use crate::submit::{submit_grouped, with_retry, Deadline, Purpose};
+use crate::submit::{submit_claimed, with_retry, Deadline, KeyedCommand, Purpose};
 use crate::transfer::{self, CrossShardTransfer};
 use crate::validate::{self, Action, Write};
 use crate::{convert, Shared};
@@ -117,7 +117,7 @@ impl<B: Backend> LedgerService<B> {
         writes: Vec<(&'static str, Result<Write, ApiError>)>,
     ) -> Vec<Result<OperationReply, ApiError>> {
         let shard_count = self.backend().shard_count();
-        let mut submissions: Vec<(u32, Command)> = Vec::new();
+        let mut submissions: Vec<KeyedCommand> = Vec::new();
         let mut names = Vec::with_capacity(writes.len());
         let mut plans = Vec::with_capacity(writes.len());
         for (name, write) in writes {
@@ -127,9 +127,9 @@ impl<B: Backend> LedgerService<B> {
                 Ok(write) => self.plan(caller, shard_count, write, &mut submissions),
             });
         }
-        let commands: Vec<Command> = submissions.iter().map(|(_, command)| command.clone()).collect();
+        let commands: Vec<Command> = submissions.iter().map(|keyed| keyed.command.clone()).collect();
         let mut outcomes: Vec<Option<Result<CommandOutcome, ApiError>>> =
-            submit_grouped(self.backend(), deadline, submissions).await.into_iter().map(Some).collect();
+            submit_claimed(self.backend(), deadline, submissions).await.into_iter().map(Some).collect();
 
         let mut results: Vec<Option<Result<OperationReply, ApiError>>> = Vec::with_capacity(plans.len());
         let mut transfers = Vec::new();
@@ -185,7 +185,7 @@ impl<B: Backend> LedgerService<B> {
         caller: &Caller,
         shard_count: u32,
         write: Write,
-        submissions: &mut Vec<(u32, Command)>,
+        submissions: &mut Vec<KeyedCommand>,
     ) -> Planned {
         let shard = shard_of_member(&write.member_id, shard_count);
         let name = write.action.name();
@@ -195,7 +195,7 @@ impl<B: Backend> LedgerService<B> {
                 let to_shard = shard_of_member(&to_member_id, shard_count);
                 if to_shard == shard {
                     Operation::Transfer {
-                        from_member_id: write.member_id,
+                        from_member_id: write.member_id.clone(),
                         to_member_id,
                         currency,
                         amount_points,
@@ -217,7 +217,11 @@ impl<B: Backend> LedgerService<B> {
                         from_shard: shard,
                         to_shard,
                     };
-                    submissions.push((shard, transfer.out_command()));
+                    submissions.push(KeyedCommand {
+                        shard,
+                        member_id: transfer.from_member_id.clone(),
+                        command: transfer.out_command(),
+                    });
                     return Planned::CrossShard { transfer, submission: submissions.len() - 1 };
                 }
             }
@@ -227,7 +231,7 @@ impl<B: Backend> LedgerService<B> {
             idempotency_key: write.idempotency_key,
             operation,
         };
-        submissions.push((shard, command));
+        submissions.push(KeyedCommand { shard, member_id: write.member_id, command });
         Planned::Single { name, shard, submission: submissions.len() - 1 }
     }
 
@@ -450,6 +454,15 @@ impl<B: Backend> Ledger for LedgerService<B> {
             let Some((operation, outcome)) = found else {
                 return Err(self.operation_not_found(&caller.partner_id, &key, member_id.as_str()));
             };
+            // This shard is the key's home and only holds the claim of a request for a member
+            // on another shard: that member's shard has the operation.
+            if let Operation::ClaimKey { member_id: claimed_for, .. } = &operation {
+                return Err(ApiError::NotFound(format!(
+                    "idempotency key {key} of partner {} is used by a request for member {claimed_for}, \
+                     not {member_id}: ask with member_id {claimed_for}",
+                    caller.partner_id
+                )));
+            }
             let name = operation.kind().as_str();
             // The stored answer of an earlier request: a replay by definition.
             Ok(match &outcome.result {

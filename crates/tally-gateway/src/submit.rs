@@ -12,7 +12,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_ledger::{Command, CommandOutcome};
+use tally_ledger::routing::home_shard_of_key;
+use tally_ledger::{Command, CommandOutcome, MemberId, Operation, OperationResult};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -256,6 +257,85 @@ pub async fn submit_grouped<B: Backend>(
             result.unwrap_or_else(|| Err(ApiError::Internal("a shard submission task failed".to_string())))
         })
         .collect()
+}
+
+/// A partner's command, the shard it is applied on and the member that routes it there.
+#[derive(Clone, Debug)]
+pub struct KeyedCommand {
+    pub shard: u32,
+    pub member_id: MemberId,
+    pub command: Command,
+}
+
+/// Proposes partner commands whose idempotency keys are scoped per partner, not per shard.
+///
+/// A key belongs to one home shard (`home_shard_of_key`). A command applied on its key's home
+/// shard is deduplicated there as usual. Any other command first claims its key on the home
+/// shard (`Operation::ClaimKey`, all claims of a call in one round, one `submit` per home
+/// shard) and is proposed to its own shard only once the claim is granted or replayed; a claim
+/// the home shard refuses (the key serves another request) is the command's answer, so the
+/// request changes nothing. A retry repeats the claim, which replays, then the command, which
+/// replays or, if the first attempt stopped between the two, is applied now.
+///
+/// Returns one result per command, in the order given.
+pub async fn submit_claimed<B: Backend>(
+    backend: &Arc<B>,
+    deadline: Deadline,
+    commands: Vec<KeyedCommand>,
+) -> Vec<Result<CommandOutcome, ApiError>> {
+    let shard_count = backend.shard_count();
+    let mut claims = Vec::new();
+    let mut claim_of = Vec::with_capacity(commands.len());
+    for keyed in &commands {
+        let command = &keyed.command;
+        let home = home_shard_of_key(&command.partner_id, &command.idempotency_key, shard_count);
+        if home == keyed.shard {
+            claim_of.push(None);
+            continue;
+        }
+        claim_of.push(Some(claims.len()));
+        claims.push((
+            home,
+            Command {
+                partner_id: command.partner_id.clone(),
+                idempotency_key: command.idempotency_key.clone(),
+                operation: Operation::claim_key(keyed.member_id.clone(), command.operation.clone()),
+            },
+        ));
+    }
+    let mut claim_answers: Vec<Option<Result<CommandOutcome, ApiError>>> = if claims.is_empty() {
+        Vec::new()
+    } else {
+        submit_grouped(backend, deadline, claims).await.into_iter().map(Some).collect()
+    };
+
+    let mut results: Vec<Option<Result<CommandOutcome, ApiError>>> = Vec::with_capacity(commands.len());
+    let mut granted = Vec::new();
+    let mut granted_positions = Vec::new();
+    for (position, (keyed, claim)) in commands.into_iter().zip(claim_of).enumerate() {
+        let answer = claim.map(|index| claim_answers[index].take().expect("one answer per claim"));
+        match answer {
+            None | Some(Ok(CommandOutcome { result: Ok(OperationResult::KeyClaimed), .. })) => {
+                granted_positions.push(position);
+                granted.push((keyed.shard, keyed.command));
+                results.push(None);
+            }
+            Some(Ok(refused @ CommandOutcome { result: Err(_), .. })) => results.push(Some(Ok(refused))),
+            Some(Ok(other)) => results.push(Some(Err(ApiError::Internal(format!(
+                "the claim of key {} was answered {:?}",
+                keyed.command.idempotency_key, other.result
+            ))))),
+            Some(Err(error)) => results.push(Some(Err(error))),
+        }
+    }
+    if !granted.is_empty() {
+        for (position, answer) in
+            granted_positions.into_iter().zip(submit_grouped(backend, deadline, granted).await)
+        {
+            results[position] = Some(answer);
+        }
+    }
+    results.into_iter().map(|result| result.expect("every command answered")).collect()
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use common::{authed, TestGateway, HOTEL_KEY, SKY_KEY};
 use prost::Message;
 use tally_gateway::GatewayConfig;
 use tally_ledger::limits::{AMOUNT_POINTS_MAX, HOLD_DURATION_MS_MAX, SUBMIT_BATCH_OPERATIONS_MAX};
-use tally_ledger::AgreementTerms;
+use tally_ledger::routing::home_shard_of_key;
+use tally_ledger::{AgreementTerms, IdempotencyKey, PartnerId};
 use tally_proto::v1::{
     batch_operation, batch_result, AuthorizeHoldRequest, BatchOperation, CaptureHoldRequest, EarnRequest,
     EnrolRequest, ExchangeRequest, GetBalanceRequest, GetOperationRequest, HoldStatus, ListStatementRequest,
@@ -647,8 +648,8 @@ async fn a_full_batch_goes_through() {
     assert_eq!(reply.results.len(), SUBMIT_BATCH_OPERATIONS_MAX);
     assert!(reply.results.iter().all(|r| matches!(r.result, Some(batch_result::Result::Ok(_)))));
     assert_eq!(balance(&gateway, SKY_KEY, "m7").await, Some(20));
-    // One submit per shard.
-    assert_eq!(gateway.backend.submit_calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    // One round of key claims and one of operations, each one submit per shard.
+    assert_eq!(gateway.backend.submit_calls.load(std::sync::atomic::Ordering::SeqCst), 8);
 }
 
 // ---- exactly once ----------------------------------------------------------------------
@@ -669,6 +670,86 @@ async fn a_retry_is_a_replay_and_a_reused_key_is_refused() {
     // Keys are scoped by partner: the hotel may use k1 for its own earn.
     let hotel = client.earn(authed(HOTEL_KEY, earn("k1", "alice", 50))).await.unwrap().into_inner();
     assert!(!hotel.replay);
+}
+
+/// Keys whose home shard is `shard_of(first)`, `shard_of(second)` and a third shard.
+fn keys_by_home(gateway: &TestGateway, first: &str, second: &str) -> [String; 3] {
+    let home = |key: &str| {
+        home_shard_of_key(&PartnerId::parse("sky").unwrap(), &IdempotencyKey::parse(key).unwrap(), 4)
+    };
+    let find = |wanted: &dyn Fn(u32) -> bool| {
+        (0..1_000).map(|n| format!("reuse-{n}")).find(|key| wanted(home(key))).expect("a key with that home")
+    };
+    let (first_shard, second_shard) = (gateway.shard_of(first), gateway.shard_of(second));
+    [
+        find(&|shard| shard == first_shard),
+        find(&|shard| shard == second_shard),
+        find(&|shard| shard != first_shard && shard != second_shard),
+    ]
+}
+
+/// Found by the hostile-input catalogue: keys were deduplicated per member shard, so one key
+/// reused for members on two shards was applied twice. The scope is (partner, key) whichever
+/// shard the key's home is.
+#[tokio::test]
+async fn a_key_reused_for_a_member_on_another_shard_is_refused() {
+    let gateway = TestGateway::start(4).await;
+    let (alice, bob) = gateway.member_pair("member", false);
+    let mut client = gateway.ledger();
+    for key in keys_by_home(&gateway, &alice, &bob) {
+        let first = client.earn(authed(SKY_KEY, earn(&key, &alice, 100))).await.unwrap().into_inner();
+        let before = gateway.backend.state_without_clocks();
+        let result = client.earn(authed(SKY_KEY, earn(&key, &bob, 100))).await;
+        let status = assert_status(result, Code::AlreadyExists, &key);
+        assert!(status.message().contains("member_id"), "{status:?}");
+        let result = client
+            .redeem(authed(
+                SKY_KEY,
+                RedeemRequest { idempotency_key: key.clone(), member_id: bob.clone(), amount_points: 1 },
+            ))
+            .await;
+        assert_status(result, Code::AlreadyExists, &key);
+        assert_eq!(gateway.backend.state_without_clocks(), before, "a refused reuse changes nothing");
+        let retry = client.earn(authed(SKY_KEY, earn(&key, &alice, 100))).await.unwrap().into_inner();
+        assert!(retry.replay);
+        assert_eq!(retry.log_index, first.log_index);
+    }
+    assert_eq!(balance(&gateway, SKY_KEY, &alice).await, Some(300));
+    assert_eq!(balance(&gateway, SKY_KEY, &bob).await, None);
+    // Cross-shard transfers take their key the same way (this one was an earn's).
+    let result = client
+        .transfer(authed(SKY_KEY, transfer(&keys_by_home(&gateway, &alice, &bob)[2], &bob, &alice, 1)))
+        .await;
+    assert_status(result, Code::AlreadyExists, "operation type");
+    // The key's home shard answers a lookup under the wrong member with where to look.
+    let [_, at_bobs_shard, _] = keys_by_home(&gateway, &alice, &bob);
+    let result = client
+        .get_operation(authed(
+            SKY_KEY,
+            GetOperationRequest { idempotency_key: at_bobs_shard.clone(), member_id: bob.clone() },
+        ))
+        .await;
+    assert_status(result, Code::NotFound, &format!("ask with member_id {alice}"));
+}
+
+/// The first attempt claimed its key and stopped before its member's shard applied it: the
+/// key stays taken for that request, and the retry applies it.
+#[tokio::test]
+async fn a_claim_whose_request_was_not_applied_keeps_the_key_for_its_retry() {
+    let config = GatewayConfig { request_deadline_ms: 200, ..GatewayConfig::default() };
+    let gateway = TestGateway::start_with(4, config).await;
+    let (alice, bob) = gateway.member_pair("member", false);
+    let [_, _, elsewhere] = keys_by_home(&gateway, &alice, &bob);
+    let mut client = gateway.ledger();
+    gateway.backend.set_down(gateway.shard_of(&alice), true);
+    let result = client.earn(authed(SKY_KEY, earn(&elsewhere, &alice, 100))).await;
+    assert_status(result, Code::Unavailable, "retry with the same idempotency key");
+    gateway.backend.set_down(gateway.shard_of(&alice), false);
+    let result = client.earn(authed(SKY_KEY, earn(&elsewhere, &bob, 100))).await;
+    assert_status(result, Code::AlreadyExists, "member_id");
+    let reply = client.earn(authed(SKY_KEY, earn(&elsewhere, &alice, 100))).await.unwrap().into_inner();
+    assert_eq!(points(&reply), vec![(alice.clone(), 100)]);
+    assert_eq!(balance(&gateway, SKY_KEY, &bob).await, None);
 }
 
 #[tokio::test]

@@ -27,6 +27,21 @@ pub struct AgreementTerms {
     pub fee_points: u64,
 }
 
+impl AgreementTerms {
+    /// All zero: terms that no agreement has (its denominator is at least 1), used where terms
+    /// are deliberately not recorded.
+    pub fn unset() -> Self {
+        Self {
+            rate_numerator: 0,
+            rate_denominator: 0,
+            minimum_points: 0,
+            maximum_points: 0,
+            block_size_points: 0,
+            fee_points: 0,
+        }
+    }
+}
+
 /// One ledger operation. Amounts are whole points; zero is rejected by validation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
@@ -80,9 +95,38 @@ pub enum Operation {
         amount_points: u64,
         terms: AgreementTerms,
     },
+    /// Reserves the partner's idempotency key, on the key's home shard
+    /// ([`home_shard_of_key`](crate::routing::home_shard_of_key)), for `request`, which is
+    /// applied on `member_id`'s shard. Keys are scoped per partner, not per shard: without the
+    /// claim, one key reused for members on two shards would be applied on both. Moves no
+    /// points. Build it with [`Operation::claim_key`].
+    ClaimKey { member_id: MemberId, request: Box<Operation> },
 }
 
 impl Operation {
+    /// The claim of a key for `request`, routed by `member_id`.
+    pub fn claim_key(member_id: MemberId, request: Operation) -> Operation {
+        Operation::ClaimKey { member_id, request: Box::new(Operation::claimed_request(request)) }
+    }
+
+    /// What a claim records of `request`: all of it but an exchange's terms (zeroed). The
+    /// gateway copies terms at admission, so a retry after the agreement changed must still
+    /// match the claim; the member's shard decides about the terms.
+    pub fn claimed_request(request: Operation) -> Operation {
+        match request {
+            Operation::Exchange { member_id, from_currency, to_currency, amount_points, terms: _ } => {
+                Operation::Exchange {
+                    member_id,
+                    from_currency,
+                    to_currency,
+                    amount_points,
+                    terms: AgreementTerms::unset(),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The operation's name as it appears in statements, metrics and messages.
     pub fn kind(&self) -> OperationKind {
         match self {
@@ -99,6 +143,7 @@ impl Operation {
             Operation::TransferComplete { .. } => OperationKind::TransferComplete,
             Operation::TransferRefund { .. } => OperationKind::TransferRefund,
             Operation::Exchange { .. } => OperationKind::Exchange,
+            Operation::ClaimKey { .. } => OperationKind::ClaimKey,
         }
     }
 }
@@ -118,6 +163,7 @@ pub enum OperationKind {
     TransferComplete,
     TransferRefund,
     Exchange,
+    ClaimKey,
     /// Not a command: the release of a hold whose expiry log time has passed.
     HoldExpiry,
 }
@@ -138,6 +184,7 @@ impl OperationKind {
             OperationKind::TransferComplete => "transfer_complete",
             OperationKind::TransferRefund => "transfer_refund",
             OperationKind::Exchange => "exchange",
+            OperationKind::ClaimKey => "claim_key",
             OperationKind::HoldExpiry => "hold_expiry",
         }
     }
@@ -287,6 +334,8 @@ pub enum OperationResult {
         fee_points: u64,
         credited_points: u64,
     },
+    /// The key is reserved for the claimed request (which its member's shard applies).
+    KeyClaimed,
 }
 
 /// The answer to one command. A business failure is a value here, never a storage error,

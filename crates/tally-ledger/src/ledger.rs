@@ -202,6 +202,8 @@ impl Ledger {
             | Operation::TransferComplete { .. }
             | Operation::TransferRefund { .. } => self.apply_transfer(context, operation, changes),
             Operation::Exchange { .. } => self.exchange(context, operation, changes),
+            // The idempotency record that `apply_command` stores is the whole effect.
+            Operation::ClaimKey { .. } => Ok(OperationResult::KeyClaimed),
         }
     }
 

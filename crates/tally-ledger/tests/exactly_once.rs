@@ -271,3 +271,102 @@ fn huge_retention_saturates_instead_of_overflowing() {
     h.batch(vec![]);
     assert_eq!(h.view("alice", SKY).held_points, 0);
 }
+
+// ---- key claims: one key, one request, across shards ----------------------------------
+
+fn claim(who: &str, request: Operation) -> Operation {
+    Operation::claim_key(member(who), request)
+}
+
+fn reuse_field(outcome: &CommandOutcome) -> &str {
+    match &outcome.result {
+        Err(LedgerError::KeyReusedWithDifferentRequest { field, .. }) => field,
+        other => panic!("expected a refused key reuse, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_claim_reserves_the_key_and_moves_nothing() {
+    let mut h = Harness::new();
+    h.ok("e0", earn("carol", SKY, 10));
+    let items_before = h.ledger.items().len();
+    let first = h.run("k1", claim("alice", earn("alice", SKY, 100)));
+    assert_eq!(first.result, Ok(OperationResult::KeyClaimed));
+    assert!(!first.replay);
+    // Only the claim's own record is new: no account, no statement line, no points.
+    assert_eq!(h.ledger.items().len(), items_before + 1);
+    assert!(h.lines("alice", SKY).is_empty());
+    assert_eq!(h.balance("carol", SKY), 10);
+    h.advance(1_000);
+    let retry = h.run("k1", claim("alice", earn("alice", SKY, 100)));
+    assert!(retry.replay);
+    assert_eq!((retry.result, retry.log_index), (Ok(OperationResult::KeyClaimed), first.log_index));
+}
+
+#[test]
+fn a_claimed_key_refuses_any_other_request() {
+    let mut h = Harness::new();
+    h.ok("k1", claim("alice", earn("alice", SKY, 100)));
+    let before = h.ledger.items();
+    // Another member on a third shard (another claim) and another member on this shard (the
+    // operation itself, since this shard is the key's home): both refused, naming the field.
+    assert_eq!(reuse_field(&h.run("k1", claim("bob", earn("bob", SKY, 100)))), "member_id");
+    assert_eq!(reuse_field(&h.run("k1", claim("alice", earn("alice", SKY, 99)))), "amount_points");
+    assert_eq!(reuse_field(&h.run("k1", earn("dave", SKY, 100))), "member_id");
+    assert_eq!(reuse_field(&h.run("k1", redeem("dave", SKY, 100))), "operation type");
+    // Even the very request claimed, arriving here as an operation, is refused: its member
+    // lives on another shard, where it is applied.
+    assert_eq!(reuse_field(&h.run("k1", earn("alice", SKY, 100))), "member_id");
+    let mut after = h.ledger.items();
+    after.retain(|item| !matches!(item, state::StateItem::Clock { .. }));
+    let mut before = before;
+    before.retain(|item| !matches!(item, state::StateItem::Clock { .. }));
+    assert_eq!(after, before, "a refused request changes nothing");
+}
+
+#[test]
+fn an_applied_key_refuses_claims_for_other_requests() {
+    let mut h = Harness::new();
+    h.ok("k1", earn("alice", SKY, 100));
+    assert_eq!(reuse_field(&h.run("k1", claim("bob", earn("bob", SKY, 100)))), "member_id");
+    assert_eq!(reuse_field(&h.run("k1", claim("alice", earn("alice", SKY, 100)))), "member_id");
+    assert_eq!(h.balance("alice", SKY), 100);
+}
+
+#[test]
+fn an_exchange_claim_leaves_the_terms_to_the_members_shard() {
+    let mut h = Harness::new();
+    h.ok("x1", claim("alice", exchange("alice", SKY, HOTEL, 40, terms(1, 2))));
+    // The agreement changed between the attempts: the claim still matches the retry.
+    let retry = h.run("x1", claim("alice", exchange("alice", SKY, HOTEL, 40, terms(1, 1))));
+    assert!(retry.replay, "{retry:?}");
+    assert_eq!(
+        reuse_field(&h.run("x1", claim("alice", exchange("alice", SKY, HOTEL, 41, terms(1, 1))))),
+        "amount_points"
+    );
+}
+
+#[test]
+fn a_claim_of_a_claim_is_invalid() {
+    let mut h = Harness::new();
+    let nested = Operation::ClaimKey {
+        member_id: member("alice"),
+        request: Box::new(claim("alice", earn("alice", SKY, 1))),
+    };
+    let outcome = h.run("k1", nested);
+    assert!(matches!(outcome.result, Err(LedgerError::Invalid(_))), "{outcome:?}");
+}
+
+#[test]
+fn claims_survive_persistence_and_keep_the_digest_deterministic() {
+    let mut first = Harness::new();
+    let mut second = Harness::new();
+    for h in [&mut first, &mut second] {
+        h.ok("k1", claim("alice", earn("alice", SKY, 100)));
+        h.ok("k2", earn("bob", SKY, 5));
+    }
+    assert_eq!(first.ledger.digest(), second.ledger.digest());
+    let mut h = Harness::with_ledger(Ledger::from_items(first.ledger.items()));
+    assert_eq!(h.ledger.digest(), first.ledger.digest());
+    assert_eq!(reuse_field(&h.run("k1", earn("dave", SKY, 100))), "member_id");
+}

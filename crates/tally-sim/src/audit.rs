@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use tally_gateway::transfer::{transfer_complete_key, transfer_in_key, transfer_refund_key};
+use tally_ledger::routing::home_shard_of_key;
 use tally_ledger::state::{AccountKey, StateItem, StatementLine, SystemAccountKind};
 use tally_ledger::{CommandOutcome, CurrencyCode, Ledger, Operation, OperationResult, TransferStatus};
 use tally_raft::NodeId;
@@ -275,6 +276,36 @@ impl Audit<'_> {
         Some(outcome)
     }
 
+    /// An acknowledged request applied on another shard than its key's home shard must have
+    /// claimed the key there, for that same request: otherwise the key could serve a second,
+    /// different request on a third shard.
+    fn claimed(&mut self, shard: u32, slot: &Slot, operation: &Operation) {
+        let home = home_shard_of_key(&slot.0, &slot.1, self.input.shard_count);
+        if home == shard {
+            return;
+        }
+        match self.leader(home).ledger.operation(&slot.0, &slot.1) {
+            Some((Operation::ClaimKey { request, .. }, _))
+                if *request == Operation::claimed_request(operation.clone()) => {}
+            Some((stored, _)) => self.violation(
+                ViolationKind::RequestDiffers,
+                format!(
+                    "shard {home}: the home shard of acknowledged key {} holds {stored:?}, not its claim \
+                     for {operation:?}",
+                    slot_name(slot)
+                ),
+            ),
+            None => self.violation(
+                ViolationKind::AckedMissing,
+                format!(
+                    "shard {home}: acknowledged key {} (applied on shard {shard}) was never claimed on \
+                     its home shard",
+                    slot_name(slot)
+                ),
+            ),
+        }
+    }
+
     fn journal(&mut self) {
         let sent: Vec<(Slot, Sent)> =
             self.input.history.sent.iter().map(|(slot, sent)| (slot.clone(), sent.clone())).collect();
@@ -282,6 +313,9 @@ impl Audit<'_> {
             let acked_at = self.input.history.acked.get(&slot).copied();
             match sent {
                 Sent::Single { shard, command } => {
+                    if acked_at.is_some() {
+                        self.claimed(shard, &slot, &command.operation);
+                    }
                     let found = self.journaled(shard, slot.clone(), &command.operation, acked_at);
                     if found.is_none() && acked_at.is_some() {
                         self.violation(
@@ -295,6 +329,9 @@ impl Audit<'_> {
                 }
                 Sent::CrossShard(transfer) => {
                     let out = transfer.out_command();
+                    if acked_at.is_some() {
+                        self.claimed(transfer.from_shard, &slot, &out.operation);
+                    }
                     let first = self.journaled(transfer.from_shard, slot.clone(), &out.operation, acked_at);
                     let Some(first) = first else {
                         if acked_at.is_some() {

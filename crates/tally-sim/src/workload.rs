@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tally_gateway::submit::{submit_to_shard, Deadline};
+use tally_gateway::submit::{submit_claimed, Deadline, KeyedCommand};
 use tally_gateway::transfer::{self, CrossShardTransfer};
 use tally_gateway::{ApiError, Backend, Consistency};
 use tally_ledger::routing::shard_of_member;
@@ -42,9 +42,12 @@ pub fn member(index: usize) -> MemberId {
 /// One step of a client's plan.
 #[derive(Clone, Debug)]
 pub enum Step {
-    /// One command to one shard; `resend`: send it once more after it is acknowledged.
+    /// One command to one shard, routed there by `member_id` (its key is claimed on the key's
+    /// home shard first when that is another); `resend`: send it once more after it is
+    /// acknowledged.
     Single {
         shard: u32,
+        member_id: MemberId,
         command: Command,
         resend: bool,
     },
@@ -89,8 +92,10 @@ pub fn plan(seed: u64, client: usize, shape: &WorkloadShape) -> Plan {
         let shard = shard_of_member(&member_id, shape.shard_count);
         let key = |kind: &str| IdempotencyKey::parse(format!("c{client}-{n}-{kind}")).expect("valid key");
         let resend = rng.gen_bool(0.1);
+        let routing_member = member_id.clone();
         let single = |key: IdempotencyKey, operation: Operation| Step::Single {
             shard,
+            member_id: routing_member.clone(),
             command: Command { partner_id: partner_id.clone(), idempotency_key: key, operation },
             resend,
         };
@@ -125,7 +130,8 @@ pub fn plan(seed: u64, client: usize, shape: &WorkloadShape) -> Plan {
                     idempotency_key: key,
                     operation,
                 };
-                let hold_shard = shard_of_hold(&steps, &hold_key).unwrap_or(shard);
+                let (hold_shard, hold_member) =
+                    hold_place(&steps, &hold_key).unwrap_or((shard, member_id.clone()));
                 let command = if rng.gen_bool(0.6) {
                     command(
                         key("capture"),
@@ -134,7 +140,7 @@ pub fn plan(seed: u64, client: usize, shape: &WorkloadShape) -> Plan {
                 } else {
                     command(key("void"), Operation::VoidHold { hold_key })
                 };
-                Step::Single { shard: hold_shard, command, resend }
+                Step::Single { shard: hold_shard, member_id: hold_member, command, resend }
             }
             54..=77 => {
                 let to_member = member(pick_other(&mut rng, shape.members, member_index));
@@ -198,9 +204,12 @@ pub fn plan(seed: u64, client: usize, shape: &WorkloadShape) -> Plan {
     Plan { client, steps }
 }
 
-fn shard_of_hold(steps: &[(u64, Step)], hold_key: &IdempotencyKey) -> Option<u32> {
+/// The shard and member of the hold authorized under `hold_key`.
+fn hold_place(steps: &[(u64, Step)], hold_key: &IdempotencyKey) -> Option<(u32, MemberId)> {
     steps.iter().find_map(|(_, step)| match step {
-        Step::Single { shard, command, .. } if &command.idempotency_key == hold_key => Some(*shard),
+        Step::Single { shard, member_id, command, .. } if &command.idempotency_key == hold_key => {
+            Some((*shard, member_id.clone()))
+        }
         _ => None,
     })
 }
@@ -244,12 +253,13 @@ pub async fn run_client(
             return;
         }
         match step {
-            Step::Single { shard, command, resend } => {
+            Step::Single { shard, member_id, command, resend } => {
                 let slot: Slot = (command.partner_id.clone(), command.idempotency_key.clone());
                 recorder.sent(slot.clone(), Sent::Single { shard, command: command.clone() });
                 let mut sends = if resend { 2 } else { 1 };
                 while sends > 0 {
-                    if !single_until_answered(&cluster, &recorder, &mut rng, shard, &command, times).await {
+                    let keyed = KeyedCommand { shard, member_id: member_id.clone(), command: command.clone() };
+                    if !single_until_answered(&cluster, &recorder, &mut rng, &keyed, times).await {
                         return;
                     }
                     count_answer(&recorder, &counters, &slot);
@@ -298,25 +308,18 @@ async fn single_until_answered(
     cluster: &Arc<SimCluster>,
     recorder: &Recorder,
     rng: &mut StdRng,
-    shard: u32,
-    command: &Command,
+    keyed: &KeyedCommand,
     times: ClientTimes,
 ) -> bool {
-    let slot: Slot = (command.partner_id.clone(), command.idempotency_key.clone());
+    let slot: Slot = (keyed.command.partner_id.clone(), keyed.command.idempotency_key.clone());
     loop {
         if Instant::now() >= times.give_up_at {
             return false;
         }
-        let answer = submit_to_shard(
-            cluster.as_ref(),
-            Deadline::after(ATTEMPT_DEADLINE),
-            shard,
-            vec![command.clone()],
-        )
-        .await;
-        match answer {
-            Ok(mut outcomes) => {
-                recorder.answer(slot, outcomes.remove(0));
+        let answer = submit_claimed(cluster, Deadline::after(ATTEMPT_DEADLINE), vec![keyed.clone()]).await;
+        match answer.into_iter().next().expect("one answer per command") {
+            Ok(outcome) => {
+                recorder.answer(slot, outcome);
                 return true;
             }
             Err(_) => pause_before_retry(rng).await,
@@ -339,11 +342,14 @@ async fn cross_until_answered(
             return false;
         }
         let deadline = Deadline::after(ATTEMPT_DEADLINE);
-        let first =
-            submit_to_shard(cluster.as_ref(), deadline, transfer.from_shard, vec![transfer.out_command()])
-                .await;
-        let outcome = match first {
-            Ok(mut outcomes) => outcomes.remove(0),
+        let step_one = KeyedCommand {
+            shard: transfer.from_shard,
+            member_id: transfer.from_member_id.clone(),
+            command: transfer.out_command(),
+        };
+        let first = submit_claimed(cluster, deadline, vec![step_one]).await;
+        let outcome = match first.into_iter().next().expect("one answer per command") {
+            Ok(outcome) => outcome,
             Err(_) => {
                 pause_before_retry(rng).await;
                 continue;

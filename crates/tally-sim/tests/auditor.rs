@@ -333,3 +333,65 @@ fn a_request_that_differs_from_the_journal_is_caught() {
         "{violations:#?}"
     );
 }
+
+/// Two shards: an earn applied on shard 0 under a key whose home is shard 1, with (or
+/// without) the claim of that key on shard 1.
+fn claimed_input(with_claim: bool) -> AuditInput {
+    let shard_count = 2;
+    let claimed_key = (0..100)
+        .map(|n| key(&format!("claimed-{n}")))
+        .find(|candidate| tally_ledger::routing::home_shard_of_key(&partner(0), candidate, shard_count) == 1)
+        .expect("a key whose home is shard 1");
+    let earn = Command {
+        partner_id: partner(0),
+        idempotency_key: claimed_key.clone(),
+        operation: Operation::Earn { member_id: member(0), currency: currency(0), amount_points: 5 },
+    };
+    let claim =
+        Command { operation: Operation::claim_key(member(0), earn.operation.clone()), ..earn.clone() };
+    let apply = |ledger: &mut Ledger, command: &Command| {
+        let batch = ShardBatch {
+            header: BatchHeader { log_time_ms: LOG_TIME_MS, idempotency_retention_ms: RETENTION_MS },
+            commands: vec![command.clone()],
+        };
+        let mut changes = ChangeSet::default();
+        (ledger.apply_batch(1, &batch, &mut changes).remove(0), changes)
+    };
+    let mut home = Ledger::new();
+    if with_claim {
+        apply(&mut home, &claim);
+    }
+    let mut members_shard = Ledger::new();
+    let (outcome, changes) = apply(&mut members_shard, &earn);
+    let mut statements: BTreeMap<AccountKey, Vec<tally_ledger::StatementLine>> = BTreeMap::new();
+    for (account, line) in changes.statement_lines {
+        statements.entry(account).or_default().push(line);
+    }
+    let slot = (partner(0), claimed_key);
+    let mut history = History::default();
+    history.sent.insert(slot.clone(), Sent::Single { shard: 0, command: earn });
+    history.answers.push(Answer { slot: slot.clone(), outcome, at: 1 });
+    history.acked.insert(slot, 2);
+    AuditInput {
+        seed: 7,
+        shard_count,
+        history,
+        shards: vec![
+            vec![replica(1, &members_shard, &statements), replica(2, &members_shard, &statements)],
+            vec![replica(1, &home, &BTreeMap::new()), replica(2, &home, &BTreeMap::new())],
+        ],
+    }
+}
+
+#[test]
+fn a_request_applied_without_claiming_its_key_is_caught() {
+    let violations = audit(&claimed_input(true));
+    assert!(violations.is_empty(), "{violations:#?}");
+    let violations = audit(&claimed_input(false));
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::AckedMissing && v.detail.contains("never claimed")),
+        "{violations:#?}"
+    );
+}

@@ -526,16 +526,16 @@ fn bad_wire_type() -> Vec<u8> {
     vec![0x0f, 0x01]
 }
 
-/// A member on the same shard as `member` (the dev cluster of `common` has 4 shards).
-/// Idempotency keys are deduplicated on the member's shard, so a key reused for a member of
-/// another shard is not detected: the catalogue checks reuse within one shard.
-fn neighbour_of(member: &str) -> String {
+/// A member on the same shard as `member` (`same_shard`) or on another one (the dev cluster
+/// of `common` has 4 shards). A key is deduplicated per partner across shards: reused for
+/// either, it is refused.
+fn member_near(member: &str, same_shard: bool) -> String {
     let shard_count = common::node_config(std::path::Path::new(".")).shard_count;
     let shard = |id: &str| shard_of_member(&MemberId::parse(id).expect("valid member"), shard_count);
     (0..)
         .map(|index| format!("neighbour-{index}"))
-        .find(|candidate| shard(candidate) == shard(member))
-        .expect("some member shares the shard")
+        .find(|candidate| (shard(candidate) == shard(member)) == same_shard)
+        .expect("some member on the wanted shard")
 }
 
 fn ledger_cases() -> Vec<Case> {
@@ -543,7 +543,8 @@ fn ledger_cases() -> Vec<Case> {
     use Caller::*;
     let over_long = "k".repeat(129);
     let multibyte_over_long = "é".repeat(65);
-    let neighbour = neighbour_of("alice");
+    let neighbour = member_near("alice", true);
+    let stranger = member_near("alice", false);
     vec![
         // Enrol
         case(
@@ -631,6 +632,14 @@ fn ledger_cases() -> Vec<Case> {
             "key reused for another member of the shard",
             Sky,
             Earn(earn("seed", &neighbour, 1_000)),
+            Code::AlreadyExists,
+            "member_id differs",
+        )
+        .logged(),
+        case(
+            "key reused for a member of another shard",
+            Sky,
+            Earn(earn("seed", &stranger, 1_000)),
             Code::AlreadyExists,
             "member_id differs",
         )

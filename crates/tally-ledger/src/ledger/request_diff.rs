@@ -13,7 +13,25 @@ enum Value<'a> {
 type Fields<'a> = Vec<(&'static str, Value<'a>)>;
 
 /// `None` when the two requests are the same, else the name of the first field that differs.
+///
+/// A key claim (`ClaimKey`) compares by the request it claims. A claim and an operation under
+/// one key are never the same request: the claim is for a request applied on another shard
+/// than this operation's, so when their fields agree the member (hence the shard) differs.
 pub(super) fn first_difference(stored: &Operation, request: &Operation) -> Option<&'static str> {
+    match (stored, request) {
+        (
+            Operation::ClaimKey { member_id: stored_member, request: stored_request },
+            Operation::ClaimKey { member_id: request_member, request: claimed },
+        ) => {
+            return first_difference(stored_request, claimed)
+                .or((stored_member != request_member).then_some("member_id"));
+        }
+        (Operation::ClaimKey { request: claimed, .. }, operation)
+        | (operation, Operation::ClaimKey { request: claimed, .. }) => {
+            return Some(first_difference(claimed, operation).unwrap_or("member_id"));
+        }
+        _ => {}
+    }
     if stored == request {
         return None;
     }
@@ -89,6 +107,7 @@ fn fields(operation: &Operation) -> Fields<'_> {
             fields.extend(term_fields(terms));
             fields
         }
+        Operation::ClaimKey { .. } => unreachable!("claims are compared by their request"),
     }
 }
 

@@ -44,6 +44,13 @@ pub(super) fn operation(operation: &Operation) -> Result<(), ValidationError> {
             }
             validate_terms(terms)
         }
+        // The claimed request is validated where it is applied, on its member's shard.
+        Operation::ClaimKey { request, .. } => match request.as_ref() {
+            Operation::ClaimKey { .. } => {
+                Err(ValidationError::new("request", "is a key claim; a claim names a ledger operation"))
+            }
+            _ => Ok(()),
+        },
     }
 }
 
