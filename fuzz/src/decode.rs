@@ -4,8 +4,9 @@
 //! replicas disagree about the same log entry).
 //!
 //! The decoded ledger batches are then applied to a fresh ledger, as a replica applies a log
-//! entry written by a faulty or hostile leader: ids inside such a batch never went through
-//! `parse`, so this is where the ledger's defensive checks meet unvalidated values.
+//! entry written by a faulty or hostile leader: amounts, durations and terms inside such a batch
+//! were never validated by a gateway, so this is where the ledger's defensive checks meet them
+//! (ids deserialize through `parse`, so an invalid id fails the decode instead).
 
 use std::fmt::Debug;
 

@@ -258,7 +258,8 @@ pub async fn run_client(
                 recorder.sent(slot.clone(), Sent::Single { shard, command: command.clone() });
                 let mut sends = if resend { 2 } else { 1 };
                 while sends > 0 {
-                    let keyed = KeyedCommand { shard, member_id: member_id.clone(), command: command.clone() };
+                    let keyed =
+                        KeyedCommand { shard, member_id: member_id.clone(), command: command.clone() };
                     if !single_until_answered(&cluster, &recorder, &mut rng, &keyed, times).await {
                         return;
                     }
