@@ -50,18 +50,16 @@ cargo test --workspace --all-targets
 # the cargo test above), ending with its correctness proof: every acknowledged operation's
 # effect read back, replays and timed-out calls checked, points conserved. A failed proof
 # exits non-zero and fails the suite.
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tally-dev.sh"
 loadtest_smoke() {
-    local bin_dir="${CARGO_TARGET_DIR:-target}/debug" work port pid status=0
+    local bin_dir="${CARGO_TARGET_DIR:-target}/debug" work port status=0
     work="$(mktemp -d /tmp/tally-loadtest-smoke.XXXXXX)"
     port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    "$bin_dir/tally" dev --data-dir "$work/data" --listen "127.0.0.1:$port" --no-metrics >"$work/dev.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 300); do grep -q "ready" "$work/dev.log" && break; sleep 0.1; done
+    start_tally_dev "$bin_dir/tally" "$work/data" "127.0.0.1:$port" "$work/dev.log" || { rm -rf "$work"; return 1; }
     "$bin_dir/tally-loadtest" --target "http://127.0.0.1:$port" --profile mixed --members 400 \
         --concurrency 16 --duration-secs 5 --replay-share 0.05 --timeout-share 0.02 --quiet \
         --report "$work/report.json" || status=$?
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_tally_dev
     if [[ "$status" != 0 ]]; then
         echo "load generator smoke run failed (exit $status); dev log:" >&2
         tail -n 20 "$work/dev.log" >&2

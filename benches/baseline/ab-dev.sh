@@ -38,24 +38,18 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     exit 1
 fi
 
-DEV_PID=""
-cleanup() { if [[ -n "$DEV_PID" ]]; then kill "$DEV_PID" 2>/dev/null && wait "$DEV_PID" 2>/dev/null; fi; true; }
-trap cleanup EXIT
+source "$ROOT/scripts/lib/tally-dev.sh"
+trap stop_tally_dev EXIT
 
 run_one() { # label, binary, round
     local label="$1" binary="$2" round="$3" data="$OUT/data-$1-$3"
     rm -rf "$data"
-    "$binary" dev --data-dir "$data" --listen "127.0.0.1:$PORT" --no-metrics >"$OUT/dev-$label-$round.log" 2>&1 &
-    DEV_PID=$!
-    for _ in $(seq 1 300); do grep -q "ready" "$OUT/dev-$label-$round.log" && break; sleep 0.1; done
-    grep -q "ready" "$OUT/dev-$label-$round.log" || { cat "$OUT/dev-$label-$round.log" >&2; exit 1; }
+    start_tally_dev "$binary" "$data" "127.0.0.1:$PORT" "$OUT/dev-$label-$round.log" || exit 1
     echo "ab: round $round/$ROUNDS, $label ($binary)"
     "$LOADTEST" --target "http://127.0.0.1:$PORT" --profile "$PROFILE" --concurrency "$CONCURRENCY" \
         --duration-secs "$DURATION_SECS" --report "$OUT/$label-$round.json" "${EXTRA[@]}" >"$OUT/$label-$round.txt"
     tail -n 3 "$OUT/$label-$round.txt"
-    kill "$DEV_PID"
-    wait "$DEV_PID" 2>/dev/null || true
-    DEV_PID=""
+    stop_tally_dev
     rm -rf "$data"
 }
 

@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
+source "$ROOT/scripts/lib/tally-dev.sh"
 
 DURATION_SECS=15
 OUT=""
@@ -212,14 +213,10 @@ tally_runs() { # system, gateway URL
 
 run_tally_dev() {
     log "tally dev (release, fresh data folder) on 127.0.0.1:$DEV_PORT"
-    "$TALLY" dev --data-dir "$WORK/dev" --listen "127.0.0.1:$DEV_PORT" --no-metrics >"$WORK/dev.log" 2>&1 &
-    local pid=$!
-    STARTED_PIDS+=("$pid")
-    for _ in $(seq 1 300); do grep -q "ready" "$WORK/dev.log" && break; sleep 0.1; done
-    grep -q "ready" "$WORK/dev.log" || { cat "$WORK/dev.log" >&2; exit 1; }
+    start_tally_dev "$TALLY" "$WORK/dev" "127.0.0.1:$DEV_PORT" "$WORK/dev.log" || exit 1
+    STARTED_PIDS+=("$TALLY_DEV_PID")
     tally_runs tally-dev "http://127.0.0.1:$DEV_PORT"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_tally_dev
     STARTED_PIDS=()
 }
 
