@@ -5,66 +5,23 @@
 
 mod common;
 
-use bytes::{Buf, BufMut};
 use common::TestCluster;
 use tally_ledger::{Command, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_node::api::NodeRequest;
 use tally_proto::internal::node_api_client::NodeApiClient;
 use tally_proto::internal::NodeCall;
 use tally_raft::network::encode_wire;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Sends and receives bytes as they are.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, destination: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        destination.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, source: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(source.copy_to_bytes(source.remaining()).to_vec()))
-    }
-}
-
 /// Calls `path` with `body` and the partner key `api_key`; the call must fail.
 async fn refused(channel: &Channel, path: &'static str, body: Vec<u8>, api_key: &str) -> Status {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
     let mut request = tonic::Request::new(body);
     let bearer = MetadataValue::try_from(format!("Bearer {api_key}")).unwrap();
     request.metadata_mut().insert("authorization", bearer);
-    match grpc.unary(request, PathAndQuery::from_static(path), RawCodec).await {
-        Ok(reply) => panic!("{path} answered {} bytes instead of an error", reply.into_inner().len()),
+    match common::raw::unary(channel, path, request).await {
+        Ok(reply) => panic!("{path} answered {} bytes instead of an error", reply.len()),
         Err(status) => status,
     }
 }

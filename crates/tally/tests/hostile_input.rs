@@ -21,7 +21,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
 use common::{authorized, TestCluster};
 use tally_gateway::GatewayConfig;
 use tally_ledger::routing::shard_of_member;
@@ -38,8 +37,6 @@ use tally_proto::v1::{
     ReverseEarnRequest, RotatePartnerKeyRequest, SetAgreementRequest, SubmitBatchRequest, TransferRequest,
     TriggerSnapshotRequest, VoidHoldRequest,
 };
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -191,44 +188,6 @@ impl Case {
     }
 }
 
-/// Bytes in, bytes out: lets the test put malformed protobuf on the wire.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, destination: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        destination.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, source: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(source.copy_to_bytes(source.remaining()).to_vec()))
-    }
-}
-
 /// The seeded cluster and the keys of its partners.
 struct World {
     cluster: TestCluster,
@@ -338,12 +297,10 @@ impl World {
             Call::ListPartners => admin!(list_partners, ListPartnersRequest {}),
             Call::ClusterStatus => admin!(cluster_status, ClusterStatusRequest {}),
             Call::Raw(path, body) => {
-                let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-                grpc.ready().await.map_err(|error| Status::unknown(format!("channel not ready: {error}")))?;
                 let request = self.request(caller, body, timeout);
-                grpc.unary(request, PathAndQuery::from_static(path), RawCodec)
+                common::raw::unary(&self.channel, path, request)
                     .await
-                    .map(|reply| format!("{} bytes", reply.into_inner().len()))
+                    .map(|reply| format!("{} bytes", reply.len()))
             }
         }
     }
