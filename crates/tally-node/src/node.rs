@@ -10,7 +10,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tally_ledger::limits::BATCH_COMMANDS_MAX;
 use tally_ledger::meta::{ClusterLayout, MetaCommand, MetaError, MetaResult, MetaState, NodeInfo};
-use tally_ledger::state::{AccountKey, StatementLine, TransferRecord};
+use tally_ledger::state::{StatementLine, TransferRecord};
 use tally_ledger::CurrencyTotals;
 use tally_ledger::{
     BalanceView, Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId,
@@ -476,27 +476,12 @@ impl Node {
     ) -> Result<(Vec<StatementLine>, u64), ProposeError> {
         let group = self.group(shard_group_id(shard))?;
         self.linearize(&group).await?;
-        let total_lines = {
-            let state = group.shared.read();
-            let GroupData::Shard(ledger) = &state.data else { unreachable!("shard groups hold a ledger") };
-            ledger.statement_lines(member_id, currency)
-        };
-        let account = AccountKey::Member { member_id: member_id.clone(), currency: currency.clone() };
-        // A newest-first read with no cursor starts from the last line written.
-        let start = match (start_sequence, newest_first) {
-            (Some(sequence), _) => Some(sequence),
-            (None, true) => total_lines.checked_sub(1),
-            (None, false) => Some(0),
-        };
-        let Some(start) = start else { return Ok((Vec::new(), 0)) };
-        let lines =
-            group.shared.statement_lines(&account, Some(start), newest_first, limit).map_err(|error| {
-                ProposeError::Unavailable {
-                    group_id: group.group_id,
-                    reason: format!("reading statement: {error}"),
-                }
-            })?;
-        Ok((lines, total_lines))
+        group.shared.statement_page(member_id, currency, start_sequence, newest_first, limit).map_err(
+            |error| ProposeError::Unavailable {
+                group_id: group.group_id,
+                reason: format!("reading statement: {error}"),
+            },
+        )
     }
 
     pub async fn operation(

@@ -17,7 +17,7 @@ use openraft::{EntryPayload, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
 use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, StatementLine};
-use tally_ledger::Ledger;
+use tally_ledger::{CurrencyCode, Ledger, MemberId};
 use tally_store::{decode_value, encode_value, StateTree, StoreError};
 
 use crate::keys;
@@ -73,6 +73,31 @@ impl GroupShared {
             GroupData::Meta(meta) => meta.clone(),
             GroupData::Shard(_) => panic!("group {} is a shard, not the meta group", self.group_id),
         }
+    }
+
+    /// One page of a member account's statement and the account's total line count. Without
+    /// a cursor, a newest-first page starts at the last line written and an oldest-first one at
+    /// the first (panics on the meta group: a wiring bug).
+    pub fn statement_page(
+        &self,
+        member_id: &MemberId,
+        currency: &CurrencyCode,
+        start_sequence: Option<u64>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<(Vec<StatementLine>, u64), StoreError> {
+        let total_lines = match &self.read().data {
+            GroupData::Shard(ledger) => ledger.statement_lines(member_id, currency),
+            GroupData::Meta(_) => panic!("group {} is the meta group, not a shard", self.group_id),
+        };
+        let start = match (start_sequence, newest_first) {
+            (Some(sequence), _) => Some(sequence),
+            (None, true) => total_lines.checked_sub(1),
+            (None, false) => Some(0),
+        };
+        let Some(start) = start else { return Ok((Vec::new(), 0)) };
+        let account = AccountKey::member(member_id, currency);
+        Ok((self.statement_lines(&account, Some(start), newest_first, limit)?, total_lines))
     }
 
     /// Lines of a member account, from `start_sequence` (inclusive) in the given direction.

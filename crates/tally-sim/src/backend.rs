@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tally_gateway::{Backend, BackendError, BalanceRead, Consistency, StatementPage};
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
-use tally_ledger::state::AccountKey;
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_proto::v1::ClusterStatusReply;
 use tally_raft::{Group, GroupData, ProposeError};
@@ -139,17 +138,9 @@ impl Backend for SimCluster {
     ) -> Result<StatementPage, BackendError> {
         let group = self.leader_group(shard)?;
         self.linearize(&group).await?;
-        let total_lines = with_ledger(&group, |ledger, _| ledger.statement_lines(&member_id, &currency));
-        let start = match (start_sequence, newest_first) {
-            (Some(sequence), _) => Some(sequence),
-            (None, true) => total_lines.checked_sub(1),
-            (None, false) => Some(0),
-        };
-        let Some(start) = start else { return Ok(StatementPage { lines: Vec::new(), total_lines: 0 }) };
-        let account = AccountKey::member(&member_id, &currency);
-        let lines = group
+        let (lines, total_lines) = group
             .shared
-            .statement_lines(&account, Some(start), newest_first, limit)
+            .statement_page(&member_id, &currency, start_sequence, newest_first, limit)
             .map_err(|error| BackendError::Unavailable(format!("reading statement: {error}")))?;
         Ok(StatementPage { lines, total_lines })
     }
