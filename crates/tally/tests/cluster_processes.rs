@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use process_cluster::{
-    assert_conserved, authorized, connect, free_addr, member, pause_writers, status, tally,
+    assert_conserved, authorized, connect, free_addr, init_cluster, member, pause_writers, status,
     wait_replicas_identical, write_until_answered, writer, Cluster, Model, Operation, Process, MEMBERS,
 };
 use tally_gateway::transfer::{transfer_id, CrossShardTransfer};
@@ -41,17 +41,8 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     for node_id in 1..=3 {
         cluster.start_node(node_id);
     }
-    let node_list = (1..=3).map(|id| cluster.node_addrs[&id].clone()).collect::<Vec<_>>().join(",");
-    let init =
-        tally().args(["cluster", "init", "--nodes", &node_list, "--wait-secs", "60"]).output().unwrap();
-    assert!(
-        init.status.success(),
-        "cluster init failed:\n{}\n{}\n{}",
-        String::from_utf8_lossy(&init.stdout),
-        String::from_utf8_lossy(&init.stderr),
-        cluster.logs()
-    );
-    let init_output = String::from_utf8_lossy(&init.stdout);
+    let init_output = init_cluster(&cluster);
+    let node_list = cluster.node_list();
     assert!(init_output.contains("every group has a leader"), "{init_output}");
 
     // Two gateways: any of them serves any request.

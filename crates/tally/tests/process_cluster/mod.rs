@@ -408,8 +408,9 @@ pub fn assert_conserved(reply: &ClusterStatusReply) {
     }
 }
 
-/// Runs `tally cluster init` on every started node; panics with the logs if it fails.
-pub fn init_cluster(cluster: &Cluster) {
+/// Runs `tally cluster init` on every started node and returns what it printed; panics with
+/// the logs if it fails.
+pub fn init_cluster(cluster: &Cluster) -> String {
     let init = tally()
         .args(["cluster", "init", "--nodes", &cluster.node_list(), "--wait-secs", "60"])
         .output()
@@ -421,6 +422,7 @@ pub fn init_cluster(cluster: &Cluster) {
         String::from_utf8_lossy(&init.stderr),
         cluster.logs()
     );
+    String::from_utf8_lossy(&init.stdout).into_owned()
 }
 
 /// Starts a gateway over the nodes started so far and connects to it.
