@@ -18,17 +18,21 @@ use crate::{LogStore, StateTree, StoreConfig, StoreError};
 ///
 /// Cheap to clone (an `Arc`). The flusher thread stops, after one last flush, when the last
 /// handle is dropped (`LogStore`s hold a handle, `StateTree`s do not); that drop blocks until the
-/// thread has finished, so the same path can be reopened right away.
+/// thread has finished and sled has released its file lock, so the same path can be reopened
+/// right away.
 #[derive(Clone)]
 pub struct NodeStore {
     inner: Arc<Inner>,
 }
 
+// Fields drop in declaration order: the `Db`, then the flusher (whose thread owns the other
+// `Db` handle), then the wait for sled's file lock, which is only released after both.
 struct Inner {
     db: sled::Db,
     flusher: Flusher,
     /// The folder of the groups' vote files; none for temporary stores.
     votes_dir: Option<PathBuf>,
+    lock_release: LockReleaseWait,
 }
 
 impl NodeStore {
@@ -132,11 +136,14 @@ impl NodeStore {
         // fragmented segments, also runs on every page replace (`PageCache::replace` rewrites
         // one page to clean per write), so space is still reclaimed under writes.
         let sled_config = sled_config.flush_every_ms(None);
+        let folder = (!sled_config.temporary).then(|| sled_config.path.clone());
         let db = sled_config.open()?;
+        // Only once the lock is ours: a failed open must not wait for another holder's lock.
+        let lock_release = LockReleaseWait { folder };
         let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);
         let flusher =
             Flusher::start_for_db(db.clone(), watchdog, data_folder.to_string()).map_err(StoreError::Io)?;
-        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
+        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir, lock_release }) })
     }
 
     /// Reads every tree whole (so that sled meets every page now, not later while serving),
@@ -239,6 +246,63 @@ impl NodeStore {
 impl fmt::Debug for NodeStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeStore").field("flush_stats", &self.flush_stats()).finish_non_exhaustive()
+    }
+}
+
+/// sled's data file in its folder, the one it locks (`flock`, exclusive) while open.
+const SLED_DB_FILE: &str = "db";
+
+/// How long the last drop of a store waits for sled to release its file lock before giving up
+/// with a warning. Far above what the release takes (the last background write or truncation
+/// ending, well under a second); bounded so that a shutdown cannot hang on it.
+const LOCK_RELEASE_WAIT_MS_MAX: u64 = 10_000;
+
+/// Waits until nothing holds sled's file lock on the database in `folder`, for at most
+/// `timeout_ms`; returns whether the lock is free (also when there is no database file).
+///
+/// Why it is needed: dropping the last `Db` handle does not release the lock at once. sled's
+/// file (and its lock) is shared with its thread pool's background jobs (writes of sealed
+/// buffers, segment truncations), which hold it until they end, after the handle is gone. A
+/// reopen in that window is refused as `StoreError::Locked` although the database was closed
+/// cleanly. [`NodeStore`] calls this when its last handle is dropped; a tool that opens the
+/// folder with sled directly calls it after closing. Probing with our own lock, taken and let
+/// go, is the one way to see the release: `flock` locks conflict between two opens of a file
+/// within one process as between processes.
+pub fn wait_until_sled_unlocked(folder: &Path, timeout_ms: u64) -> bool {
+    use fs2::FileExt;
+    let db_file = folder.join(SLED_DB_FILE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    loop {
+        // No file (the folder was deleted first): there is no lock to wait for.
+        let Ok(file) = std::fs::File::open(&db_file) else { return true };
+        if file.try_lock_exclusive().is_ok() {
+            // Closing the file (at the end of this scope) releases the probe's lock.
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Waits, when dropped, until sled's file lock on the store's folder is free, so that the
+/// folder can be reopened as soon as the last [`NodeStore`] handle is gone.
+struct LockReleaseWait {
+    /// sled's folder; none for a temporary store, which nothing reopens.
+    folder: Option<PathBuf>,
+}
+
+impl Drop for LockReleaseWait {
+    fn drop(&mut self) {
+        let Some(folder) = &self.folder else { return };
+        if !wait_until_sled_unlocked(folder, LOCK_RELEASE_WAIT_MS_MAX) {
+            tracing::warn!(
+                folder = %folder.display(),
+                wait_ms = LOCK_RELEASE_WAIT_MS_MAX,
+                "sled still holds its file lock after the store was closed; a reopen may be refused"
+            );
+        }
     }
 }
 

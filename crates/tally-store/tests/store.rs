@@ -9,7 +9,10 @@ use common::{normal_entries, normal_entry, TestConfig};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::log_id;
 use openraft::{EntryPayload, RaftLogReader, Vote};
-use tally_store::{decode_value, encode_value, NodeStore, StoreConfig, StoreError, FLUSH_STALL_ABORT_MS_MIN};
+use tally_store::{
+    decode_value, encode_value, wait_until_sled_unlocked, NodeStore, StoreConfig, StoreError,
+    FLUSH_STALL_ABORT_MS_MIN,
+};
 
 fn payloads(entries: &[openraft::Entry<TestConfig>]) -> Vec<(u64, String)> {
     entries
@@ -246,6 +249,8 @@ fn patch_raw(path: &Path, tree: &str, key: &[u8], f: impl FnOnce(Option<Vec<u8>>
     let old = tree.get(key).unwrap().map(|v| v.to_vec());
     tree.insert(key, f(old)).unwrap();
     db.flush().unwrap();
+    drop((tree, db));
+    assert!(wait_until_sled_unlocked(path, 10_000), "sled kept its lock on {}", path.display());
 }
 
 fn entry_key(index: u64) -> Vec<u8> {
@@ -276,6 +281,7 @@ async fn corrupt_log_values_are_reported_not_returned() {
         let db = sled::open(dir.path()).unwrap();
         let v = db.open_tree("g00003/raft").unwrap().get(entry_key(4)).unwrap().unwrap().to_vec();
         drop(db);
+        assert!(wait_until_sled_unlocked(dir.path(), 10_000));
         v
     };
     patch_raw(dir.path(), "g00003/raft", &entry_key(5), |_| entry4);
@@ -310,6 +316,36 @@ fn a_second_open_of_the_same_folder_is_refused_with_a_clear_error() {
     let error = tally_store::NodeStore::open(&path).unwrap_err();
     assert!(matches!(error, tally_store::StoreError::Locked { .. }), "{error:?}");
     assert!(error.to_string().contains("in use by another process"), "{error}");
+}
+
+/// CI once failed `log_vote_and_state_survive_reopen` with `Locked`: sled's background jobs
+/// still held its file lock for a moment after the last handle was dropped. Closing a store
+/// now waits for that release, so a reopen right after a drop must always succeed. Each cycle
+/// writes enough (several of sled's 8 MiB write buffers) for background writes to be in flight
+/// at the drop; without the wait this failed within a few cycles here.
+#[tokio::test]
+async fn a_closed_store_reopens_at_once_however_much_was_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = vec![0x5a_u8; 64 * 1024];
+    for cycle in 0..25u64 {
+        let node = NodeStore::open(dir.path())
+            .unwrap_or_else(|error| panic!("reopen {cycle} right after the drop failed: {error}"));
+        let mut log = node.log_store::<TestConfig>(1).unwrap();
+        let first = cycle * 10 + 1;
+        log.blocking_append(normal_entries(first..=first + 9)).await.unwrap();
+        let state = node.state_tree(1).unwrap();
+        let batch =
+            (0..64u32).map(|index| (format!("c{cycle}-{index}").into_bytes(), Some(value.clone()))).collect();
+        state.write_batch(batch).unwrap();
+        drop(state);
+        drop(log);
+        drop(node);
+    }
+    let node = NodeStore::open(dir.path()).unwrap();
+    let state = node.state_tree(1).unwrap();
+    assert_eq!(state.get(b"c24-63").unwrap().as_deref(), Some(&value[..]));
+    let mut log = node.log_store::<TestConfig>(1).unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|id| id.index), Some(250));
 }
 
 #[tokio::test]
