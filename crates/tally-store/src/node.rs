@@ -32,7 +32,8 @@ struct Inner {
     flusher: Flusher,
     /// The folder of the groups' vote files; none for temporary stores.
     votes_dir: Option<PathBuf>,
-    lock_release: LockReleaseWait,
+    /// Held only for its `Drop`, which must run last.
+    _lock_release_wait: LockReleaseWait,
 }
 
 impl NodeStore {
@@ -143,7 +144,7 @@ impl NodeStore {
         let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);
         let flusher =
             Flusher::start_for_db(db.clone(), watchdog, data_folder.to_string()).map_err(StoreError::Io)?;
-        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir, lock_release }) })
+        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir, _lock_release_wait: lock_release }) })
     }
 
     /// Reads every tree whole (so that sled meets every page now, not later while serving),

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
@@ -108,7 +108,9 @@ impl GrpcServer {
 ///   answer names the path and the services served here.
 ///
 /// Both are trailers-only responses (the status is in the headers), which is the only place
-/// this looks; every other response passes through untouched.
+/// this looks; every other response passes through untouched. It also answers a call whose
+/// deadline had passed on arrival itself, so that it is not tonic's CANCELLED (see
+/// [`CallerDeadline`]).
 #[derive(Clone)]
 pub struct EdgeService {
     routes: Routes,
@@ -127,14 +129,58 @@ impl Service<Request<Body>> for EdgeService {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let uri = request.uri().clone();
         let service_names = Arc::clone(&self.service_names);
+        let deadline = CallerDeadline::of(request.headers());
         let answer = self.routes.call(request);
         Box::pin(async move {
+            // Before the service is polled at all: see `CallerDeadline`.
+            if let Some(passed) = deadline.filter(CallerDeadline::has_passed) {
+                return Ok(passed.status().into_http());
+            }
             let mut response = answer.await?;
             if let Some(status) = edge_status(response.headers(), &uri, &service_names) {
                 set_status(response.headers_mut(), &status);
             }
             Ok(response)
         })
+    }
+}
+
+/// The caller's `grpc-timeout`, as a deadline from the moment the call reached the edge.
+///
+/// Why the edge answers a deadline that has already passed itself: tonic's server runs its own
+/// `grpc-timeout` timer around every service, and when the timer has fired by the time the
+/// service is first found not done, tonic answers CANCELLED "Timeout expired" (tonic 0.14,
+/// `GrpcTimeout`). For a call whose deadline had passed on arrival, that made the answer a
+/// race between tonic's CANCELLED and the gateway's DEADLINE_EXCEEDED. tonic polls the service
+/// before its timer, so a service that is done on its first poll always wins: the edge looks
+/// at the deadline on that first poll, before any Tally code runs, and answers
+/// DEADLINE_EXCEEDED, the code gRPC defines for it. A deadline that passes later, while a call
+/// is being served, can still meet tonic's answer (see docs/reliability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallerDeadline {
+    timeout: Duration,
+    at: Instant,
+}
+
+impl CallerDeadline {
+    /// `None` without a well-formed `grpc-timeout` (tonic itself ignores a malformed one).
+    fn of(headers: &HeaderMap) -> Option<CallerDeadline> {
+        let timeout = headers
+            .get(tally_gateway::submit::GRPC_TIMEOUT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(tally_gateway::submit::parse_grpc_timeout)?;
+        Some(CallerDeadline { timeout, at: Instant::now() + timeout })
+    }
+
+    fn has_passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    fn status(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "the request's deadline (grpc-timeout of {:?}) had passed before the server could              start on it; nothing was done (allow more time, then retry; a write keeps its              idempotency key)",
+            self.timeout
+        ))
     }
 }
 
@@ -337,5 +383,24 @@ mod tests {
         assert_eq!(read_back.code(), Code::ResourceExhausted);
         assert_eq!(read_back.message(), "new: 100%");
         assert!(read_back.details().is_empty());
+    }
+
+    #[test]
+    fn the_caller_deadline_is_read_from_grpc_timeout() {
+        let with_timeout = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            CallerDeadline::of(&headers)
+        };
+        assert_eq!(CallerDeadline::of(&HeaderMap::new()), None);
+        // Malformed (no unit, nine digits): ignored, as tonic ignores it.
+        assert_eq!(with_timeout("5"), None);
+        assert_eq!(with_timeout("123456789S"), None);
+        let past = with_timeout("1n").unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(past.has_passed());
+        assert_eq!(past.status().code(), Code::DeadlineExceeded);
+        assert!(past.status().message().contains("grpc-timeout of 1ns"), "{:?}", past.status());
+        assert!(!with_timeout("30S").unwrap().has_passed());
     }
 }

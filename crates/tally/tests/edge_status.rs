@@ -1,15 +1,17 @@
 //! What the gRPC edge of a dev cluster answers before any Tally service code runs: malformed
-//! protobuf, a message over the size limit, an unknown service or method, and the internal
-//! services, which the dev cluster does not serve. Raw calls, so the client sends exactly the
+//! protobuf, a message over the size limit, an unknown service or method, a deadline that had
+//! passed on arrival, and the internal services, which the dev cluster does not serve. Raw calls, so the client sends exactly the
 //! bytes and path given.
 
 mod common;
 
 use common::TestCluster;
+use prost::Message;
 use tally_ledger::{Command, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_node::api::NodeRequest;
 use tally_proto::internal::node_api_client::NodeApiClient;
 use tally_proto::internal::NodeCall;
+use tally_proto::v1::{ClusterStatusRequest, EarnRequest, GetBalanceRequest};
 use tally_raft::network::encode_wire;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -153,4 +155,42 @@ async fn the_dev_partner_address_does_not_serve_the_internal_services() {
 
     let balance = common::balance(&mut cluster.ledger().await, &sky, "mallory").await;
     assert!(balance.is_none(), "the forged earn was applied: {balance:?}");
+}
+
+/// A call whose `grpc-timeout` had passed when it arrived is answered DEADLINE_EXCEEDED by the
+/// edge, every time. Before, tonic's server timer raced the gateway's own check and some of
+/// these calls were answered CANCELLED "Timeout expired" instead. The client is a plain HTTP/2
+/// one, so the answer is the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_passed_on_arrival_is_deadline_exceeded_every_time() {
+    let cluster = TestCluster::start().await;
+    let sky = cluster.create_partner("sky", "SKYMILES").await;
+    // Not a tonic channel: it would answer CANCELLED itself without asking the server.
+    let client = common::raw::plain_client();
+    let earn = EarnRequest { idempotency_key: "late".into(), member_id: "alice".into(), amount_points: 5 };
+    let balance = GetBalanceRequest { member_id: "alice".into(), consistency: 0 };
+    let calls: [(&'static str, Vec<u8>); 3] = [
+        ("/tally.v1.Ledger/Earn", earn.encode_to_vec()),
+        ("/tally.v1.Ledger/GetBalance", balance.encode_to_vec()),
+        ("/tally.v1.Admin/ClusterStatus", ClusterStatusRequest::default().encode_to_vec()),
+    ];
+    const ROUNDS: usize = 30;
+    for (path, body) in calls {
+        for _ in 0..ROUNDS {
+            let mut request = tonic::Request::new(body.clone());
+            let bearer = MetadataValue::try_from(format!("Bearer {sky}")).unwrap();
+            request.metadata_mut().insert("authorization", bearer);
+            request.metadata_mut().insert("grpc-timeout", MetadataValue::from_static("1n"));
+            let status = common::raw::unary_plain(&client, &cluster.url(), path, request)
+                .await
+                .expect_err("a call past its deadline must fail");
+            assert_status(
+                &status,
+                Code::DeadlineExceeded,
+                &["the request's deadline (grpc-timeout of 1ns) had passed", "nothing was done"],
+            );
+        }
+    }
+    let balance = common::balance(&mut cluster.ledger().await, &sky, "alice").await;
+    assert!(balance.is_none(), "the late earn was applied: {balance:?}");
 }
