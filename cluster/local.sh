@@ -13,12 +13,22 @@
 #   cluster/local.sh wipe           stop, then delete ./tally-cluster
 #
 # TALLY_BIN=path uses that binary instead of building one. Logs: tally-cluster/logs/.
+# The cluster token (the secret of the nodes' internal services) is made at the first start,
+# kept in tally-cluster/cluster-token, and given to every process as TALLY_CLUSTER_TOKEN; a
+# TALLY_CLUSTER_TOKEN already set is used instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 STATE="$ROOT/tally-cluster"
 CONFIGS="$ROOT/cluster/local"
 mkdir -p "$STATE/logs" "$STATE/pids"
+if [[ -z "${TALLY_CLUSTER_TOKEN:-}" ]]; then
+  if [[ ! -s "$STATE/cluster-token" ]]; then
+    (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$STATE/cluster-token")
+  fi
+  TALLY_CLUSTER_TOKEN="$(cat "$STATE/cluster-token")"
+fi
+export TALLY_CLUSTER_TOKEN
 
 tally_bin() {
   if [[ -n "${TALLY_BIN:-}" ]]; then

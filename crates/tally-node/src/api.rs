@@ -17,8 +17,9 @@ use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, Member
 use tally_proto::internal::node_api_client::NodeApiClient;
 use tally_proto::internal::node_api_server::{NodeApi, NodeApiServer};
 use tally_proto::internal::{NodeCall, NodeReply};
+use tally_raft::cluster_token::check_cluster_token;
 use tally_raft::network::{decode_wire, encode_wire, RAFT_MESSAGE_BYTES_MAX};
-use tally_raft::{GroupId, NodeId, ProposeError};
+use tally_raft::{ClusterToken, GroupId, NodeId, ProposeError};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -186,6 +187,7 @@ pub struct NodeApiService {
 }
 
 impl NodeApiService {
+    /// The server; it refuses calls without the node's cluster token when it has one.
     pub fn server(node: Arc<Node>) -> NodeApiServer<Self> {
         NodeApiServer::new(Self { node })
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -196,6 +198,7 @@ impl NodeApiService {
 #[tonic::async_trait]
 impl NodeApi for NodeApiService {
     async fn call(&self, request: Request<NodeCall>) -> Result<Response<NodeReply>, Status> {
+        check_cluster_token(self.node.config().cluster_token.as_ref(), request.metadata())?;
         let request = decode_request(&request.get_ref().payload)?;
         let result = handle(&self.node, request).await;
         Ok(Response::new(NodeReply { payload: encode_wire(&result) }))
@@ -304,10 +307,12 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
 pub struct NodeClient {
     address: String,
     client: NodeApiClient<Channel>,
+    cluster_token: Option<ClusterToken>,
 }
 
 impl NodeClient {
-    pub fn new(address: &str) -> Result<NodeClient, NodeApiError> {
+    /// A client of the node at `address` that sends `cluster_token` with every call.
+    pub fn new(address: &str, cluster_token: Option<ClusterToken>) -> Result<NodeClient, NodeApiError> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|error| NodeApiError::Refused(format!("bad node address {address}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
@@ -315,7 +320,7 @@ impl NodeClient {
         let client = NodeApiClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        Ok(NodeClient { address: address.to_string(), client })
+        Ok(NodeClient { address: address.to_string(), client, cluster_token })
     }
 
     pub fn address(&self) -> &str {
@@ -326,6 +331,9 @@ impl NodeClient {
     pub async fn call(&self, request: &NodeRequest, timeout: Duration) -> NodeResult {
         let mut grpc_request = Request::new(NodeCall { payload: encode_wire(request) });
         grpc_request.set_timeout(timeout);
+        if let Some(token) = &self.cluster_token {
+            token.attach(&mut grpc_request);
+        }
         let mut client = self.client.clone();
         let reply = tokio::time::timeout(timeout, client.call(grpc_request))
             .await

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tally_raft::{ProposerConfig, RaftTuning};
+use tally_raft::{ClusterToken, ProposerConfig, RaftTuning};
 use tally_store::StoreConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,11 @@ pub struct NodeConfig {
     /// restarted instead of hanging with its shard leaderships (default 30000, at least 1000;
     /// only time the process was running counts). See `tally_store::StoreConfig`.
     pub flush_stall_abort_ms: u64,
+    /// The secret every internal call (node API, Raft transport) must carry; the same for every
+    /// node, gateway and CLI of the cluster, 16 to 256 visible ASCII characters. Default none:
+    /// the internal services answer anyone who reaches `listen_addr`, and the node says so in
+    /// its log. See `tally_raft::cluster_token`.
+    pub cluster_token: Option<ClusterToken>,
     pub raft: RaftTuning,
 }
 
@@ -51,6 +56,7 @@ impl Default for NodeConfig {
             queued_proposals_max: proposer.queued_proposals_max,
             inflight_entries_max: proposer.inflight_entries_max,
             flush_stall_abort_ms: tally_store::FLUSH_STALL_ABORT_MS_DEFAULT,
+            cluster_token: None,
             raft: RaftTuning::default(),
         }
     }

@@ -9,8 +9,10 @@
 //! - [`proposer`]: per-shard group commit with bounded queues.
 //! - [`network`]: `RaftNetworkFactory` over tonic with one channel per peer for all groups.
 //! - [`transport`]: the Raft transport server, dispatching by group id.
+//! - [`cluster_token`]: the shared secret that internal calls carry and nodes check.
 //! - [`group`]: a hosted group replica, its tuning, and the node's registry of groups.
 
+pub mod cluster_token;
 pub mod group;
 pub mod keys;
 pub mod network;
@@ -19,6 +21,7 @@ pub mod state_machine;
 pub mod transport;
 pub mod types;
 
+pub use cluster_token::ClusterToken;
 pub use group::{Group, GroupError, GroupRegistry, RaftTuning};
 pub use proposer::{ProposeError, Proposer, ProposerConfig};
 pub use state_machine::{GroupData, GroupShared, GroupState};

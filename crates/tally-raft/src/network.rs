@@ -21,6 +21,7 @@ use tally_proto::internal::raft_transport_client::RaftTransportClient;
 use tally_proto::internal::{RaftReply, RaftRequest};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cluster_token::ClusterToken;
 use crate::types::{GroupId, NodeId, RaftError, RpcError, TallyNode, TallyRaft};
 
 /// Version of the bincode framing on the Raft transport; tied to the openraft version.
@@ -44,12 +45,15 @@ pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     }
 }
 
-/// One channel per peer node, created on first use and shared by all groups, and the
-/// incarnation guard that both ends of the transport apply.
+/// One channel per peer node, created on first use and shared by all groups, the incarnation
+/// guard that both ends of the transport apply, and the cluster token both ends use.
 #[derive(Default)]
 pub struct PeerPool {
     channels: Mutex<BTreeMap<(NodeId, String), Channel>>,
     guard: IncarnationGuard,
+    /// Sent with every message, and required of every message received (see
+    /// [`crate::cluster_token`]); none: not sent, not checked.
+    cluster_token: Option<ClusterToken>,
 }
 
 /// Keeps a node whose data folder was wiped or replaced from taking part in Raft as the member
@@ -144,12 +148,18 @@ impl std::fmt::Display for IncarnationConflict {
 }
 
 impl PeerPool {
-    /// A pool for node `node_id` whose data folder has incarnation `incarnation`.
-    pub fn new(node_id: NodeId, incarnation: u64) -> PeerPool {
+    /// A pool for node `node_id` whose data folder has incarnation `incarnation`, in a cluster
+    /// whose internal calls carry `cluster_token`.
+    pub fn new(node_id: NodeId, incarnation: u64, cluster_token: Option<ClusterToken>) -> PeerPool {
         PeerPool {
             channels: Mutex::default(),
             guard: IncarnationGuard { node_id, own: incarnation, ..IncarnationGuard::default() },
+            cluster_token,
         }
+    }
+
+    pub fn cluster_token(&self) -> Option<&ClusterToken> {
+        self.cluster_token.as_ref()
     }
 
     /// Replaces the incarnations expected of peers (from the cluster layout).
@@ -228,6 +238,9 @@ impl GroupConnection {
             sender_incarnation: self.peers.guard.own,
         });
         grpc_request.set_timeout(option.hard_ttl());
+        if let Some(token) = &self.peers.cluster_token {
+            token.attach(&mut grpc_request);
+        }
         let reply = match method {
             Method::AppendEntries => client.append_entries(grpc_request).await,
             Method::Vote => client.vote(grpc_request).await,

@@ -9,6 +9,7 @@ use tally_proto::internal::raft_transport_server::{RaftTransport, RaftTransportS
 use tally_proto::internal::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
+use crate::cluster_token::check_cluster_token;
 use crate::group::{Group, GroupRegistry};
 use crate::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
 use crate::types::NodeId;
@@ -21,13 +22,15 @@ pub struct RaftTransportService {
 }
 
 impl RaftTransportService {
-    /// A transport that checks no incarnations (one-process clusters and tests).
+    /// A transport that checks no incarnations and no cluster token (one-process clusters and
+    /// tests).
     pub fn server(node_id: NodeId, registry: Arc<GroupRegistry>) -> RaftTransportServer<Self> {
         Self::build(Self { node_id, registry, peers: None })
     }
 
-    /// A transport that refuses messages from or to a replaced data folder, by `peers`'
-    /// incarnation guard (see [`crate::network::IncarnationGuard`]).
+    /// A transport that refuses messages without `peers`' cluster token (when it has one), and
+    /// messages from or to a replaced data folder, by `peers`' incarnation guard (see
+    /// [`crate::network::IncarnationGuard`]).
     pub fn guarded(
         node_id: NodeId,
         registry: Arc<GroupRegistry>,
@@ -42,7 +45,16 @@ impl RaftTransportService {
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
 
-    fn route<T: DeserializeOwned>(&self, request: &RaftRequest) -> Result<(Arc<Group>, T), Status> {
+    /// Refuses a message without the pool's cluster token (when it has one).
+    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let expected = self.peers.as_deref().and_then(PeerPool::cluster_token);
+        check_cluster_token(expected, request.metadata())
+    }
+
+    fn route<T: DeserializeOwned>(&self, request: &Request<RaftRequest>) -> Result<(Arc<Group>, T), Status> {
+        // Before anything of the message is read: a caller without the token learns nothing.
+        self.check_token(request)?;
+        let request = request.get_ref();
         // A message meant for another node means a peer has a wrong address for us; answering
         // it could make a leader replicate to itself, so refuse.
         if request.target_node_id != self.node_id {
@@ -76,17 +88,17 @@ fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let (group, message) = self.route(request.get_ref())?;
+        let (group, message) = self.route(&request)?;
         reply(&group.raft.append_entries(message).await)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let (group, message) = self.route(request.get_ref())?;
+        let (group, message) = self.route(&request)?;
         reply(&group.raft.vote(message).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let (group, message) = self.route(request.get_ref())?;
+        let (group, message) = self.route(&request)?;
         reply(&group.raft.install_snapshot(message).await)
     }
 }

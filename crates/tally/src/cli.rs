@@ -391,6 +391,9 @@ pub enum ClusterCommand {
         /// How long to wait for every node to answer.
         #[arg(long, default_value_t = 60)]
         wait_secs: u64,
+        /// The nodes' cluster token, when they have one.
+        #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
+        cluster_token: Option<String>,
     },
     /// Add a running, empty node to the cluster (through the gateway at --addr).
     AddNode {
@@ -430,10 +433,16 @@ pub async fn cluster(connection: &Connection, command: ClusterCommand) -> anyhow
     use tally_proto::v1::{
         AddNodeRequest, MoveLeaderRequest, MoveReplicaRequest, RemoveNodeRequest, TriggerSnapshotRequest,
     };
-    if let ClusterCommand::Init { nodes, replication_factor, wait_secs } = command {
+    if let ClusterCommand::Init { nodes, replication_factor, wait_secs, cluster_token } = command {
+        let cluster_token = cluster_token
+            .as_deref()
+            .map(tally_raft::ClusterToken::parse)
+            .transpose()
+            .map_err(|problem| anyhow!("invalid --cluster-token: {problem}"))?;
         let cluster = crate::cluster_client::ClusterClient::new(
             nodes.clone(),
             std::time::Duration::from_millis(crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT),
+            cluster_token,
         );
         let steps = crate::cluster_admin::init_cluster(
             &cluster,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tally_ledger::meta::{ClusterLayout, MetaState};
 use tally_node::api::{MetaView, NodeApiError, NodeClient, NodeRequest, NodeResponse, NodeResult};
-use tally_raft::{GroupId, NodeId, META_GROUP_ID};
+use tally_raft::{ClusterToken, GroupId, NodeId, META_GROUP_ID};
 
 /// How long one call to one node may take before the next replica is tried. A leader without
 /// a quorum never answers a write, so this bounds how long a caller waits to learn that.
@@ -33,6 +33,8 @@ pub struct ClusterClient {
     clients: Mutex<BTreeMap<String, NodeClient>>,
     routing: RwLock<Routing>,
     call_timeout: Duration,
+    /// Sent with every node API call.
+    cluster_token: Option<ClusterToken>,
     meta_cache: RwLock<Arc<MetaState>>,
     /// When an on-demand refresh last started (see [`ClusterClient::refresh_at_most_every`]).
     last_demand_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
@@ -40,13 +42,18 @@ pub struct ClusterClient {
 
 impl ClusterClient {
     /// A client that knows the cluster through `seeds` (node addresses, host:port) until it has
-    /// read the layout.
-    pub fn new(seeds: Vec<String>, call_timeout: Duration) -> Arc<ClusterClient> {
+    /// read the layout, and sends `cluster_token` with every call.
+    pub fn new(
+        seeds: Vec<String>,
+        call_timeout: Duration,
+        cluster_token: Option<ClusterToken>,
+    ) -> Arc<ClusterClient> {
         Arc::new(ClusterClient {
             seeds,
             clients: Mutex::new(BTreeMap::new()),
             routing: RwLock::new(Routing::default()),
             call_timeout,
+            cluster_token,
             meta_cache: RwLock::new(Arc::new(MetaState::default())),
             last_demand_refresh: tokio::sync::Mutex::new(None),
         })
@@ -61,7 +68,7 @@ impl ClusterClient {
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
-        let client = NodeClient::new(address)?;
+        let client = NodeClient::new(address, self.cluster_token.clone())?;
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }

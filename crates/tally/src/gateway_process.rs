@@ -41,6 +41,7 @@ pub async fn start(settings: &TallyConfig) -> anyhow::Result<GatewayProcess> {
     let cluster = ClusterClient::new(
         settings.gateway.node_addresses.clone(),
         Duration::from_millis(settings.gateway.node_call_timeout_ms),
+        settings.gateway.cluster_token.clone(),
     );
     tracing::info!(nodes = ?settings.gateway.node_addresses, "waiting for the cluster layout");
     if !cluster.wait_for_layout(Duration::from_millis(LAYOUT_WAIT_MS)).await {

@@ -48,11 +48,20 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
         config.advertise_addr = Some(addr.to_string());
     }
     let advertised = config.advertised();
+    let cluster_token = config.cluster_token.clone();
+    if cluster_token.is_none() {
+        tracing::warn!(
+            "no cluster_token is configured: this node's internal services (node API, Raft \
+             transport) answer anyone who reaches {advertised}; set the same cluster_token \
+             (--cluster-token, TALLY_CLUSTER_TOKEN) on every node, gateway and `tally cluster init`"
+        );
+    }
     let node = Node::start(config).await?;
     check_acknowledged_logs(&node, Duration::from_millis(node_call_timeout_ms)).await?;
 
     // The node reaches other shards (transfer resolver) like a gateway does.
-    let cluster = ClusterClient::new(vec![advertised], Duration::from_millis(node_call_timeout_ms));
+    let cluster =
+        ClusterClient::new(vec![advertised], Duration::from_millis(node_call_timeout_ms), cluster_token);
     let mut tasks = vec![cluster.spawn_refresh()];
     let backend = Arc::new(RemoteBackend::new(cluster.clone(), node.shard_count()));
     tasks.push(crate::resolver::spawn(node.clone(), backend));
@@ -95,7 +104,7 @@ async fn check_acknowledged_logs(node: &Node, call_timeout: Duration) -> anyhow:
     let Some(layout) = node.meta_state().layout.clone() else { return Ok(()) };
     let own_last_index: BTreeMap<GroupId, u64> =
         node.status(false).await.iter().map(|view| (view.group_id, view.last_log_index)).collect();
-    let peers = ClusterClient::new(Vec::new(), call_timeout);
+    let peers = ClusterClient::new(Vec::new(), call_timeout, node.config().cluster_token.clone());
     let mut calls = tokio::task::JoinSet::new();
     for peer in layout.nodes.values().filter(|peer| peer.node_id != node_id) {
         let (peers, address) = (peers.clone(), peer.address.clone());

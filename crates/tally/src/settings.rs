@@ -11,6 +11,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tally_gateway::GatewayConfig;
 use tally_node::NodeConfig;
+use tally_raft::ClusterToken;
 
 /// Everything a `tally dev` process is configured with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,9 @@ pub struct GatewaySettings {
     /// `tally gateway` and nodes: how long one call to one node may take before the gateway
     /// tries another replica (default 2000 ms).
     pub node_call_timeout_ms: u64,
+    /// `tally gateway` only: the cluster token its calls to nodes carry, the nodes'
+    /// `cluster_token` (default none).
+    pub cluster_token: Option<ClusterToken>,
 }
 
 impl Default for GatewaySettings {
@@ -51,6 +55,7 @@ impl Default for GatewaySettings {
             node_addresses: Vec::new(),
             metrics_addr: Some("127.0.0.1:9200".parse().expect("valid default address")),
             node_call_timeout_ms: crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT,
+            cluster_token: None,
         }
     }
 }
@@ -99,6 +104,10 @@ pub struct NodeFlags {
     /// it restarts instead of hanging; at least 1000 [default: 30000].
     #[arg(long, env = "TALLY_FLUSH_STALL_ABORT_MS")]
     pub flush_stall_abort_ms: Option<u64>,
+    /// The secret every internal call must carry, the same on every node, gateway and
+    /// `tally cluster init`; 16 to 256 visible ASCII characters [default: none].
+    #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
     /// `tally dev` only (its gateway): longest time spent on one request, retries included
     /// [default: 5000].
     #[arg(long, env = "TALLY_REQUEST_DEADLINE_MS")]
@@ -146,6 +155,9 @@ impl NodeFlags {
         if let Some(stall_abort_ms) = self.flush_stall_abort_ms {
             config.flush_stall_abort_ms = stall_abort_ms;
         }
+        if let Some(token) = &self.cluster_token {
+            config.cluster_token = Some(parse_cluster_token(token)?);
+        }
         config.validate().map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))?;
         Ok(file_config)
     }
@@ -175,6 +187,9 @@ pub struct GatewayFlags {
     /// Write operations per second each partner may send; 0 for no limit [default: 0].
     #[arg(long, env = "TALLY_PARTNER_OPERATIONS_PER_SECOND_MAX")]
     pub partner_operations_per_second_max: Option<u64>,
+    /// The nodes' cluster token, sent with every call to a node [default: none].
+    #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
 }
 
 impl GatewayFlags {
@@ -199,6 +214,9 @@ impl GatewayFlags {
         if let Some(rate) = self.partner_operations_per_second_max {
             gateway.partner_operations_per_second_max = rate;
         }
+        if let Some(token) = &self.cluster_token {
+            gateway.cluster_token = Some(parse_cluster_token(token)?);
+        }
         gateway.node_addresses.retain(|address| !address.trim().is_empty());
         if gateway.node_addresses.is_empty() {
             anyhow::bail!(
@@ -207,6 +225,10 @@ impl GatewayFlags {
         }
         Ok(config)
     }
+}
+
+fn parse_cluster_token(text: &str) -> anyhow::Result<ClusterToken> {
+    ClusterToken::parse(text).map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))
 }
 
 fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<TallyConfig> {

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use process_cluster::{
-    assert_conserved, authorized, connect, free_addr, init_cluster, member, pause_writers, status,
-    wait_replicas_identical, write_until_answered, writer, Cluster, Model, Operation, Process, MEMBERS,
+    assert_conserved, authorized, cluster_token, connect, free_addr, init_cluster, member, pause_writers,
+    status, wait_replicas_identical, write_until_answered, writer, Cluster, Model, Operation, Process,
+    MEMBERS,
 };
 use tally_gateway::transfer::{transfer_id, CrossShardTransfer};
 use tally_ledger::routing::shard_of_member;
@@ -244,8 +245,10 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
     let cluster_client = tally::cluster_client::ClusterClient::new(
         vec![cluster.node_addrs[&1].clone()],
         Duration::from_secs(2),
+        Some(cluster_token()),
     );
     assert!(cluster_client.wait_for_layout(Duration::from_secs(10)).await);
+    internal_services_refuse_callers_without_the_cluster_token(&cluster, &channel, &api_key).await;
     let partner = PartnerId::parse("air").unwrap();
     let mut interrupted = Vec::new();
     for (case, steps_done) in [("after-out", 1), ("after-in", 2)] {
@@ -367,4 +370,59 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
         .into_inner();
     assert!(!stale.linearizable && stale.staleness_bound_ms > 0, "{stale:?}");
     assert_eq!(stale.balance.unwrap().balance_points, expected_member_0, "nothing changed since");
+}
+
+/// The node API and the Raft transport of a node with a cluster token refuse a caller without
+/// it, or with another, before reading the call: a forged earn sent straight to the node API
+/// (which trusts the partner id it carries) is not applied, and a forged Raft vote is refused.
+async fn internal_services_refuse_callers_without_the_cluster_token(
+    cluster: &Cluster,
+    gateway: &tonic::transport::Channel,
+    api_key: &str,
+) {
+    let mallory = MemberId::parse("mallory").unwrap();
+    let shard = shard_of_member(&mallory, SHARDS);
+    let forged_earn = tally_ledger::Command {
+        partner_id: PartnerId::parse("air").unwrap(),
+        idempotency_key: IdempotencyKey::parse("forged-earn").unwrap(),
+        operation: tally_ledger::Operation::Earn {
+            member_id: mallory.clone(),
+            currency: CurrencyCode::parse("AIR").unwrap(),
+            amount_points: 1_000_000,
+        },
+    };
+    let wrong_token = tally_raft::ClusterToken::parse("not-the-cluster-token").unwrap();
+    for node_id in [1, 3] {
+        let address = &cluster.node_addrs[&node_id];
+        for token in [None, Some(wrong_token.clone())] {
+            let forger = tally_node::api::NodeClient::new(address, token.clone()).unwrap();
+            let request = NodeRequest::Submit { shard, commands: vec![forged_earn.clone()] };
+            let error = forger.call(&request, Duration::from_secs(5)).await.expect_err("a forged submit");
+            let error = error.to_string();
+            let expected =
+                if token.is_none() { "need the cluster token" } else { "does not match this node's" };
+            assert!(error.contains(expected), "node {node_id}, token {token:?}: {error}");
+        }
+        let mut raft =
+            tally_proto::internal::raft_transport_client::RaftTransportClient::new(connect(address).await);
+        let forged_vote = tally_proto::internal::RaftRequest {
+            group_id: shard + 1,
+            target_node_id: node_id,
+            payload: Vec::new(),
+            target_incarnation: 0,
+            sender_node_id: 99,
+            sender_incarnation: 0,
+        };
+        let refused = raft.vote(forged_vote).await.expect_err("a forged vote");
+        assert_eq!(refused.code(), Code::Unauthenticated, "node {node_id}: {refused:?}");
+    }
+    let read = LedgerClient::new(gateway.clone())
+        .get_balance(authorized(GetBalanceRequest { member_id: "mallory".into(), consistency: 1 }, api_key))
+        .await;
+    assert_eq!(
+        read.map_err(|status| status.code()).err(),
+        Some(Code::NotFound),
+        "the forged earn was applied"
+    );
+    println!("internal services refused calls without the cluster token and with a wrong one");
 }

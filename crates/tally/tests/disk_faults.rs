@@ -96,6 +96,7 @@ async fn a_wiped_node_is_refused_under_its_old_id_and_replaced_through_snapshots
     let cluster_client = tally::cluster_client::ClusterClient::new(
         vec![cluster.node_addrs[&1].clone()],
         Duration::from_secs(5),
+        Some(process_cluster::cluster_token()),
     );
     let members: std::collections::BTreeMap<u64, String> =
         (1..=3).map(|id| (id, cluster.node_addrs[&id].clone())).collect();

@@ -27,8 +27,19 @@ pub fn free_addr() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// The cluster token of every test cluster: each `tally` process started here (nodes,
+/// gateways, `cluster init`) gets it through `TALLY_CLUSTER_TOKEN`, so the internal calls of
+/// these tests all carry it and are all checked.
+pub const CLUSTER_TOKEN: &str = "process-cluster-test-token";
+
+pub fn cluster_token() -> tally_raft::ClusterToken {
+    tally_raft::ClusterToken::parse(CLUSTER_TOKEN).expect("a valid token")
+}
+
 pub fn tally() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+    command.env("TALLY_CLUSTER_TOKEN", CLUSTER_TOKEN);
+    command
 }
 
 /// One `tally` process, killed when dropped; its output goes to a log file.
