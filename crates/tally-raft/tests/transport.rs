@@ -119,3 +119,46 @@ async fn connections_reach_the_right_group_and_map_failures_for_openraft() {
     }
     let _ = stop.send(());
 }
+
+/// A guarded transport whose pool has a cluster token answers only messages that carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_transport_answers_only_messages_with_the_cluster_token() {
+    let token = tally_raft::ClusterToken::parse("transport-test-cluster-token").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = NodeStore::temporary().unwrap();
+    let registry = Arc::new(GroupRegistry::default());
+    let node_1_peers = Arc::new(PeerPool::new(1, 0, Some(token.clone())));
+    let group =
+        Group::start(1, SHARD, &store, node_1_peers.clone(), &fast_tuning(), ProposerConfig::default())
+            .await
+            .unwrap();
+    registry.insert(group);
+    let router = tonic::transport::Server::builder().add_service(RaftTransportService::guarded(
+        1,
+        registry,
+        node_1_peers,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stopped.await;
+    }));
+    let request = VoteRequest::new(Vote::new(5, 2), None);
+
+    let with_token = Arc::new(PeerPool::new(2, 0, Some(token)));
+    let mut shard = GroupNetworkFactory { group_id: SHARD, peers: with_token };
+    let response = shard.new_client(1, &node_info(&addr)).await.vote(request.clone(), option()).await;
+    assert!(response.expect("a vote with the token").vote_granted);
+
+    let wrong = tally_raft::ClusterToken::parse("another-cluster-token").unwrap();
+    for (peers, expected) in [
+        (PeerPool::default(), "need the cluster token"),
+        (PeerPool::new(2, 0, Some(wrong)), "does not match this node's"),
+    ] {
+        let mut shard = GroupNetworkFactory { group_id: SHARD, peers: Arc::new(peers) };
+        let refused = shard.new_client(1, &node_info(&addr)).await.vote(request.clone(), option()).await;
+        let error = refused.expect_err("a vote without the right token").to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+    let _ = stop.send(());
+}

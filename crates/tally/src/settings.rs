@@ -290,6 +290,38 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_token_comes_from_the_file_then_the_flag_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(
+            &path,
+            "[node]\ncluster_token = \"token-from-the-file\"\n[gateway]\nnode_addresses = [\"n1:7100\"]\n\
+             cluster_token = \"token-from-the-file\"\n",
+        )
+        .unwrap();
+        let token = |text: &str| Some(ClusterToken::parse(text).unwrap());
+        let node = NodeFlags { config: Some(path.clone()), ..NodeFlags::default() }.load().unwrap();
+        assert_eq!(node.node.cluster_token, token("token-from-the-file"));
+        let gateway = GatewayFlags { config: Some(path.clone()), ..GatewayFlags::default() }.load().unwrap();
+        assert_eq!(gateway.gateway.cluster_token, token("token-from-the-file"));
+        let flag = Some("token-from-the-flag".to_string());
+        let node =
+            NodeFlags { config: Some(path.clone()), cluster_token: flag.clone(), ..NodeFlags::default() };
+        assert_eq!(node.load().unwrap().node.cluster_token, token("token-from-the-flag"));
+        let gateway =
+            GatewayFlags { config: Some(path.clone()), cluster_token: flag, ..GatewayFlags::default() };
+        assert_eq!(gateway.load().unwrap().gateway.cluster_token, token("token-from-the-flag"));
+
+        let short = NodeFlags { cluster_token: Some("short".into()), ..NodeFlags::default() };
+        let error = format!("{:#}", short.load().unwrap_err());
+        assert!(error.contains("cluster_token is 5 characters long"), "{error}");
+        std::fs::write(&path, "[node]\ncluster_token = \"has a space in it\"\n").unwrap();
+        let error =
+            format!("{:#}", NodeFlags { config: Some(path), ..NodeFlags::default() }.load().unwrap_err());
+        assert!(error.contains("not visible ASCII"), "{error}");
+    }
+
+    #[test]
     fn gateway_flags_override_the_file_and_nodes_are_required() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
