@@ -112,7 +112,13 @@ impl SimCluster {
         let path = self.node_dir(node_id);
         let deadline = Instant::now() + Duration::from_secs(20);
         let store = loop {
-            match NodeStore::open(&path) {
+            // On a blocking thread: an open waits for sled's lock (`tally_store::LOCK_WAIT_MS`),
+            // and the crashed instance's tasks, which must run to let it go, need the workers.
+            let opening = path.clone();
+            let opened = tokio::task::spawn_blocking(move || NodeStore::open(&opening))
+                .await
+                .expect("the store's open panicked");
+            match opened {
                 Ok(store) => break store,
                 Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await

@@ -43,5 +43,5 @@ pub use config::{StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS
 pub use error::StoreError;
 pub use flusher::FlushStats;
 pub use log_store::LogStore;
-pub use node::{wait_until_sled_unlocked, NodeStore};
+pub use node::{wait_until_sled_unlocked, NodeStore, LOCK_WAIT_MS};
 pub use state_tree::StateTree;

@@ -18,22 +18,18 @@ use crate::{LogStore, StateTree, StoreConfig, StoreError};
 ///
 /// Cheap to clone (an `Arc`). The flusher thread stops, after one last flush, when the last
 /// handle is dropped (`LogStore`s hold a handle, `StateTree`s do not); that drop blocks until the
-/// thread has finished and sled has released its file lock, so the same path can be reopened
-/// right away.
+/// thread has finished. The same path can then be reopened right away: sled may keep its file
+/// lock a moment longer, and an open waits for it (see [`LOCK_WAIT_MS`]).
 #[derive(Clone)]
 pub struct NodeStore {
     inner: Arc<Inner>,
 }
 
-// Fields drop in declaration order: the `Db`, then the flusher (whose thread owns the other
-// `Db` handle), then the wait for sled's file lock, which is only released after both.
 struct Inner {
     db: sled::Db,
     flusher: Flusher,
     /// The folder of the groups' vote files; none for temporary stores.
     votes_dir: Option<PathBuf>,
-    /// Held only for its `Drop`, which must run last.
-    _lock_release_wait: LockReleaseWait,
 }
 
 impl NodeStore {
@@ -72,11 +68,7 @@ impl NodeStore {
             Err(damaged(format!("sled could not open it: {reason}")))
         });
         let store = opened.map_err(|error| match error {
-            // sled 0.34 reports its file lock as an `Other` error wrapping the WouldBlock.
-            StoreError::Sled(sled::Error::Io(io))
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("could not acquire lock") =>
-            {
+            StoreError::Sled(error) if is_lock_error(&error) => {
                 StoreError::Locked { path: path.display().to_string() }
             }
             // A damaged `conf` file reads as an unsupported (older) format.
@@ -137,14 +129,11 @@ impl NodeStore {
         // fragmented segments, also runs on every page replace (`PageCache::replace` rewrites
         // one page to clean per write), so space is still reclaimed under writes.
         let sled_config = sled_config.flush_every_ms(None);
-        let folder = (!sled_config.temporary).then(|| sled_config.path.clone());
-        let db = sled_config.open()?;
-        // Only once the lock is ours: a failed open must not wait for another holder's lock.
-        let lock_release = LockReleaseWait { folder };
+        let db = open_waiting_for_the_lock(&sled_config)?;
         let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);
         let flusher =
             Flusher::start_for_db(db.clone(), watchdog, data_folder.to_string()).map_err(StoreError::Io)?;
-        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir, _lock_release_wait: lock_release }) })
+        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
     }
 
     /// Reads every tree whole (so that sled meets every page now, not later while serving),
@@ -253,10 +242,32 @@ impl fmt::Debug for NodeStore {
 /// sled's data file in its folder, the one it locks (`flock`, exclusive) while open.
 const SLED_DB_FILE: &str = "db";
 
-/// How long the last drop of a store waits for sled to release its file lock before giving up
-/// with a warning. Far above what the release takes (the last background write or truncation
-/// ending, well under a second); bounded so that a shutdown cannot hang on it.
-const LOCK_RELEASE_WAIT_MS_MAX: u64 = 10_000;
+/// How long an open waits for sled's file lock before it answers [`StoreError::Locked`]. The
+/// lock can outlive a store closed in this process by a moment (see
+/// [`wait_until_sled_unlocked`]); another process that has the folder open keeps it for good,
+/// and is reported after this wait.
+pub const LOCK_WAIT_MS: u64 = 2_000;
+
+/// sled 0.34 reports its file lock as an `Other` error wrapping the WouldBlock.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens `sled_config`, waiting up to [`LOCK_WAIT_MS`] while its folder is locked.
+fn open_waiting_for_the_lock(sled_config: &sled::Config) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS);
+    loop {
+        match sled_config.open() {
+            Err(error) if is_lock_error(&error) && std::time::Instant::now() < deadline => {
+                let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+                // Another open may take the lock between the probe and ours: then loop again.
+                wait_until_sled_unlocked(&sled_config.path, remaining.as_millis() as u64);
+            }
+            result => return result,
+        }
+    }
+}
 
 /// Waits until nothing holds sled's file lock on the database in `folder`, for at most
 /// `timeout_ms`; returns whether the lock is free (also when there is no database file).
@@ -264,9 +275,9 @@ const LOCK_RELEASE_WAIT_MS_MAX: u64 = 10_000;
 /// Why it is needed: dropping the last `Db` handle does not release the lock at once. sled's
 /// file (and its lock) is shared with its thread pool's background jobs (writes of sealed
 /// buffers, segment truncations), which hold it until they end, after the handle is gone. A
-/// reopen in that window is refused as `StoreError::Locked` although the database was closed
-/// cleanly. [`NodeStore`] calls this when its last handle is dropped; a tool that opens the
-/// folder with sled directly calls it after closing. Probing with our own lock, taken and let
+/// reopen in that window would be refused as `StoreError::Locked` although the database was
+/// closed cleanly. [`NodeStore`]'s opens wait with this; a tool that opens the folder with sled
+/// directly, right after a store was closed, calls it first. Probing with our own lock, taken and let
 /// go, is the one way to see the release: `flock` locks conflict between two opens of a file
 /// within one process as between processes.
 pub fn wait_until_sled_unlocked(folder: &Path, timeout_ms: u64) -> bool {
@@ -284,26 +295,6 @@ pub fn wait_until_sled_unlocked(folder: &Path, timeout_ms: u64) -> bool {
             return false;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-/// Waits, when dropped, until sled's file lock on the store's folder is free, so that the
-/// folder can be reopened as soon as the last [`NodeStore`] handle is gone.
-struct LockReleaseWait {
-    /// sled's folder; none for a temporary store, which nothing reopens.
-    folder: Option<PathBuf>,
-}
-
-impl Drop for LockReleaseWait {
-    fn drop(&mut self) {
-        let Some(folder) = &self.folder else { return };
-        if !wait_until_sled_unlocked(folder, LOCK_RELEASE_WAIT_MS_MAX) {
-            tracing::warn!(
-                folder = %folder.display(),
-                wait_ms = LOCK_RELEASE_WAIT_MS_MAX,
-                "sled still holds its file lock after the store was closed; a reopen may be refused"
-            );
-        }
     }
 }
 

@@ -244,13 +244,13 @@ fn flipped_state_value_is_corrupt() {
 
 /// Test helper: rewrites one stored value of a tree through a raw sled handle on a closed store.
 fn patch_raw(path: &Path, tree: &str, key: &[u8], f: impl FnOnce(Option<Vec<u8>>) -> Vec<u8>) {
+    // sled's open does not wait for a lock that a store closed a moment ago may still hold.
+    assert!(wait_until_sled_unlocked(path, 10_000), "sled kept its lock on {}", path.display());
     let db = sled::open(path).unwrap();
     let tree = db.open_tree(tree).unwrap();
     let old = tree.get(key).unwrap().map(|v| v.to_vec());
     tree.insert(key, f(old)).unwrap();
     db.flush().unwrap();
-    drop((tree, db));
-    assert!(wait_until_sled_unlocked(path, 10_000), "sled kept its lock on {}", path.display());
 }
 
 fn entry_key(index: u64) -> Vec<u8> {
@@ -278,11 +278,9 @@ async fn corrupt_log_values_are_reported_not_returned() {
     patch_raw(dir.path(), "g00003/raft", &entry_key(2), flip(true));
     patch_raw(dir.path(), "g00003/raft", b"\x00vote", flip(false));
     let entry4 = {
-        let db = sled::open(dir.path()).unwrap();
-        let v = db.open_tree("g00003/raft").unwrap().get(entry_key(4)).unwrap().unwrap().to_vec();
-        drop(db);
         assert!(wait_until_sled_unlocked(dir.path(), 10_000));
-        v
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("g00003/raft").unwrap().get(entry_key(4)).unwrap().unwrap().to_vec()
     };
     patch_raw(dir.path(), "g00003/raft", &entry_key(5), |_| entry4);
 
@@ -319,8 +317,8 @@ fn a_second_open_of_the_same_folder_is_refused_with_a_clear_error() {
 }
 
 /// CI once failed `log_vote_and_state_survive_reopen` with `Locked`: sled's background jobs
-/// still held its file lock for a moment after the last handle was dropped. Closing a store
-/// now waits for that release, so a reopen right after a drop must always succeed. Each cycle
+/// still held its file lock for a moment after the last handle was dropped. An open now waits
+/// for that release (up to `LOCK_WAIT_MS`), so a reopen right after a drop must succeed. Each cycle
 /// writes enough (several of sled's 8 MiB write buffers) for background writes to be in flight
 /// at the drop; without the wait this failed within a few cycles here.
 #[tokio::test]

@@ -239,7 +239,10 @@ pub async fn propose(group: &Group, commands: Vec<Command>) -> Vec<CommandOutcom
 pub async fn reopen_store(path: &Path) -> NodeStore {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match NodeStore::open(path) {
+        // On a blocking thread: the open waits for sled's lock while the old instance's tasks
+        // (which need the runtime) let go of it.
+        let opening = path.to_path_buf();
+        match tokio::task::spawn_blocking(move || NodeStore::open(&opening)).await.expect("open panicked") {
             Ok(store) => return store,
             Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(error) => panic!("could not reopen the store at {}: {error}", path.display()),
