@@ -57,11 +57,6 @@ impl ClusterToken {
         Ok(ClusterToken { header_value, text: text.into() })
     }
 
-    /// The token as configured.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// Puts the token on an outgoing internal call.
     pub fn attach<T>(&self, request: &mut Request<T>) {
         request.metadata_mut().insert(CLUSTER_TOKEN_HEADER, self.header_value.clone());
@@ -100,8 +95,9 @@ impl From<ClusterToken> for String {
 }
 
 /// Checks the token of an incoming internal call, first thing in every method of the internal
-/// services: any call when `expected` is `None`, else only a call that presents the same token. The refusal is UNAUTHENTICATED and says what to
-/// configure; it never echoes what was presented.
+/// services: any call when `expected` is `None`, else only a call that presents the same
+/// token. The refusal is UNAUTHENTICATED and says what to configure; it never echoes what was
+/// presented.
 pub fn check_cluster_token(expected: Option<&ClusterToken>, metadata: &MetadataMap) -> Result<(), Status> {
     let Some(expected) = expected else { return Ok(()) };
     match metadata.get(CLUSTER_TOKEN_HEADER) {

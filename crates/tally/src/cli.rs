@@ -434,11 +434,7 @@ pub async fn cluster(connection: &Connection, command: ClusterCommand) -> anyhow
         AddNodeRequest, MoveLeaderRequest, MoveReplicaRequest, RemoveNodeRequest, TriggerSnapshotRequest,
     };
     if let ClusterCommand::Init { nodes, replication_factor, wait_secs, cluster_token } = command {
-        let cluster_token = cluster_token
-            .as_deref()
-            .map(tally_raft::ClusterToken::parse)
-            .transpose()
-            .map_err(|problem| anyhow!("invalid --cluster-token: {problem}"))?;
+        let cluster_token = cluster_token.as_deref().map(crate::settings::parse_cluster_token).transpose()?;
         let cluster = crate::cluster_client::ClusterClient::new(
             nodes.clone(),
             std::time::Duration::from_millis(crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT),

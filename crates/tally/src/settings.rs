@@ -227,7 +227,8 @@ impl GatewayFlags {
     }
 }
 
-fn parse_cluster_token(text: &str) -> anyhow::Result<ClusterToken> {
+/// A `cluster_token` given as a flag or a variable (`TALLY_CLUSTER_TOKEN`).
+pub(crate) fn parse_cluster_token(text: &str) -> anyhow::Result<ClusterToken> {
     ClusterToken::parse(text).map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))
 }
 

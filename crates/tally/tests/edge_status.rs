@@ -167,6 +167,7 @@ async fn a_deadline_passed_on_arrival_is_deadline_exceeded_every_time() {
     let sky = cluster.create_partner("sky", "SKYMILES").await;
     // Not a tonic channel: it would answer CANCELLED itself without asking the server.
     let client = common::raw::plain_client();
+    let origin: tonic::codegen::http::Uri = cluster.url().parse().unwrap();
     let earn = EarnRequest { idempotency_key: "late".into(), member_id: "alice".into(), amount_points: 5 };
     let balance = GetBalanceRequest { member_id: "alice".into(), consistency: 0 };
     let calls: [(&'static str, Vec<u8>); 3] = [
@@ -181,7 +182,7 @@ async fn a_deadline_passed_on_arrival_is_deadline_exceeded_every_time() {
             let bearer = MetadataValue::try_from(format!("Bearer {sky}")).unwrap();
             request.metadata_mut().insert("authorization", bearer);
             request.metadata_mut().insert("grpc-timeout", MetadataValue::from_static("1n"));
-            let status = common::raw::unary_plain(&client, &cluster.url(), path, request)
+            let status = common::raw::unary_plain(&client, origin.clone(), path, request)
                 .await
                 .expect_err("a call past its deadline must fail");
             assert_status(

@@ -297,7 +297,7 @@ impl World {
             Call::ClusterStatus => admin!(cluster_status, ClusterStatusRequest {}),
             Call::Raw(path, body) => {
                 let request = self.request(caller, body, timeout);
-                common::raw::unary_plain(&self.client, &self.origin.to_string(), path, request)
+                common::raw::unary_plain(&self.client, self.origin.clone(), path, request)
                     .await
                     .map(|reply| format!("{} bytes", reply.len()))
             }

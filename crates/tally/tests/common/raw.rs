@@ -8,6 +8,7 @@ use tonic::body::Body;
 use tonic::client::GrpcService;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::http::Uri;
 use tonic::codegen::{Body as HttpBody, StdError};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -74,12 +75,10 @@ pub fn plain_client() -> PlainClient {
 /// [`unary`] through a [`PlainClient`] to `origin` (`http://host:port`).
 pub async fn unary_plain(
     client: &PlainClient,
-    origin: &str,
+    origin: Uri,
     path: &'static str,
     request: Request<Vec<u8>>,
 ) -> Result<Vec<u8>, Status> {
-    let origin =
-        origin.parse().map_err(|error| Status::invalid_argument(format!("origin {origin}: {error}")))?;
     unary_over(tonic::client::Grpc::with_origin(client.clone(), origin), path, request).await
 }
 
