@@ -178,7 +178,9 @@ impl CallerDeadline {
 
     fn status(&self) -> Status {
         Status::deadline_exceeded(format!(
-            "the request's deadline (grpc-timeout of {:?}) had passed before the server could              start on it; nothing was done (allow more time, then retry; a write keeps its              idempotency key)",
+            "the request's deadline (grpc-timeout of {:?}) had passed before the server could \
+             start on it; nothing was done (allow more time, then retry; a write keeps its \
+             idempotency key)",
             self.timeout
         ))
     }
@@ -401,6 +403,7 @@ mod tests {
         assert!(past.has_passed());
         assert_eq!(past.status().code(), Code::DeadlineExceeded);
         assert!(past.status().message().contains("grpc-timeout of 1ns"), "{:?}", past.status());
+        assert!(!past.status().message().contains("  "), "{:?}", past.status());
         assert!(!with_timeout("30S").unwrap().has_passed());
     }
 }
