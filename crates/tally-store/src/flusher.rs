@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::flush_mark::{self, FlushMark};
+
 /// What a writer hands to the flusher: called once, on the flusher thread, with the result of a
 /// `flush()` that started after the writer's data was applied. It must be quick and must not
 /// block (it runs inside the group-commit loop).
@@ -125,13 +127,25 @@ pub(crate) struct Flusher {
 
 impl Flusher {
     /// The flusher of a sled `Db`, watched by `watchdog`; `data_folder` names the store in the
-    /// watchdog's error.
+    /// watchdog's error. With a `mark`, each flush first stores its sequence number in sled
+    /// (counting on from `last_sequence`) and records it in the mark once it has returned (see
+    /// `flush_mark`); a failed insert or mark write fails the flush like a failed fsync.
     pub(crate) fn start_for_db(
         db: sled::Db,
+        mut mark: Option<(FlushMark, u64)>,
         watchdog: FlushWatchdog,
         data_folder: String,
     ) -> io::Result<Flusher> {
-        let flush: FlushFn = Box::new(move || db.flush().map(|_| ()).map_err(io::Error::from));
+        let flush: FlushFn = Box::new(move || {
+            let Some((mark, last_sequence)) = &mut mark else {
+                return db.flush().map(|_| ()).map_err(io::Error::from);
+            };
+            let sequence = *last_sequence + 1;
+            flush_mark::store_sequence(&db, sequence).map_err(io::Error::from)?;
+            db.flush().map_err(io::Error::from)?;
+            *last_sequence = sequence;
+            mark.record(sequence)
+        });
         Flusher::start(flush, watchdog, data_folder)
     }
 

@@ -28,10 +28,13 @@
 //! - `state_tree`: [`StateTree`], a group's state-machine tree.
 //! - `vote_file`: the copy of each group's vote kept outside sled (see [`LogStore`]'s
 //!   `save_vote`), so that a database that lost its tail cannot make the node vote twice.
+//! - `flush_mark`: the count of completed flushes kept outside sled, so that a database that
+//!   lost writes it had made durable (acknowledged log entries) refuses to open.
 
 mod codec;
 mod config;
 mod error;
+mod flush_mark;
 mod flusher;
 mod log_store;
 mod node;
@@ -41,6 +44,7 @@ mod vote_file;
 pub use codec::{check_frame, decode_value, encode_value, VALUE_FORMAT_VERSION};
 pub use config::{StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN};
 pub use error::StoreError;
+pub use flush_mark::MARK_SYNC_INTERVAL_MS;
 pub use flusher::FlushStats;
 pub use log_store::LogStore;
 pub use node::{wait_until_sled_unlocked, NodeStore, LOCK_WAIT_MS};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::flush_mark::{self, FlushMark, FlushRecords};
 use crate::flusher::{FlushCallback, FlushStats, FlushWatchdog, Flusher};
 use crate::vote_file::VoteFile;
 use crate::{LogStore, StateTree, StoreConfig, StoreError};
@@ -57,7 +58,8 @@ impl NodeStore {
         // the node still exits with a message that names the folder.
         let sled_config = sled::Config::new().path(path);
         let opened = without_sled_panics(|| {
-            Self::from_config(sled_config, Some(votes_dir.clone()), config, &path.display().to_string())
+            let data_folder = path.display().to_string();
+            Self::from_config(sled_config, Some(votes_dir.clone()), Some(path), config, &data_folder)
         })
         .unwrap_or_else(|reason| Err(damaged(format!("sled could not open it: {reason}"))));
         let store = opened.map_err(|error| match error {
@@ -76,6 +78,7 @@ impl NodeStore {
             {
                 damaged(format!("sled: {io}"))
             }
+            StoreError::Corrupt { what } => damaged(what),
             other => other,
         })?;
         // Reading every page is where sled meets most damage, and it panics on some of it
@@ -98,9 +101,12 @@ impl NodeStore {
         let votes_dir = path.join(VOTES_FOLDER);
         std::fs::create_dir_all(&votes_dir).map_err(StoreError::Io)?;
         let config = StoreConfig::default();
+        // No flush mark: a look into a damaged database must not count its flushes on from a
+        // sequence number that sled lost (the next checked open would no longer see the loss).
         Self::from_config(
             sled::Config::new().path(path),
             Some(votes_dir),
+            None,
             &config,
             &path.display().to_string(),
         )
@@ -109,12 +115,13 @@ impl NodeStore {
     /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.
     pub fn temporary() -> Result<NodeStore, StoreError> {
         let config = StoreConfig::default();
-        Self::from_config(sled::Config::new().temporary(true), None, &config, "(a temporary database)")
+        Self::from_config(sled::Config::new().temporary(true), None, None, &config, "(a temporary database)")
     }
 
     fn from_config(
         sled_config: sled::Config,
         votes_dir: Option<PathBuf>,
+        mark_folder: Option<&Path>,
         config: &StoreConfig,
         data_folder: &str,
     ) -> Result<NodeStore, StoreError> {
@@ -129,9 +136,22 @@ impl NodeStore {
         // one page to clean per write), so space is still reclaimed under writes.
         let sled_config = sled_config.flush_every_ms(None);
         let db = open_waiting_for_the_lock(&sled_config)?;
+        let mark = match &mark_folder {
+            None => None,
+            Some(folder) => {
+                let records = FlushRecords {
+                    in_database: flush_mark::sequence_in_database(&db)?,
+                    in_mark_file: FlushMark::read(folder)?,
+                };
+                flush_mark::check(records, &folder.join(flush_mark::MARK_FILE_NAME))
+                    .map_err(|detail| StoreError::Damaged { path: data_folder.to_string(), detail })?;
+                let last_sequence = records.in_database.max(records.in_mark_file.unwrap_or(0));
+                Some((FlushMark::start(folder, last_sequence)?, last_sequence))
+            }
+        };
         let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);
-        let flusher =
-            Flusher::start_for_db(db.clone(), watchdog, data_folder.to_string()).map_err(StoreError::Io)?;
+        let flusher = Flusher::start_for_db(db.clone(), mark, watchdog, data_folder.to_string())
+            .map_err(StoreError::Io)?;
         Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
     }
 
