@@ -10,10 +10,10 @@
 //! openraft's default leader ids, ordered by term then node id, two votes always compare; the
 //! refusal matters for a partial order such as the `single-term-leader` feature's.)
 //!
-//! Log entries get no such copy: one more fsync per append would halve the write path. A log
-//! tail lost the same way is re-sent by the leader; the remaining risk (this node counted
-//! toward committing an entry it no longer has, and the leader is lost before re-sending it)
-//! needs a second fault, and is documented in docs/reliability.md.
+//! Log entries get no such copy: one more fsync per append would halve the write path. A
+//! database that lost flushed log entries is refused at open by the flush mark instead
+//! (`flush_mark`), which needs no fsync of its own per flush. The vote file still matters
+//! where the mark cannot see a loss (its last records lost with a power loss).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
