@@ -54,8 +54,10 @@ impl NodeStore {
         let votes_dir = path.join(VOTES_FOLDER);
         std::fs::create_dir_all(&votes_dir)
             .map_err(|error| damaged(format!("{}: {error}", votes_dir.display())))?;
-        // sled panics on some damaged files instead of returning an error; catch it, so that
-        // the node still exits with a message that names the folder.
+        // sled panics on some damaged files instead of returning an error, in its open and
+        // while the checks read every tree ("cannot find pid N in view_for_key" on a flipped
+        // byte in `db`, seen in CI); catch it, so that the node still exits with a message that
+        // names the folder.
         let sled_config = sled::Config::new().path(path);
         let opened = without_sled_panics(|| {
             let data_folder = path.display().to_string();
@@ -81,17 +83,6 @@ impl NodeStore {
             StoreError::Corrupt { what } => damaged(what),
             other => other,
         })?;
-        // Reading every page is where sled meets most damage, and it panics on some of it
-        // ("cannot find pid N in view_for_key" on a flipped byte in `db`, seen in CI).
-        without_sled_panics(|| store.check_values())
-            .unwrap_or_else(|reason| {
-                Err(StoreError::Corrupt { what: format!("sled could not read it: {reason}") })
-            })
-            .map_err(|error| match error {
-                StoreError::Corrupt { what } => damaged(what),
-                StoreError::Sled(error) => damaged(format!("sled: {error}")),
-                other => other,
-            })?;
         Ok(store)
     }
 
@@ -121,7 +112,7 @@ impl NodeStore {
     fn from_config(
         sled_config: sled::Config,
         votes_dir: Option<PathBuf>,
-        mark_folder: Option<&Path>,
+        checked_with_mark: Option<&Path>,
         config: &StoreConfig,
         data_folder: &str,
     ) -> Result<NodeStore, StoreError> {
@@ -136,7 +127,9 @@ impl NodeStore {
         // one page to clean per write), so space is still reclaimed under writes.
         let sled_config = sled_config.flush_every_ms(None);
         let db = open_waiting_for_the_lock(&sled_config)?;
-        let mark = match &mark_folder {
+        // The checks run before the flusher and the mark start, so that a refused database is
+        // not written to (the flusher's last flush would store one more sequence number).
+        let mark = match &checked_with_mark {
             None => None,
             Some(folder) => {
                 let records = FlushRecords {
@@ -145,6 +138,7 @@ impl NodeStore {
                 };
                 flush_mark::check(records, &folder.join(flush_mark::MARK_FILE_NAME))
                     .map_err(|detail| StoreError::Damaged { path: data_folder.to_string(), detail })?;
+                check_values(&db)?;
                 let last_sequence = records.in_database.max(records.in_mark_file.unwrap_or(0));
                 Some((FlushMark::start(folder, last_sequence)?, last_sequence))
             }
@@ -153,35 +147,6 @@ impl NodeStore {
         let flusher = Flusher::start_for_db(db.clone(), mark, watchdog, data_folder.to_string())
             .map_err(StoreError::Io)?;
         Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
-    }
-
-    /// Reads every tree whole (so that sled meets every page now, not later while serving),
-    /// checks the framing of every value of every group's Raft tree (the log decodes what it
-    /// reads; the state-machine trees are decoded whole when their group starts, statement
-    /// lines excepted, which are checked when read), and checks that each log has no hole.
-    fn check_values(&self) -> Result<(), StoreError> {
-        for name in self.inner.db.tree_names() {
-            let tree_name = String::from_utf8_lossy(&name).to_string();
-            let is_raft_tree = tree_name.starts_with('g') && tree_name.ends_with("/raft");
-            let mut previous_entry: Option<u64> = None;
-            for item in self.inner.db.open_tree(&name)?.iter() {
-                let (key, value) = item?;
-                if !is_raft_tree {
-                    continue;
-                }
-                crate::codec::check_frame(&value, &format!("tree {tree_name} key {:02x?}", &key[..]))?;
-                let Some(index) = crate::log_store::entry_index(&key) else { continue };
-                if let Some(previous) = previous_entry.filter(|previous| previous + 1 != index) {
-                    return Err(StoreError::Corrupt {
-                        what: format!(
-                            "tree {tree_name}: the log has a hole: entry {index} follows entry {previous}"
-                        ),
-                    });
-                }
-                previous_entry = Some(index);
-            }
-        }
-        Ok(())
     }
 
     /// The Raft log + vote storage of group `group_id` (tree `"g{group_id:05}/raft"`).
@@ -271,6 +236,37 @@ pub const LOCK_WAIT_MS: u64 = 2_000;
 fn is_lock_error(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io)
         if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock"))
+}
+
+/// Reads every tree of `db` whole (so that sled meets every page now, not later while
+/// serving), checks the framing of every value of every group's Raft tree (the log decodes what
+/// it reads; the state-machine trees are decoded whole when their group starts, statement lines
+/// excepted, which are checked when read), and checks that each log has no hole. Every failure,
+/// sled's errors included, is `Corrupt`.
+fn check_values(db: &sled::Db) -> Result<(), StoreError> {
+    let sled_error = |error: sled::Error| StoreError::Corrupt { what: format!("sled: {error}") };
+    for name in db.tree_names() {
+        let tree_name = String::from_utf8_lossy(&name).to_string();
+        let is_raft_tree = tree_name.starts_with('g') && tree_name.ends_with("/raft");
+        let mut previous_entry: Option<u64> = None;
+        for item in db.open_tree(&name).map_err(sled_error)?.iter() {
+            let (key, value) = item.map_err(sled_error)?;
+            if !is_raft_tree {
+                continue;
+            }
+            crate::codec::check_frame(&value, &format!("tree {tree_name} key {:02x?}", &key[..]))?;
+            let Some(index) = crate::log_store::entry_index(&key) else { continue };
+            if let Some(previous) = previous_entry.filter(|previous| previous + 1 != index) {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "tree {tree_name}: the log has a hole: entry {index} follows entry {previous}"
+                    ),
+                });
+            }
+            previous_entry = Some(index);
+        }
+    }
+    Ok(())
 }
 
 /// Runs `work`, turning a panic inside it into the panic's message. sled 0.34 panics on some

@@ -529,6 +529,12 @@ async fn a_flipped_byte_anywhere_in_the_database_opens_whole_or_is_refused() {
             }
             Err(StoreError::Damaged { path, detail }) => {
                 assert_eq!(path, copy.path().display().to_string());
+                // A refused open counts no flush: the next open must see the same loss.
+                assert_eq!(
+                    std::fs::read(copy.path().join("tally-flush-mark")).unwrap(),
+                    std::fs::read(original.path().join("tally-flush-mark")).unwrap(),
+                    "offset {offset}: the refused open rewrote the flush mark"
+                );
                 refused.push(detail);
             }
             Err(other) => panic!("offset {offset} of {size_bytes}: neither opened nor Damaged: {other:?}"),
