@@ -33,7 +33,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::StoreError;
+use crate::{files, StoreError};
 
 /// The key of the flush sequence number in sled's default tree.
 pub(crate) const FLUSH_SEQUENCE_KEY: &[u8] = b"tally/flush-sequence";
@@ -50,6 +50,8 @@ const SLOT_SIZE_BYTES: u64 = 16;
 pub(crate) struct FlushMark {
     file: File,
     path: PathBuf,
+    /// The last sequence number recorded (or found at open); the next flush stores one more.
+    last_sequence: u64,
     last_synced: Instant,
     unsynced: bool,
 }
@@ -114,16 +116,7 @@ impl FlushMark {
     /// slot is valid is damage (a torn write spoils at most one slot) and refuses the open.
     pub(crate) fn read(folder: &Path) -> Result<Option<u64>, StoreError> {
         let path = folder.join(MARK_FILE_NAME);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => {
-                return Err(StoreError::Io(io::Error::new(
-                    error.kind(),
-                    format!("{}: {error}", path.display()),
-                )))
-            }
-        };
+        let Some(bytes) = files::read_if_exists(&path)? else { return Ok(None) };
         let slots = bytes.chunks(SLOT_SIZE_BYTES as usize).take(2).filter_map(decode_slot);
         match slots.max() {
             Some(sequence) => Ok(Some(sequence)),
@@ -138,9 +131,7 @@ impl FlushMark {
     /// slots, durably, so that the file exists from now on and says no more than sled holds.
     pub(crate) fn start(folder: &Path, sequence: u64) -> Result<FlushMark, StoreError> {
         let path = folder.join(MARK_FILE_NAME);
-        let io_error = |error: io::Error| {
-            StoreError::Io(io::Error::new(error.kind(), format!("{}: {error}", path.display())))
-        };
+        let io_error = |error| StoreError::Io(files::error_at(&path, error));
         let existed = path.exists();
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
@@ -150,16 +141,24 @@ impl FlushMark {
         file.write_all_at(&slot, SLOT_SIZE_BYTES).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         if !existed {
-            File::open(folder).and_then(|folder| folder.sync_all()).map_err(io_error)?;
+            files::sync_folder(folder).map_err(io_error)?;
         }
-        Ok(FlushMark { file, path, last_synced: Instant::now(), unsynced: false })
+        Ok(FlushMark { file, path, last_sequence: sequence, last_synced: Instant::now(), unsynced: false })
+    }
+
+    /// The sequence number of the next flush.
+    pub(crate) fn next_sequence(&self) -> u64 {
+        self.last_sequence + 1
     }
 
     /// Records that flush `sequence` completed; syncs the file when the last sync is older
     /// than [`MARK_SYNC_INTERVAL_MS`].
     pub(crate) fn record(&mut self, sequence: u64) -> io::Result<()> {
         let slot = encode_slot(sequence);
-        self.file.write_all_at(&slot, (sequence % 2) * SLOT_SIZE_BYTES).map_err(|error| self.named(error))?;
+        self.file
+            .write_all_at(&slot, (sequence % 2) * SLOT_SIZE_BYTES)
+            .map_err(|error| files::error_at(&self.path, error))?;
+        self.last_sequence = sequence;
         self.unsynced = true;
         if self.last_synced.elapsed() >= Duration::from_millis(MARK_SYNC_INTERVAL_MS) {
             self.sync()?;
@@ -168,14 +167,10 @@ impl FlushMark {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data().map_err(|error| self.named(error))?;
+        self.file.sync_data().map_err(|error| files::error_at(&self.path, error))?;
         self.last_synced = Instant::now();
         self.unsynced = false;
         Ok(())
-    }
-
-    fn named(&self, error: io::Error) -> io::Error {
-        io::Error::new(error.kind(), format!("{}: {error}", self.path.display()))
     }
 }
 

@@ -128,22 +128,21 @@ pub(crate) struct Flusher {
 impl Flusher {
     /// The flusher of a sled `Db`, watched by `watchdog`; `data_folder` names the store in the
     /// watchdog's error. With a `mark`, each flush first stores its sequence number in sled
-    /// (counting on from `last_sequence`) and records it in the mark once it has returned (see
-    /// `flush_mark`); a failed insert or mark write fails the flush like a failed fsync.
+    /// and records it in the mark once it has returned (see `flush_mark`); a failed insert or
+    /// mark write fails the flush like a failed fsync.
     pub(crate) fn start_for_db(
         db: sled::Db,
-        mut mark: Option<(FlushMark, u64)>,
+        mut mark: Option<FlushMark>,
         watchdog: FlushWatchdog,
         data_folder: String,
     ) -> io::Result<Flusher> {
         let flush: FlushFn = Box::new(move || {
-            let Some((mark, last_sequence)) = &mut mark else {
+            let Some(mark) = &mut mark else {
                 return db.flush().map(|_| ()).map_err(io::Error::from);
             };
-            let sequence = *last_sequence + 1;
+            let sequence = mark.next_sequence();
             flush_mark::store_sequence(&db, sequence).map_err(io::Error::from)?;
             db.flush().map_err(io::Error::from)?;
-            *last_sequence = sequence;
             mark.record(sequence)
         });
         Flusher::start(flush, watchdog, data_folder)

@@ -34,6 +34,7 @@
 mod codec;
 mod config;
 mod error;
+mod files;
 mod flush_mark;
 mod flusher;
 mod log_store;

@@ -140,7 +140,7 @@ impl NodeStore {
                     .map_err(|detail| StoreError::Damaged { path: data_folder.to_string(), detail })?;
                 check_values(&db)?;
                 let last_sequence = records.in_database.max(records.in_mark_file.unwrap_or(0));
-                Some((FlushMark::start(folder, last_sequence)?, last_sequence))
+                Some(FlushMark::start(folder, last_sequence)?)
             }
         };
         let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);

@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::StoreError;
+use crate::{files, StoreError};
 
 /// The vote file of one group.
 #[derive(Clone, Debug)]
@@ -38,28 +38,19 @@ impl VoteFile {
     /// Replaces the file's content with `bytes` so that a crash leaves the old or the new
     /// content, never a mix.
     pub(crate) fn write(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let io_error = |error: std::io::Error| {
-            StoreError::Io(std::io::Error::new(error.kind(), format!("{}: {error}", self.path.display())))
-        };
+        let io_error = |error| StoreError::Io(files::error_at(&self.path, error));
         let temporary = self.path.with_extension("vote.tmp");
         let mut file = std::fs::File::create(&temporary).map_err(io_error)?;
         file.write_all(bytes).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         std::fs::rename(&temporary, &self.path).map_err(io_error)?;
         let folder = self.path.parent().expect("a vote file lives in a folder");
-        std::fs::File::open(folder).and_then(|folder| folder.sync_all()).map_err(io_error)
+        files::sync_folder(folder).map_err(io_error)
     }
 
     /// The file's bytes, `None` if there is no file.
     pub(crate) fn read(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(StoreError::Io(std::io::Error::new(
-                error.kind(),
-                format!("{}: {error}", self.path.display()),
-            ))),
-        }
+        files::read_if_exists(&self.path)
     }
 
     /// Deletes the file (the group's replica was dropped); a missing file is fine.
