@@ -48,10 +48,28 @@ fn describe_node_metrics() {
     describe_histogram!("tally_proposal_batch_commands", Unit::Count, "Commands packed into one Raft entry.");
     describe_histogram!("tally_apply_batch_commands", Unit::Count, "Commands applied from one Raft entry.");
     describe_counter!("tally_snapshots_built_total", "Snapshots built by group replicas on this node.");
-    describe_gauge!("tally_store_flushes", "sled flushes (fsyncs) done by the node's flusher since start.");
+    describe_gauge!(
+        "tally_store_flushes",
+        "sled flushes (with fsync) of state-machine checkpoints done by the node's flusher since start."
+    );
     describe_gauge!(
         "tally_store_flush_requests",
         "Durability requests served by those flushes (group commit)."
+    );
+    describe_gauge!("tally_log_writes", "Merged writes to the node's Raft log (raft-engine) since start.");
+    describe_gauge!("tally_log_syncs", "Of those, writes followed by an fdatasync.");
+    describe_gauge!(
+        "tally_log_write_requests",
+        "Raft log write requests (appends, votes, purges) served by those writes (group commit)."
+    );
+    describe_gauge!(
+        "tally_log_write_time_seconds",
+        "Time spent writing and syncing the Raft log since start, summed."
+    );
+    describe_histogram!(
+        "tally_checkpoint_duration_seconds",
+        Unit::Seconds,
+        "Writing one state-machine checkpoint to sled and making it durable."
     );
     describe_gauge!("tally_store_flush_time_seconds", "Time spent in sled flushes since start, summed.");
     describe_gauge!(
@@ -68,9 +86,12 @@ fn describe_node_metrics() {
     describe_histogram!(
         "tally_apply_duration_seconds",
         Unit::Seconds,
-        "Applying one batch of entries, sled write included."
+        "Applying one batch of entries to memory."
     );
-    describe_gauge!("tally_store_size_bytes", "Size of the node's sled database on disk.");
+    describe_gauge!(
+        "tally_store_size_bytes",
+        "Size of the node's data on disk: sled's checkpoints and raft-engine's log files."
+    );
 }
 
 /// Follows a group's Raft metrics and mirrors them into gauges labelled by group and node.
@@ -125,6 +146,11 @@ pub fn spawn_store_metrics(store: NodeStore, mut stop: watch::Receiver<bool>) ->
             gauge!("tally_store_flush_time_seconds").set(stats.flush_time_ns as f64 / 1e9);
             gauge!("tally_store_flush_in_progress_seconds").set(stats.flush_in_progress_ns as f64 / 1e9);
             gauge!("tally_store_flush_stalls").set(stats.stalls as f64);
+            let log = store.log_write_stats();
+            gauge!("tally_log_writes").set(log.writes as f64);
+            gauge!("tally_log_syncs").set(log.syncs as f64);
+            gauge!("tally_log_write_requests").set(log.requests as f64);
+            gauge!("tally_log_write_time_seconds").set(log.write_time_ns as f64 / 1e9);
             if let Ok(size_bytes) = store.size_on_disk_bytes() {
                 gauge!("tally_store_size_bytes").set(size_bytes as f64);
             }

@@ -746,6 +746,13 @@ impl Node {
         for group in self.registry.all() {
             if let Err(error) = group.raft.shutdown().await {
                 tracing::warn!(group = group.group_id, %error, "group did not shut down cleanly");
+                continue;
+            }
+            // A last checkpoint, so that a restart has little of the log to re-apply.
+            let checkpointed =
+                tally_raft::group::checkpoint_durably(&group.shared, &self.store, &group.purge_floor).await;
+            if let Err(error) = checkpointed {
+                tracing::warn!(group = group.group_id, %error, "final checkpoint failed");
             }
         }
         if let Err(error) = self.store.flush().await {

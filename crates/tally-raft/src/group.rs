@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use openraft::network::RaftNetworkFactory;
 use openraft::{Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tally_store::{NodeStore, StoreError};
+use tally_store::{NodeStore, PurgeFloor, StoreError};
 
 use crate::network::{GroupNetworkFactory, PeerPool};
 use crate::proposer::{Proposer, ProposerConfig};
@@ -93,6 +93,8 @@ pub struct Group {
     pub group_id: GroupId,
     pub raft: Raft,
     pub shared: Arc<GroupShared>,
+    /// How far the group's log may be purged (raised by durable checkpoints).
+    pub purge_floor: PurgeFloor,
     /// Shards only; meta changes are proposed one by one (they are rare).
     pub proposer: Option<Proposer>,
 }
@@ -124,17 +126,23 @@ impl Group {
         N: RaftNetworkFactory<TallyRaft>,
     {
         let config = Arc::new(tuning.openraft_config(group_id)?);
-        let log_store = store.log_store::<TallyRaft>(group_id)?;
+        let purge_floor = PurgeFloor::new();
+        let log_store = store.log_store::<TallyRaft>(group_id)?.with_purge_floor(purge_floor.clone());
         let appended_bytes = log_store.appended_bytes();
-        let state_machine = GroupStateMachine::open(group_id, store.state_tree(group_id)?)?;
+        let state_machine = GroupStateMachine::open(group_id, store.state_tree(group_id)?)?
+            .with_purge_floor(store.clone(), purge_floor.clone());
         let shared = state_machine.shared();
+        // What the tree holds at open is in sled already; durable unless sled lost it, and then
+        // the open refuses to start (the flush mark).
+        purge_floor.raise_to(shared.read().applied.map_or(0, |log_id| log_id.index));
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|error| GroupError::Start(error.to_string()))?;
         tokio::spawn(snapshot_by_log_size(raft.clone(), appended_bytes, tuning.snapshot_log_bytes));
+        tokio::spawn(checkpoint_regularly(raft.clone(), shared.clone(), store.clone(), purge_floor.clone()));
         let proposer =
             (group_id != META_GROUP_ID).then(|| Proposer::start(group_id, raft.clone(), proposer_config));
-        Ok(Group { group_id, raft, shared, proposer })
+        Ok(Group { group_id, raft, shared, purge_floor, proposer })
     }
 }
 
@@ -165,6 +173,45 @@ async fn snapshot_by_log_size(raft: Raft, appended_bytes: Arc<AtomicU64>, snapsh
             return;
         }
     }
+}
+
+/// How often a group makes its state-machine tree durable, which lets its Raft log be purged
+/// up to what the tree holds.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 1_000;
+
+/// Every [`CHECKPOINT_INTERVAL_MS`], writes a checkpoint of the group's state machine (what
+/// changed since the previous one), makes it durable (sled flush and fsync) and then raises the
+/// purge floor to the index it holds, so that the log is never purged past what a restart finds
+/// in sled. Ends when the group stops (a node's orderly shutdown writes a last checkpoint
+/// itself; a crash leaves the log to re-apply).
+async fn checkpoint_regularly(raft: Raft, shared: Arc<GroupShared>, store: NodeStore, purge_floor: PurgeFloor) {
+    let mut metrics = raft.metrics();
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if let Err(error) = checkpoint_durably(&shared, &store, &purge_floor).await {
+            tracing::warn!(group = shared.group_id, %error, "checkpoint failed; the next one retries");
+        }
+    }
+}
+
+/// One checkpoint, made durable, then the purge floor raised to it.
+pub async fn checkpoint_durably(shared: &Arc<GroupShared>, store: &NodeStore, purge_floor: &PurgeFloor) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let Some(applied_index) = shared.checkpoint().await? else { return Ok(()) };
+    store.flush().await?;
+    purge_floor.raise_to(applied_index);
+    metrics::histogram!("tally_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// The groups a node hosts, by id. Cloned out before any await.

@@ -4,20 +4,25 @@
 //! |---------------------------------------|--------------------------------------|
 //! | `i` ‖ bincode(ItemKey)                | a shard's account, hold, transfer    |
 //! |                                       | or clock `StateItem`                 |
-//! | `j` ‖ log index (BE)                  | journal: the idempotency and earn    |
-//! |                                       | records one apply call wrote         |
-//! | `s` ‖ bincode(AccountKey) ‖ seq (BE)  | a member account's `StatementLine`   |
-//! | `m` ‖ `applied`                       | last applied `LogId`                 |
+//! | `j` ‖ log index (BE) ‖ chunk (BE u32) | journal: the idempotency and earn    |
+//! |                                       | records one checkpoint wrote         |
+//! | `s` ‖ bincode(AccountKey) ‖ seq (BE)  | a run of a member account's          |
+//! |                                       | `StatementLine`s starting at `seq`   |
+//! | `m` ‖ `applied`                       | last applied `LogId` (checkpointed)  |
 //! | `m` ‖ `membership`                    | last applied `StoredMembership`      |
 //! | `m` ‖ `meta_state`                    | the meta group's whole `MetaState`   |
-//! | `m` ‖ `snapshot`                      | the current snapshot (meta and data) |
+//! | `m` ‖ `snapshot`                      | the current snapshot's meta and size |
+//! | `n` ‖ chunk (BE u32)                  | the current snapshot's data, chunked |
 //!
-//! Idempotency and earn records are the bulk of the per-command writes and are never changed
-//! in place except an earn's reversed amount, so one apply call writes all of them as one
-//! journal value instead of one key each (measured: half the sled cost per earn). A record is
-//! deleted only when its retention has passed in log time; a journal is deleted once every
-//! record in it has expired, and loading skips records that expired before the stored clock,
-//! so a restarted replica holds exactly what a running one holds.
+//! The tree is written only by checkpoints (and snapshot installs), each one sled batch
+//! holding what changed since the previous checkpoint and the applied log id. Idempotency and
+//! earn records are the bulk of the changes and are never changed in place except an earn's
+//! reversed amount, so a checkpoint writes all of them as a few journal values instead of one
+//! key each; the statement lines an account gained go in one run. No value exceeds
+//! [`VALUE_BYTES_MAX`]: larger ones are split into chunks. A record is deleted only when its
+//! retention has passed in log time; a journal is deleted once every record in it has expired,
+//! and loading skips records that expired before the stored clock, so a restarted replica
+//! holds exactly what a running one holds.
 //!
 //! bincode's encodings are self-delimiting, so an account's encoding is never a prefix of
 //! another account's, and a prefix scan over `s ‖ account` yields exactly its lines in
@@ -28,6 +33,7 @@ use tally_ledger::state::{AccountKey, ItemKey};
 pub const ITEM_PREFIX: u8 = b'i';
 pub const STATEMENT_PREFIX: u8 = b's';
 pub const JOURNAL_PREFIX: u8 = b'j';
+pub const SNAPSHOT_CHUNK_PREFIX: u8 = b'n';
 pub const APPLIED_KEY: &[u8] = b"mapplied";
 pub const MEMBERSHIP_KEY: &[u8] = b"mmembership";
 pub const META_STATE_KEY: &[u8] = b"mmeta_state";
@@ -51,8 +57,25 @@ pub fn statement_key(account: &AccountKey, sequence: u64) -> Vec<u8> {
     bytes
 }
 
-pub fn journal_key(log_index: u64) -> Vec<u8> {
+/// The largest value a checkpoint writes: far below sled 0.34's blob threshold (a quarter of
+/// its 512 KiB segment), so that no value goes to a `blobs/` file, which sled never syncs.
+pub const VALUE_BYTES_MAX: usize = 60 * 1024;
+
+pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
     let mut bytes = vec![JOURNAL_PREFIX];
     bytes.extend_from_slice(&log_index.to_be_bytes());
+    bytes.extend_from_slice(&chunk.to_be_bytes());
     bytes
+}
+
+pub fn snapshot_chunk_key(chunk: u32) -> Vec<u8> {
+    let mut bytes = vec![SNAPSHOT_CHUNK_PREFIX];
+    bytes.extend_from_slice(&chunk.to_be_bytes());
+    bytes
+}
+
+/// The first sequence number of the statement run stored under `key` (of `account`).
+pub fn statement_run_start(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
 }

@@ -1,11 +1,15 @@
-//! openraft's `RaftStateMachine` over Tally's domain state, persisted in the group's sled tree.
+//! openraft's `RaftStateMachine` over Tally's domain state: in memory, checkpointed to the
+//! group's sled tree.
 //!
-//! The working set lives in memory ([`GroupState`]); each `apply` call mutates it and then
-//! writes exactly the items it changed, the new statement lines, the applied log id and the
-//! membership in ONE atomic sled batch. There is no flush here: the Raft log (in the same sled
-//! Db) is flushed before an entry commits, and sled recovers a prefix of its writes, so after
-//! a crash the tree reflects some prefix of applies, `applied` says which, and openraft
-//! re-applies the rest from the log. A restart therefore never applies an entry twice.
+//! Apply changes memory only ([`GroupState`]) and notes what it changed. About every second
+//! ([`crate::group::CHECKPOINT_INTERVAL_MS`]) a checkpoint ([`GroupShared::checkpoint`]) writes
+//! what changed since the previous one (the current value of each changed item, the statement
+//! lines as one run per account, the idempotency and earn records as journals) with the
+//! applied log id and membership in ONE atomic sled batch; the group then makes it durable
+//! (sled flush and fsync) and only then lets its Raft log be purged up to it. The Raft log (in
+//! raft-engine) is the write-ahead log: a restart loads the last checkpoint and openraft
+//! re-applies the committed entries after it, so no entry is applied twice to durable state.
+//! Statement lines not checkpointed yet are read from memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -18,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
 use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, StatementLine};
 use tally_ledger::{CurrencyCode, Ledger, MemberId};
-use tally_store::{decode_value, encode_value, StateTree, StoreError};
+use tally_store::{decode_value, encode_value, NodeStore, PurgeFloor, StateTree, StoreError};
 
 use crate::keys;
 use crate::types::{
@@ -28,6 +32,8 @@ use crate::types::{
 
 /// Puts (`Some`) and deletes (`None`) for one atomic tree batch.
 type TreeWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// A stored journal: the log time its last record expires at, and its key.
+type JournalEntry = (u64, Vec<u8>);
 /// The whole content of a tree, for a snapshot install.
 type TreeContent = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -60,6 +66,31 @@ pub struct GroupShared {
     /// current snapshot: a build runs concurrently with applies and installs, and must never
     /// replace a newer installed snapshot with its older cut.
     current_snapshot: Mutex<Option<LogId>>,
+    /// What apply changed that no checkpoint has written yet.
+    unwritten: Mutex<Unwritten>,
+    /// Orders checkpoints and snapshot installs (both write the tree from what memory holds).
+    checkpoint_lock: tokio::sync::Mutex<()>,
+}
+
+/// The changes of applies since the last checkpoint, and the tree's journals.
+#[derive(Default)]
+struct Unwritten {
+    dirty: BTreeSet<ItemKey>,
+    meta_changed: bool,
+    /// Statement lines not in the tree yet (or being written), per account in sequence order.
+    lines: BTreeMap<AccountKey, Vec<StatementLine>>,
+    /// Stored journals by expiry (see [`JournalEntry`]).
+    journals: BTreeSet<JournalEntry>,
+    /// The applied log id the tree holds (the last checkpoint's).
+    checkpointed: Option<LogId>,
+}
+
+/// A checkpoint ready to write: the tree batch, the statement lines it holds (the last
+/// sequence per account, to forget them in memory once written) and the applied index.
+struct CheckpointWrites {
+    writes: TreeWrites,
+    written_lines: Vec<(AccountKey, u64)>,
+    applied_index: u64,
 }
 
 impl GroupShared {
@@ -108,11 +139,182 @@ impl GroupShared {
         newest_first: bool,
         limit: usize,
     ) -> Result<Vec<StatementLine>, StoreError> {
-        let prefix = keys::statement_prefix(account);
-        let start = start_sequence.map(|sequence| keys::statement_key(account, sequence));
-        let rows = self.tree.scan_prefix(&prefix, start.as_deref(), newest_first, limit)?;
-        rows.iter().map(|(_, value)| decode_value(value, "statement line")).collect()
+        let start = match (start_sequence, newest_first) {
+            (Some(sequence), _) => Some(sequence),
+            (None, false) => Some(0),
+            (None, true) => match &self.read().data {
+                GroupData::Shard(ledger) => {
+                    ledger.account(account).and_then(|record| record.statement_lines.checked_sub(1))
+                }
+                GroupData::Meta(_) => None,
+            },
+        };
+        let Some(start) = start else { return Ok(Vec::new()) };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let span = limit as u64 - 1;
+        let (low, high) =
+            if newest_first { (start.saturating_sub(span), start) } else { (start, start.saturating_add(span)) };
+        // Memory first, then the tree: a checkpoint writes lines to the tree before it drops
+        // them from memory, so each line is found in one place or both, never in neither.
+        let mut found: BTreeMap<u64, StatementLine> = BTreeMap::new();
+        {
+            let unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
+            if let Some(lines) = unwritten.lines.get(account) {
+                for line in lines.iter().filter(|line| (low..=high).contains(&line.sequence)) {
+                    found.insert(line.sequence, line.clone());
+                }
+            }
+        }
+        let wanted = high - low + 1;
+        if (found.len() as u64) < wanted {
+            for line in self.stored_statement_lines(account, low, high)? {
+                found.entry(line.sequence).or_insert(line);
+            }
+        }
+        let lines = found.into_values();
+        Ok(if newest_first { lines.rev().collect() } else { lines.collect() })
     }
+
+    /// The tree's lines of `account` with sequence in `[low, high]`, ascending.
+    fn stored_statement_lines(&self, account: &AccountKey, low: u64, high: u64) -> Result<Vec<StatementLine>, StoreError> {
+        let prefix = keys::statement_prefix(account);
+        let mut runs = self.tree.scan_prefix(&prefix, Some(&keys::statement_key(account, low)), true, 1)?;
+        let runs_after = usize::try_from(high - low).unwrap_or(usize::MAX).min(STATEMENT_RUNS_READ_MAX);
+        if let Some(next) = low.checked_add(1) {
+            for (key, value) in self.tree.scan_prefix(&prefix, Some(&keys::statement_key(account, next)), false, runs_after)? {
+                if keys::statement_run_start(&key).is_some_and(|first| first > high) {
+                    break;
+                }
+                runs.push((key, value));
+            }
+        }
+        let mut lines = Vec::new();
+        for (_, value) in runs {
+            let run: Vec<StatementLine> = decode_value(&value, "statement run")?;
+            lines.extend(run.into_iter().filter(|line| (low..=high).contains(&line.sequence)));
+        }
+        lines.sort_by_key(|line| line.sequence);
+        Ok(lines)
+    }
+
+    /// Writes what changed since the last checkpoint to the tree (one atomic batch, not flushed)
+    /// and returns the applied index it holds, or `None` when nothing was applied since. The
+    /// caller makes it durable (a store flush) before it relies on it.
+    pub async fn checkpoint(self: &Arc<Self>) -> Result<Option<u64>, StoreError> {
+        let _serial = self.checkpoint_lock.lock().await;
+        let Some(checkpoint) = self.collect_checkpoint() else { return Ok(None) };
+        let CheckpointWrites { writes, written_lines, applied_index } = checkpoint;
+        let tree = self.tree.clone();
+        let write_count = writes.len();
+        let written = tokio::task::spawn_blocking(move || tree.write_batch(writes))
+            .await
+            .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?;
+        if let Err(error) = written {
+            // Everything is still in memory; the next checkpoint writes the tree whole again.
+            self.unwritten.lock().expect("unwritten changes lock poisoned").checkpointed = None;
+            return Err(error);
+        }
+        let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
+        for (account, last_sequence) in written_lines {
+            if let Some(lines) = unwritten.lines.get_mut(&account) {
+                lines.retain(|line| line.sequence > last_sequence);
+                if lines.is_empty() {
+                    unwritten.lines.remove(&account);
+                }
+            }
+        }
+        tracing::trace!(group = self.group_id, write_count, applied_index, "checkpoint written");
+        Ok(Some(applied_index))
+    }
+
+    /// Takes what the next checkpoint writes, consistent with the applied log id (under the
+    /// state lock, which apply holds while it changes memory).
+    fn collect_checkpoint(&self) -> Option<CheckpointWrites> {
+        let state = self.read();
+        let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
+        if state.applied == unwritten.checkpointed && unwritten.checkpointed.is_some() {
+            return None;
+        }
+        let applied_index = state.applied.map_or(0, |log_id| log_id.index);
+        let dirty = std::mem::take(&mut unwritten.dirty);
+        let mut writes = TreeWrites::with_capacity(dirty.len() + 8);
+        let mut written_lines = Vec::new();
+        match &state.data {
+            GroupData::Shard(ledger) => {
+                let mut journal = Vec::new();
+                for key in &dirty {
+                    if is_journaled(key) {
+                        // A deleted record needs no write: it expired, and so will its journal.
+                        journal.extend(ledger.item(key));
+                        continue;
+                    }
+                    writes.push((keys::item_key(key), ledger.item(key).map(|item| encode(&item))));
+                }
+                if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
+                    for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
+                        let key = keys::journal_key(applied_index, chunk as u32);
+                        unwritten.journals.insert((expiry_ms, key.clone()));
+                        writes.push((key, Some(value)));
+                    }
+                }
+                // A journal goes once every record in it has expired by log time.
+                while let Some((expiry_ms, _)) = unwritten.journals.first() {
+                    if *expiry_ms > ledger.log_time_ms() {
+                        break;
+                    }
+                    let (_, key) = unwritten.journals.pop_first().expect("checked above");
+                    writes.push((key, None));
+                }
+                for (account, lines) in &unwritten.lines {
+                    for (first, value) in encode_in_chunks(lines) {
+                        writes.push((keys::statement_key(account, lines[first].sequence), Some(value)));
+                    }
+                    if let Some(last) = lines.last() {
+                        written_lines.push((account.clone(), last.sequence));
+                    }
+                }
+            }
+            GroupData::Meta(meta) => {
+                if std::mem::take(&mut unwritten.meta_changed) {
+                    writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
+                }
+            }
+        }
+        writes.push((keys::APPLIED_KEY.to_vec(), Some(encode(&state.applied))));
+        writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&state.membership))));
+        unwritten.checkpointed = state.applied;
+        Some(CheckpointWrites { writes, written_lines, applied_index })
+    }
+}
+
+/// At most this many statement runs are read for one page (a run holds at least one line, and
+/// a page at most `STATEMENT_PAGE_LINES_MAX`; snapshot builds read whole statements).
+const STATEMENT_RUNS_READ_MAX: usize = usize::MAX;
+
+/// `values` encoded as framed `Vec`s of consecutive values, each at most
+/// [`keys::VALUE_BYTES_MAX`] bytes (a value larger than that alone goes in a chunk of its own);
+/// with the position of each chunk's first value.
+fn encode_in_chunks<T: Serialize + Clone>(values: &[T]) -> Vec<(usize, Vec<u8>)> {
+    // The frame's header and the Vec's length prefix.
+    const OVERHEAD_BYTES: u64 = 5 + 8;
+    let mut chunks = Vec::new();
+    let mut first = 0;
+    let mut size = OVERHEAD_BYTES;
+    for (position, value) in values.iter().enumerate() {
+        let value_bytes = bincode::serialized_size(value).expect("sizing a value in memory cannot fail");
+        if position > first && size + value_bytes > keys::VALUE_BYTES_MAX as u64 {
+            chunks.push((first, encode(&values[first..position].to_vec())));
+            first = position;
+            size = OVERHEAD_BYTES;
+        }
+        size += value_bytes;
+    }
+    if first < values.len() {
+        chunks.push((first, encode(&values[first..].to_vec())));
+    }
+    chunks
 }
 
 /// What a snapshot holds: the whole domain state at `last_log_id`, including the idempotency
@@ -124,17 +326,59 @@ enum SnapshotPayload {
     Meta(MetaState),
 }
 
+/// The current snapshot's record in the tree; its data is in `chunk_count` chunks of at most
+/// [`keys::VALUE_BYTES_MAX`] bytes under [`keys::snapshot_chunk_key`].
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
-    data: Vec<u8>,
+    chunk_count: u32,
+}
+
+/// The tree writes that make `data` the current snapshot, replacing one of `old_chunk_count`
+/// chunks.
+fn snapshot_writes(meta: &SnapshotMeta, data: &[u8], old_chunk_count: u32) -> TreeWrites {
+    let chunk_bytes = keys::VALUE_BYTES_MAX - 64;
+    let chunks: Vec<&[u8]> = data.chunks(chunk_bytes).collect();
+    let chunk_count = chunks.len() as u32;
+    let mut writes: TreeWrites = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(chunk, bytes)| (keys::snapshot_chunk_key(chunk as u32), Some(encode(&bytes.to_vec()))))
+        .collect();
+    writes.extend((chunk_count..old_chunk_count).map(|chunk| (keys::snapshot_chunk_key(chunk), None)));
+    let stored = StoredSnapshot { meta: meta.clone(), chunk_count };
+    writes.push((keys::SNAPSHOT_KEY.to_vec(), Some(encode(&stored))));
+    writes
+}
+
+/// The current snapshot stored in `tree`, if any.
+fn read_snapshot(tree: &StateTree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
+    let Some(head) = tree.get(keys::SNAPSHOT_KEY)? else { return Ok(None) };
+    let stored: StoredSnapshot = decode_value(&head, "snapshot")?;
+    let mut data = Vec::new();
+    for chunk in 0..stored.chunk_count {
+        let bytes = tree.get(&keys::snapshot_chunk_key(chunk))?.ok_or_else(|| StoreError::Corrupt {
+            what: format!("snapshot chunk {chunk} of {} is missing", stored.chunk_count),
+        })?;
+        data.extend(decode_value::<Vec<u8>>(&bytes, "snapshot chunk")?);
+    }
+    Ok(Some((stored.meta, data)))
+}
+
+/// How many chunks the current snapshot in `tree` has.
+fn stored_snapshot_chunks(tree: &StateTree) -> Result<u32, StoreError> {
+    Ok(match tree.get(keys::SNAPSHOT_KEY)? {
+        Some(head) => decode_value::<StoredSnapshot>(&head, "snapshot")?.chunk_count,
+        None => 0,
+    })
 }
 
 pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
+    /// The node's store and the group log's purge floor, when the log is purged only behind
+    /// durable state (see `with_purge_floor`).
+    durability: Option<(NodeStore, PurgeFloor)>,
     changes: ChangeSet,
-    /// Stored journals by the log time at which their last record expires, then their key.
-    journals: BTreeSet<(u64, u64)>,
 }
 
 /// Idempotency and earn records go to the apply call's journal (see `keys`).
@@ -176,12 +420,11 @@ impl GroupStateMachine {
                 Some(&keys::ITEM_PREFIX) => items.push(decode_value::<StateItem>(&value, "state item")?),
                 Some(&keys::JOURNAL_PREFIX) => {
                     let journal: Vec<StateItem> = decode_value(&value, "journal")?;
-                    let index = journal_index(&key)?;
                     let expiry_ms = journal.iter().map(journal_expiry_ms).max().unwrap_or(0);
-                    journals.insert((expiry_ms, index));
+                    journals.insert((expiry_ms, key.clone()));
                     journaled.extend(journal.into_iter().map(|item| (item.key(), item)));
                 }
-                Some(&keys::STATEMENT_PREFIX) => {}
+                Some(&keys::STATEMENT_PREFIX | &keys::SNAPSHOT_CHUNK_PREFIX) => {}
                 _ if key == keys::APPLIED_KEY => applied = decode_value(&value, "applied log id")?,
                 _ if key == keys::MEMBERSHIP_KEY => membership = decode_value(&value, "membership")?,
                 _ if key == keys::META_STATE_KEY => meta_state = decode_value(&value, "meta state")?,
@@ -207,24 +450,34 @@ impl GroupStateMachine {
             GroupData::Shard(Ledger::from_items(items))
         };
         let state = GroupState { data, applied, membership };
+        let unwritten = Unwritten { journals, checkpointed: applied, ..Unwritten::default() };
         let shared = GroupShared {
             group_id,
             tree,
             state: RwLock::new(state),
             snapshots_built: AtomicU64::new(0),
             current_snapshot: Mutex::new(current_snapshot),
+            unwritten: Mutex::new(unwritten),
+            checkpoint_lock: tokio::sync::Mutex::new(()),
         };
-        Ok(Self { shared: Arc::new(shared), changes: ChangeSet::default(), journals })
+        Ok(Self { shared: Arc::new(shared), durability: None, changes: ChangeSet::default() })
+    }
+
+    /// Makes a snapshot install durable before it returns and raises `floor` to it, so that
+    /// openraft's purge of the log behind the snapshot is done at once (the group's checkpoint
+    /// task raises the floor for applied entries).
+    pub fn with_purge_floor(mut self, store: NodeStore, floor: PurgeFloor) -> Self {
+        self.durability = Some((store, floor));
+        self
     }
 
     pub fn shared(&self) -> Arc<GroupShared> {
         self.shared.clone()
     }
 
-    /// Applies entries to memory and persists them. The state lock is held until the tree
-    /// write is done, so a reader never sees a statement line count whose lines are not in
-    /// the tree yet.
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<GroupResponse>, StoreError> {
+    /// Applies entries to memory and notes what changed for the next checkpoint (under the
+    /// state lock, so that a checkpoint sees changes and applied id together).
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Vec<GroupResponse> {
         let shared = self.shared.clone();
         let mut state = shared.state.write().expect("group state lock poisoned");
         let mut responses = Vec::with_capacity(entries.len());
@@ -256,59 +509,14 @@ impl GroupStateMachine {
             };
             responses.push(response);
         }
-        let writes = self.persisted_writes(&state, meta_changed);
-        shared.tree.write_batch(writes)?;
-        Ok(responses)
-    }
-
-    fn persisted_writes(&mut self, state: &GroupState, meta_changed: bool) -> TreeWrites {
-        let mut writes =
-            Vec::with_capacity(self.changes.dirty.len() + self.changes.statement_lines.len() + 3);
-        match &state.data {
-            GroupData::Shard(ledger) => {
-                let mut journal = Vec::new();
-                for key in &self.changes.dirty {
-                    if is_journaled(key) {
-                        // A deleted record needs no write: it expired, and so will its journal.
-                        journal.extend(ledger.item(key));
-                        continue;
-                    }
-                    let value = ledger.item(key).map(|item| encode(&item));
-                    writes.push((keys::item_key(key), value));
-                }
-                let journal_index = state.applied.map(|log_id| log_id.index).unwrap_or(0);
-                if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
-                    writes.push((keys::journal_key(journal_index), Some(encode(&journal))));
-                    self.journals.insert((expiry_ms, journal_index));
-                }
-                // A journal goes once every record in it has expired by log time.
-                while let Some(&(expiry_ms, index)) = self.journals.first() {
-                    if expiry_ms > ledger.log_time_ms() {
-                        break;
-                    }
-                    self.journals.pop_first();
-                    writes.push((keys::journal_key(index), None));
-                }
-                for (account, line) in &self.changes.statement_lines {
-                    writes.push((keys::statement_key(account, line.sequence), Some(encode(line))));
-                }
-            }
-            GroupData::Meta(meta) if meta_changed => {
-                writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
-            }
-            GroupData::Meta(_) => {}
+        let mut unwritten = shared.unwritten.lock().expect("unwritten changes lock poisoned");
+        unwritten.dirty.append(&mut self.changes.dirty);
+        unwritten.meta_changed |= meta_changed;
+        for (account, line) in self.changes.statement_lines.drain(..) {
+            unwritten.lines.entry(account).or_default().push(line);
         }
-        writes.push((keys::APPLIED_KEY.to_vec(), Some(encode(&state.applied))));
-        writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&state.membership))));
-        writes
+        responses
     }
-}
-
-fn journal_index(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key[1..]
-        .try_into()
-        .map_err(|_| StoreError::Corrupt { what: format!("journal key of {} bytes", key.len()) })?;
-    Ok(u64::from_be_bytes(bytes))
 }
 
 /// Encodes a value for the tree. Encoding into memory fails only on a serde bug, so a panic
@@ -332,7 +540,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     {
         let started = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let responses = self.apply_entries(entries).map_err(write_error)?;
+        let responses = self.apply_entries(entries);
         metrics::histogram!("tally_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         Ok(responses)
     }
@@ -343,7 +551,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         // memory; the builder reads those up to each account's line count at the cut, and lines
         // are never rewritten, so later applies cannot tear the snapshot.
         let cut = self.shared.read().clone();
-        GroupSnapshotBuilder { shared: self.shared.clone(), cut }
+        GroupSnapshotBuilder { shared: self.shared.clone(), cut, durability: self.durability.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -357,31 +565,37 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let new_state = install_writes(self.shared.group_id, meta, &data).map_err(read_error)?;
-        let Installed { state, content: writes, journal } = new_state;
-        let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
-        self.shared.tree.replace_all(writes).map_err(write_error)?;
-        *current_snapshot = meta.last_log_id;
-        *self.shared.state.write().expect("group state lock poisoned") = state;
-        self.journals = journal.into_iter().collect();
+        let Installed { state, content, journals } = new_state;
+        // No checkpoint may write the tree from the state being replaced.
+        let _serial = self.shared.checkpoint_lock.lock().await;
+        {
+            let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
+            self.shared.tree.replace_all(content).map_err(write_error)?;
+            *current_snapshot = meta.last_log_id;
+            *self.shared.state.write().expect("group state lock poisoned") = state;
+            *self.shared.unwritten.lock().expect("unwritten changes lock poisoned") =
+                Unwritten { journals, checkpointed: meta.last_log_id, ..Unwritten::default() };
+        }
+        // The install is the group's new checkpoint: durable before openraft purges the log.
+        if let Some((store, floor)) = &self.durability {
+            store.flush().await.map_err(write_error)?;
+            floor.raise_to(meta.last_log_id.map_or(0, |log_id| log_id.index));
+        }
         tracing::info!(group = self.shared.group_id, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(bytes) = self.shared.tree.get(keys::SNAPSHOT_KEY).map_err(read_error)? else {
-            return Ok(None);
-        };
-        let stored: StoredSnapshot = decode_value(&bytes, "snapshot").map_err(read_error)?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        let stored = read_snapshot(&self.shared.tree).map_err(read_error)?;
+        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
-/// A decoded snapshot: the new in-memory state, the tree's new content, and its one journal
-/// (expiry of its last record, key).
+/// A decoded snapshot: the new in-memory state, the tree's new content, and its journals.
 struct Installed {
     state: GroupState,
     content: TreeContent,
-    journal: Option<(u64, u64)>,
+    journals: BTreeSet<JournalEntry>,
 }
 
 /// Decodes a received snapshot into the new in-memory state and the tree's new content.
@@ -400,7 +614,7 @@ fn install_writes(
     let payload: SnapshotPayload = bincode::deserialize(payload_bytes)
         .map_err(|error| StoreError::Corrupt { what: format!("snapshot payload: {error}") })?;
     let mut writes = Vec::new();
-    let mut journal_entry = None;
+    let mut journals = BTreeSet::new();
     let data = match payload {
         SnapshotPayload::Shard { items, statement_lines } => {
             assert_ne!(group_id, META_GROUP_ID, "a shard snapshot was sent to the meta group");
@@ -415,11 +629,19 @@ fn install_writes(
             // The snapshot's records become one journal under its last log index.
             let journal_index = meta.last_log_id.map(|log_id| log_id.index).unwrap_or(0);
             if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
-                writes.push((keys::journal_key(journal_index), encode(&journal)));
-                journal_entry = Some((expiry_ms, journal_index));
+                for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
+                    let key = keys::journal_key(journal_index, chunk as u32);
+                    journals.insert((expiry_ms, key.clone()));
+                    writes.push((key, value));
+                }
             }
-            for (account, line) in &statement_lines {
-                writes.push((keys::statement_key(account, line.sequence), encode(line)));
+            // Lines come grouped by account in sequence order: one run (or a few) each.
+            for account_lines in statement_lines.chunk_by(|(left, _), (right, _)| left == right) {
+                let account = &account_lines[0].0;
+                let lines: Vec<StatementLine> = account_lines.iter().map(|(_, line)| line.clone()).collect();
+                for (first, value) in encode_in_chunks(&lines) {
+                    writes.push((keys::statement_key(account, lines[first].sequence), value));
+                }
             }
             GroupData::Shard(Ledger::from_items(items))
         }
@@ -433,14 +655,16 @@ fn install_writes(
     writes.push((keys::APPLIED_KEY.to_vec(), encode(&state.applied)));
     writes.push((keys::MEMBERSHIP_KEY.to_vec(), encode(&state.membership)));
     // The installed snapshot becomes the current one, so this node can send it on.
-    let stored = StoredSnapshot { meta: meta.clone(), data: snapshot_bytes.to_vec() };
-    writes.push((keys::SNAPSHOT_KEY.to_vec(), encode(&stored)));
-    Ok(Installed { state, content: writes, journal: journal_entry })
+    for (key, value) in snapshot_writes(meta, snapshot_bytes, 0) {
+        writes.extend(value.map(|value| (key, value)));
+    }
+    Ok(Installed { state, content: writes, journals })
 }
 
 pub struct GroupSnapshotBuilder {
     shared: Arc<GroupShared>,
     cut: GroupState,
+    durability: Option<(NodeStore, PurgeFloor)>,
 }
 
 impl GroupSnapshotBuilder {
@@ -485,28 +709,33 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
             last_membership: self.cut.membership.clone(),
             snapshot_id: format!("g{}-{}-{}", self.shared.group_id, index, counter),
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        let encoded = encode_value(&stored).map_err(write_error)?;
         {
             let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
             // An install may have finished while this build ran; its snapshot is newer and
             // must stay the current one (the log behind it may already be purged). openraft
             // drops this older build's result itself.
             if *current_snapshot <= meta.last_log_id {
-                self.shared
-                    .tree
-                    .write_batch(vec![(keys::SNAPSHOT_KEY.to_vec(), Some(encoded))])
-                    .map_err(write_error)?;
+                let old_chunks = stored_snapshot_chunks(&self.shared.tree).map_err(read_error)?;
+                self.shared.tree.write_batch(snapshot_writes(&meta, &data, old_chunks)).map_err(write_error)?;
                 *current_snapshot = meta.last_log_id;
+            }
+        }
+        // openraft purges the log behind a snapshot as soon as it is built: a checkpoint (which
+        // holds at least the cut) is made durable first, so that the purge can go ahead.
+        if let Some((store, floor)) = &self.durability {
+            let checkpointed = self.shared.checkpoint().await.map_err(write_error)?;
+            store.flush().await.map_err(write_error)?;
+            if let Some(applied_index) = checkpointed {
+                floor.raise_to(applied_index);
             }
         }
         metrics::counter!("tally_snapshots_built_total").increment(1);
         tracing::info!(
             group = self.shared.group_id,
             snapshot = %meta.snapshot_id,
-            size_bytes = stored.data.len(),
+            size_bytes = data.len(),
             "built snapshot"
         );
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }

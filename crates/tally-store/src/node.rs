@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::flush_mark::{self, FlushMark, FlushRecords};
-use crate::flusher::{FlushCallback, FlushStats, FlushWatchdog, Flusher};
-use crate::vote_file::VoteFile;
-use crate::{LogStore, StateTree, StoreConfig, StoreError};
+use crate::flusher::{FlushCallback, FlushStats, FlushWatchdog, Flusher, SledFiles};
+use crate::log_engine::{LogEngine, LogWriteStats};
+use crate::{LogStore, PowerCutFileSystem, StateTree, StoreConfig, StoreError};
 
 /// The storage of one node: a single sled `Db` shared by every Raft group the node hosts, plus
 /// the flusher thread that makes writes durable with group commit.
@@ -29,8 +29,10 @@ pub struct NodeStore {
 struct Inner {
     db: sled::Db,
     flusher: Flusher,
-    /// The folder of the groups' vote files; none for temporary stores.
-    votes_dir: Option<PathBuf>,
+    /// Every group's Raft log and vote.
+    log_engine: Arc<LogEngine>,
+    /// The folder of a temporary store's raft-engine, removed when the store is dropped.
+    _temporary_folder: Option<tempfile::TempDir>,
 }
 
 impl NodeStore {
@@ -50,10 +52,8 @@ impl NodeStore {
         config.validate().map_err(StoreError::InvalidArgument)?;
         let damaged = |detail: String| StoreError::Damaged { path: path.display().to_string(), detail };
         // Inside sled's folder (sled only reads its own `conf`, `db`, `snap.*` and `blobs`), so
-        // that the database and its vote files are copied, moved and deleted together.
-        let votes_dir = path.join(VOTES_FOLDER);
-        std::fs::create_dir_all(&votes_dir)
-            .map_err(|error| damaged(format!("{}: {error}", votes_dir.display())))?;
+        // that the checkpoints and the Raft logs are copied, moved and deleted together.
+        let log_folder = path.join(RAFT_LOG_FOLDER);
         // sled panics on some damaged files instead of returning an error, in its open and
         // while the checks read every tree ("cannot find pid N in view_for_key" on a flipped
         // byte in `db`, seen in CI); catch it, so that the node still exits with a message that
@@ -61,7 +61,7 @@ impl NodeStore {
         let sled_config = sled::Config::new().path(path);
         let opened = without_sled_panics(|| {
             let data_folder = path.display().to_string();
-            Self::from_config(sled_config, Some(votes_dir.clone()), Some(path), config, &data_folder)
+            Self::from_config(sled_config, LogFolder::At(log_folder.clone()), Some(path), config, &data_folder)
         })
         .unwrap_or_else(|reason| Err(damaged(format!("sled could not open it: {reason}"))));
         let store = opened.map_err(|error| match error {
@@ -89,29 +89,41 @@ impl NodeStore {
     /// Opens like [`NodeStore::open`] without checking the stored values first: for tools and
     /// tests that look into a damaged database (reads still check each value they decode).
     pub fn open_unverified(path: &Path) -> Result<NodeStore, StoreError> {
-        let votes_dir = path.join(VOTES_FOLDER);
-        std::fs::create_dir_all(&votes_dir).map_err(StoreError::Io)?;
         let config = StoreConfig::default();
         // No flush mark: a look into a damaged database must not count its flushes on from a
         // sequence number that sled lost (the next checked open would no longer see the loss).
         Self::from_config(
             sled::Config::new().path(path),
-            Some(votes_dir),
+            LogFolder::At(path.join(RAFT_LOG_FOLDER)),
             None,
             &config,
             &path.display().to_string(),
         )
     }
 
+    /// [`NodeStore::open`] with the Raft log on `file_system`, which remembers what each sync
+    /// made durable: for power-loss tests (see [`PowerCutFileSystem::cut_power`]).
+    pub fn open_on_power_cut(path: &Path, file_system: Arc<PowerCutFileSystem>) -> Result<NodeStore, StoreError> {
+        let data_folder = path.display().to_string();
+        let log_folder = LogFolder::AtOn(path.join(RAFT_LOG_FOLDER), file_system);
+        Self::from_config(sled::Config::new().path(path), log_folder, Some(path), &StoreConfig::default(), &data_folder)
+    }
+
     /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.
     pub fn temporary() -> Result<NodeStore, StoreError> {
         let config = StoreConfig::default();
-        Self::from_config(sled::Config::new().temporary(true), None, None, &config, "(a temporary database)")
+        Self::from_config(
+            sled::Config::new().temporary(true),
+            LogFolder::Temporary,
+            None,
+            &config,
+            "(a temporary database)",
+        )
     }
 
     fn from_config(
         sled_config: sled::Config,
-        votes_dir: Option<PathBuf>,
+        log_folder: LogFolder,
         checked_with_mark: Option<&Path>,
         config: &StoreConfig,
         data_folder: &str,
@@ -139,21 +151,43 @@ impl NodeStore {
                 flush_mark::check(records, &folder.join(flush_mark::MARK_FILE_NAME))
                     .map_err(|detail| StoreError::Damaged { path: data_folder.to_string(), detail })?;
                 check_values(&db)?;
+                if let Some(old) = db.tree_names().iter().find(|name| name.ends_with(b"/raft")) {
+                    return Err(StoreError::Damaged {
+                        path: data_folder.to_string(),
+                        detail: format!(
+                            "it holds a Raft log in sled (tree {}), written by an older Tally; this version \
+                             keeps Raft logs in raft-engine and cannot read it: start from an empty folder",
+                            String::from_utf8_lossy(old)
+                        ),
+                    });
+                }
                 let last_sequence = records.in_database.max(records.in_mark_file.unwrap_or(0));
                 Some(FlushMark::start(folder, last_sequence)?)
             }
         };
         let watchdog = FlushWatchdog::aborting(config.flush_stall_abort_ms);
-        let flusher = Flusher::start_for_db(db.clone(), mark, watchdog, data_folder.to_string())
+        let (log_engine, temporary_folder) = match log_folder {
+            LogFolder::At(folder) => (LogEngine::open(&folder)?, None),
+            LogFolder::AtOn(folder, file_system) => (LogEngine::open_on(&folder, file_system)?, None),
+            LogFolder::Temporary => {
+                let folder = tempfile::tempdir().map_err(StoreError::Io)?;
+                (LogEngine::open(folder.path())?, Some(folder))
+            }
+        };
+        let log_engine = Arc::new(log_engine);
+        let sled_files = (!sled_config.temporary).then(|| SledFiles::new(&sled_config.path));
+        let flusher = Flusher::start_for_db(db.clone(), mark, sled_files, watchdog, data_folder.to_string())
             .map_err(StoreError::Io)?;
-        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, votes_dir }) })
+        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, log_engine, _temporary_folder: temporary_folder }) })
     }
 
-    /// The Raft log + vote storage of group `group_id` (tree `"g{group_id:05}/raft"`).
-    pub fn log_store<C: openraft::RaftTypeConfig>(&self, group_id: u32) -> Result<LogStore<C>, StoreError> {
-        let tree = self.inner.db.open_tree(raft_tree_name(group_id))?;
-        let vote_file = self.inner.votes_dir.as_deref().map(|folder| VoteFile::new(folder, group_id));
-        Ok(LogStore::new(group_id, tree, self.clone(), vote_file))
+    /// The Raft log + vote storage of group `group_id` (region `group_id` of the node's
+    /// raft-engine). It purges whenever openraft asks; see [`LogStore::with_purge_floor`].
+    pub fn log_store<C: openraft::RaftTypeConfig>(&self, group_id: u32) -> Result<LogStore<C>, StoreError>
+    where
+        C::Entry: Clone,
+    {
+        LogStore::open(group_id, self.inner.log_engine.clone())
     }
 
     /// The state-machine tree of group `group_id` (tree `"g{group_id:05}/sm"`).
@@ -167,11 +201,8 @@ impl NodeStore {
     /// Returns whether anything existed. Not flushed: a crash may bring the trees back, which is
     /// harmless for a replica that no longer belongs to the group.
     pub fn drop_group(&self, group_id: u32) -> Result<bool, StoreError> {
-        let raft = self.inner.db.drop_tree(raft_tree_name(group_id))?;
+        let raft = self.inner.log_engine.drop_group(group_id)?;
         let sm = self.inner.db.drop_tree(sm_tree_name(group_id))?;
-        if let Some(folder) = &self.inner.votes_dir {
-            VoteFile::new(folder, group_id).remove()?;
-        }
         Ok(raft || sm)
     }
 
@@ -184,6 +215,7 @@ impl NodeStore {
             .iter()
             .filter_map(|name| std::str::from_utf8(name).ok())
             .filter_map(|name| name.strip_prefix('g')?.split_once('/')?.0.parse().ok())
+            .chain(self.inner.log_engine.engine().raft_groups().into_iter().filter_map(|id| u32::try_from(id).ok()))
             .collect();
         groups.sort_unstable();
         groups.dedup();
@@ -201,9 +233,14 @@ impl NodeStore {
         rx.await.map_err(|_| StoreError::FlusherStopped)?.map_err(StoreError::Flush)
     }
 
-    /// Total size on disk as sled reports it.
+    /// Total size on disk: sled's as it reports it, plus raft-engine's files.
     pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.inner.db.size_on_disk()? + self.inner.log_engine.size_on_disk_bytes())
+    }
+
+    /// Counters of the Raft log writer (group-commit factor = requests / syncs).
+    pub fn log_write_stats(&self) -> LogWriteStats {
+        self.inner.log_engine.stats()
     }
 
     /// Flush and request counters of the flusher (group-commit factor = requests / flushes).
@@ -247,23 +284,8 @@ fn check_values(db: &sled::Db) -> Result<(), StoreError> {
     let sled_error = |error: sled::Error| StoreError::Corrupt { what: format!("sled: {error}") };
     for name in db.tree_names() {
         let tree_name = String::from_utf8_lossy(&name).to_string();
-        let is_raft_tree = tree_name.starts_with('g') && tree_name.ends_with("/raft");
-        let mut previous_entry: Option<u64> = None;
         for item in db.open_tree(&name).map_err(sled_error)?.iter() {
-            let (key, value) = item.map_err(sled_error)?;
-            if !is_raft_tree {
-                continue;
-            }
-            crate::codec::check_frame(&value, &format!("tree {tree_name} key {:02x?}", &key[..]))?;
-            let Some(index) = crate::log_store::entry_index(&key) else { continue };
-            if let Some(previous) = previous_entry.filter(|previous| previous + 1 != index) {
-                return Err(StoreError::Corrupt {
-                    what: format!(
-                        "tree {tree_name}: the log has a hole: entry {index} follows entry {previous}"
-                    ),
-                });
-            }
-            previous_entry = Some(index);
+            item.map_err(|error| StoreError::Corrupt { what: format!("tree {tree_name}: sled: {error}") })?;
         }
     }
     Ok(())
@@ -326,11 +348,16 @@ pub fn wait_until_sled_unlocked(folder: &Path, timeout_ms: u64) -> bool {
     }
 }
 
-/// The folder of the vote files, inside sled's folder.
-const VOTES_FOLDER: &str = "tally-votes";
+/// The folder of the node's raft-engine (every group's Raft log and vote), inside sled's folder.
+pub const RAFT_LOG_FOLDER: &str = "raft-log";
 
-fn raft_tree_name(group_id: u32) -> String {
-    format!("g{group_id:05}/raft")
+/// Where a store keeps its raft-engine.
+enum LogFolder {
+    At(PathBuf),
+    /// On a power-cut simulation (see [`PowerCutFileSystem`]).
+    AtOn(PathBuf, Arc<PowerCutFileSystem>),
+    /// A temporary folder removed with the store.
+    Temporary,
 }
 
 fn sm_tree_name(group_id: u32) -> String {

@@ -7,8 +7,9 @@
 //!   happened. The documented path (new id, `add-node`, `remove-node` of the old id) brings the
 //!   replacement in through snapshots; every replica ends identical, points are conserved and
 //!   every acknowledged write is there once.
-//! - Files damaged while a node is stopped (sled's log file cut at several lengths, bytes
-//!   flipped at seeded offsets, a vote file flipped): each time the node either starts, catches
+//! - Files damaged while a node is stopped (sled's checkpoint file cut at several lengths, bytes
+//!   flipped at seeded offsets, the Raft log's active raft-engine file cut and flipped): each
+//!   time the node either starts, catches
 //!   up and ends identical to its peers with no acknowledged write lost, or refuses to start
 //!   with an error that names the folder and the problem. Set `TALLY_DISK_FAULT_SEED` to replay
 //!   a run's flip offsets (the seed is printed).
@@ -200,6 +201,8 @@ enum Fault {
     TruncateHalf,
     /// Invert the byte at this offset of a file (relative to the data folder).
     Flip { file: String, offset: u64 },
+    /// Cut this many bytes off the end of a file (relative to the data folder).
+    CutFile { file: String, bytes: u64 },
 }
 
 /// What the node did after a fault.
@@ -234,6 +237,13 @@ fn apply(fault: &Fault, folder: &Path) -> String {
             cut(&db_file, length / 2);
             format!("db/db cut from {length} to {} bytes", length / 2)
         }
+        Fault::CutFile { file, bytes } => {
+            let path = folder.join(file);
+            let length = std::fs::metadata(&path).unwrap().len();
+            let kept = length.saturating_sub(*bytes);
+            cut(&path, kept);
+            format!("{file} cut from {length} to {kept} bytes")
+        }
         Fault::Flip { file, offset } => {
             let path = folder.join(file);
             let mut bytes = std::fs::read(&path).unwrap();
@@ -262,15 +272,16 @@ fn copy_folder(from: &Path, to: &Path) {
     }
 }
 
-/// The vote file of some group in `folder` (every node that voted has one per group).
-fn some_vote_file(folder: &Path) -> String {
-    let votes = folder.join("db/tally-votes");
-    let found = std::fs::read_dir(&votes)
+/// The newest raft-engine log file in `folder` (the one appends go to), relative to `folder`.
+fn active_raft_log_file(folder: &Path) -> String {
+    let logs = folder.join("db").join(tally_store::RAFT_LOG_FOLDER);
+    let newest = std::fs::read_dir(&logs)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
-        .find(|name| name.ends_with(".vote"))
-        .unwrap_or_else(|| panic!("no vote file in {}", votes.display()));
-    format!("db/tally-votes/{found}")
+        .filter(|name| name.ends_with(".raftlog"))
+        .max()
+        .unwrap_or_else(|| panic!("no raft-engine log file in {}", logs.display()));
+    format!("db/{}/{newest}", tally_store::RAFT_LOG_FOLDER)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -333,28 +344,40 @@ async fn files_damaged_while_stopped_recover_or_refuse_to_start() {
         }
         workload.resume();
     }
-    // A flipped vote file refuses the start with the file's name.
-    cluster.nodes.get_mut(&victim).unwrap().kill_9();
-    let vote_file = some_vote_file(&folder);
-    let kept = temp.path().join("kept");
-    let _ = std::fs::remove_dir_all(&kept);
-    copy_folder(&folder, &kept);
-    let done = apply(&Fault::Flip { file: vote_file.clone(), offset: 3 }, &folder);
-    cluster.start_node(victim);
-    match recover_or_refuse(&mut cluster, &mut admin, &workload, victim, &folder).await {
-        Outcome::Refused { message } => {
-            assert!(message.contains(vote_file.rsplit('/').next().unwrap()), "{message}");
-            report.push(format!("{done}: refused to start: {message}"));
+    // The Raft log (raft-engine): a cut tail (a crash in the middle of a write) and flipped
+    // bytes of its active file. Either the node starts and catches up from its peers or it
+    // refuses to start; in both cases no acknowledged write is lost (checked by the workload).
+    let log_faults = [
+        Fault::CutFile { file: active_raft_log_file(&folder), bytes: 100 },
+        Fault::Flip { file: active_raft_log_file(&folder), offset: random.next() },
+        Fault::Flip { file: active_raft_log_file(&folder), offset: random.next() },
+    ];
+    for fault in log_faults {
+        cluster.nodes.get_mut(&victim).unwrap().kill_9();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let kept = temp.path().join("kept");
+        let _ = std::fs::remove_dir_all(&kept);
+        copy_folder(&folder, &kept);
+        let done = apply(&fault, &folder);
+        cluster.start_node(victim);
+        let outcome = recover_or_refuse(&mut cluster, &mut admin, &workload, victim, &folder).await;
+        let line = match &outcome {
+            Outcome::Recovered { seconds } => format!("{done}: started and caught up in {seconds:.1} s"),
+            Outcome::Refused { message } => format!("{done}: refused to start: {message}"),
+        };
+        println!("{line}");
+        report.push(line);
+        if let Outcome::Refused { .. } = outcome {
+            std::fs::remove_dir_all(&folder).unwrap();
+            copy_folder(&kept, &folder);
+            cluster.start_node(victim);
+            match recover_or_refuse(&mut cluster, &mut admin, &workload, victim, &folder).await {
+                Outcome::Recovered { .. } => {}
+                Outcome::Refused { message } => panic!("the undamaged folder was refused: {message}"),
+            }
         }
-        Outcome::Recovered { .. } => panic!("a flipped vote file went unnoticed"),
+        workload.resume();
     }
-    std::fs::remove_dir_all(&folder).unwrap();
-    copy_folder(&kept, &folder);
-    cluster.start_node(victim);
-    assert!(matches!(
-        recover_or_refuse(&mut cluster, &mut admin, &workload, victim, &folder).await,
-        Outcome::Recovered { .. }
-    ));
 
     workload.stop().await;
     wait_replicas_identical(&mut admin, 3, &cluster).await;
