@@ -17,7 +17,7 @@ const FORBIDDEN: [(&str, &str); 12] = [
     ("std::fs", "the domain crate does no I/O"),
     ("std::net", "the domain crate does no I/O"),
     ("async ", "the domain crate is synchronous"),
-    ("unsafe ", "the workspace forbids unsafe code"),
+    ("unsafe ", "the domain crate has no unsafe code"),
 ];
 
 fn rust_files(directory: &Path, found: &mut Vec<PathBuf>) {

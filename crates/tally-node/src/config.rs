@@ -13,7 +13,8 @@ use tally_store::StoreConfig;
 pub struct NodeConfig {
     /// This node's id, the same in every group (default 1).
     pub node_id: u64,
-    /// Where the node keeps its sled database and identity file (default `./tally-data`).
+    /// Where the node keeps its data (the Raft log, checkpoints, identity file; default
+    /// `./tally-data`).
     pub data_dir: PathBuf,
     /// gRPC address for partners, admins and (in one-process mode) Raft (default 127.0.0.1:50051).
     pub listen_addr: SocketAddr,
@@ -34,6 +35,8 @@ pub struct NodeConfig {
     /// restarted instead of hanging with its shard leaderships (default 30000, at least 1000;
     /// only time the process was running counts). See `tally_store::StoreConfig`.
     pub flush_stall_abort_ms: u64,
+    /// Memory for sled's page cache, which holds the state-machine checkpoints (default 128 MiB).
+    pub sled_cache_bytes: u64,
     /// The secret every internal call (node API, Raft transport) must carry; the same for every
     /// node, gateway and CLI of the cluster, 16 to 256 visible ASCII characters. Default none:
     /// the internal services answer anyone who reaches `listen_addr`, and the node says so in
@@ -56,6 +59,7 @@ impl Default for NodeConfig {
             queued_proposals_max: proposer.queued_proposals_max,
             inflight_entries_max: proposer.inflight_entries_max,
             flush_stall_abort_ms: tally_store::FLUSH_STALL_ABORT_MS_DEFAULT,
+            sled_cache_bytes: tally_store::SLED_CACHE_BYTES_DEFAULT,
             cluster_token: None,
             raft: RaftTuning::default(),
         }
@@ -84,7 +88,7 @@ impl NodeConfig {
     }
 
     pub fn store_config(&self) -> StoreConfig {
-        StoreConfig { flush_stall_abort_ms: self.flush_stall_abort_ms }
+        StoreConfig { flush_stall_abort_ms: self.flush_stall_abort_ms, sled_cache_bytes: self.sled_cache_bytes }
     }
 
     pub fn proposer_config(&self) -> ProposerConfig {
@@ -110,7 +114,10 @@ mod tests {
         assert_eq!(defaults.flush_stall_abort_ms, tally_store::FLUSH_STALL_ABORT_MS_DEFAULT);
         assert_eq!(defaults.validate(), Ok(()));
         let config = NodeConfig { flush_stall_abort_ms: 45_000, ..NodeConfig::default() };
-        assert_eq!(config.store_config(), StoreConfig { flush_stall_abort_ms: 45_000 });
+        assert_eq!(
+            config.store_config(),
+            StoreConfig { flush_stall_abort_ms: 45_000, sled_cache_bytes: tally_store::SLED_CACHE_BYTES_DEFAULT }
+        );
     }
 
     #[test]

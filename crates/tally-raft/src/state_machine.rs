@@ -11,7 +11,7 @@
 //! re-applies the committed entries after it, so no entry is applied twice to durable state.
 //! Statement lines not checkpointed yet are read from memory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -75,7 +75,8 @@ pub struct GroupShared {
 /// The changes of applies since the last checkpoint, and the tree's journals.
 #[derive(Default)]
 struct Unwritten {
-    dirty: BTreeSet<ItemKey>,
+    /// A hash set: applies add to it all second long, and a checkpoint writes it in any order.
+    dirty: HashSet<ItemKey>,
     meta_changed: bool,
     /// Statement lines not in the tree yet (or being written), per account in sequence order.
     lines: BTreeMap<AccountKey, Vec<StatementLine>>,
@@ -510,7 +511,7 @@ impl GroupStateMachine {
             responses.push(response);
         }
         let mut unwritten = shared.unwritten.lock().expect("unwritten changes lock poisoned");
-        unwritten.dirty.append(&mut self.changes.dirty);
+        unwritten.dirty.extend(std::mem::take(&mut self.changes.dirty));
         unwritten.meta_changed |= meta_changed;
         for (account, line) in self.changes.statement_lines.drain(..) {
             unwritten.lines.entry(account).or_default().push(line);
@@ -586,7 +587,12 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let stored = read_snapshot(&self.shared.tree).map_err(read_error)?;
+        // Under the lock that builds and installs hold while they write the snapshot: its head
+        // and chunks are read in several calls, and must all be of one snapshot.
+        let stored = {
+            let _current = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
+            read_snapshot(&self.shared.tree).map_err(read_error)?
+        };
         Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

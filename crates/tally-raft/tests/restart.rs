@@ -105,8 +105,8 @@ async fn restart_keeps_state_and_the_log_continues() {
     stop(group, store).await;
 }
 
-/// sled does not flush state-machine batches, so after a crash the tree may reflect an older
-/// prefix of applies than the log. Simulated honestly through public APIs: copy the whole tree
+/// The tree holds the last checkpoint, so after a crash it may reflect an older prefix of
+/// applies than the log. Simulated honestly through public APIs: copy the whole tree
 /// at a quiet point A, go on to B, stop, and put the copy back (exactly the content the tree had
 /// at A, `applied` included). On restart openraft must re-apply A+1..B from the log, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +121,8 @@ async fn state_machine_behind_the_log_catches_up_from_the_log() {
     // Point A: no proposal is in flight, everything appended is applied.
     let at_a = fingerprint(&group.shared);
     assert_eq!(at_a.0.unwrap().index, group.raft.metrics().borrow().last_log_index.unwrap());
+    // The tree holds what checkpoints wrote; one now makes it hold A.
+    group.shared.checkpoint().await.unwrap();
     let tree_at_a: Vec<(Vec<u8>, Vec<u8>)> =
         store.state_tree(SHARD).unwrap().iter_all().collect::<Result<_, _>>().unwrap();
 

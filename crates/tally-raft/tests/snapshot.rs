@@ -201,7 +201,7 @@ async fn snapshot_taken_under_load_is_a_consistent_cut() {
     stop.store(true, Ordering::Relaxed);
     load.await.expect("the load task succeeded");
     let rounds = rounds_done.load(Ordering::Relaxed);
-    assert_tree_matches_memory(&store, &group.shared, "after the load");
+    assert_tree_matches_memory(&store, &group.shared, "after the load").await;
     // Each round also earned 1 point per member through `extra_earns`.
     let source = ledger(&group.shared);
     source.check_invariants().unwrap();
@@ -340,8 +340,10 @@ fn tree_content(store: &NodeStore, group_id: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
     store.state_tree(group_id).unwrap().iter_all().collect::<Result<_, _>>().unwrap()
 }
 
-/// The tree holds exactly the in-memory state: a replica loading it gets the same ledger.
-fn assert_tree_matches_memory(store: &NodeStore, shared: &GroupShared, context: &str) {
+/// After a checkpoint, the tree holds exactly the in-memory state: a replica loading it gets
+/// the same ledger.
+async fn assert_tree_matches_memory(store: &NodeStore, shared: &Arc<GroupShared>, context: &str) {
+    shared.checkpoint().await.unwrap();
     let loaded =
         GroupStateMachine::open(shared.group_id, store.state_tree(shared.group_id).unwrap()).unwrap();
     let loaded = loaded.shared();
@@ -411,7 +413,7 @@ async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
         let index = entry.log_id.index;
         let outcomes = shard_outcomes(newer.apply([entry]).await.unwrap());
         assert!(outcomes.iter().all(|outcome| outcome.result.is_ok()), "entry {index}: {outcomes:?}");
-        assert_tree_matches_memory(&newer_store, &shared, &format!("after entry {index}"));
+        assert_tree_matches_memory(&newer_store, &shared, &format!("after entry {index}")).await;
         item_counts.push(ledger(&shared).items().len());
     }
     let newest = ledger(&shared);
@@ -453,7 +455,7 @@ async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
         "JOURNALS={journals} KEYS={:?}",
         tree_content(&newer_store, SHARD).iter().map(|(k, _)| k[0] as char).collect::<String>()
     );
-    assert_tree_matches_memory(&older_store, &older_shared, "older replica after the install");
+    assert_tree_matches_memory(&older_store, &older_shared, "older replica after the install").await;
 }
 
 /// openraft 0.9 builds a snapshot in a task spawned by the state-machine worker
@@ -517,7 +519,7 @@ async fn journaled_records_reload_at_their_latest_version_and_expired_ones_stay_
     let reverse = command("r", Operation::ReverseEarn { earn_key: key("a"), amount_points: 30 });
     state_machine.apply([entry_at(2, T + 1_000, 10 * HOUR_MS, vec![reverse])]).await.unwrap();
     assert_eq!(ledger(&shared).earn_record(&partner(), &key("a")).unwrap().reversed_points, 30);
-    assert_tree_matches_memory(&store, &shared, "after the reversal");
+    assert_tree_matches_memory(&store, &shared, "after the reversal").await;
 
     // Entry 3, past entry 1's retention: both earns' records expire; entry 2's journal (the
     // reversal's record, and the newer version of earn a's record) is still alive.
@@ -526,7 +528,7 @@ async fn journaled_records_reload_at_their_latest_version_and_expired_ones_stay_
     assert!(live.operation(&partner(), &key("a")).is_none());
     assert!(live.earn_record(&partner(), &key("a")).is_none(), "earn a's record expired with its key");
     assert!(live.operation(&partner(), &key("r")).is_some());
-    assert_tree_matches_memory(&store, &shared, "after the expiry");
+    assert_tree_matches_memory(&store, &shared, "after the expiry").await;
 }
 
 /// Entries can carry thousands of commands, so the log is bounded by size as well as by entry

@@ -8,6 +8,10 @@ pub const FLUSH_STALL_ABORT_MS_DEFAULT: u64 = 30_000;
 /// disk could make the node abort and restart over and over.
 pub const FLUSH_STALL_ABORT_MS_MIN: u64 = 1_000;
 
+/// Default of [`StoreConfig::sled_cache_bytes`]: sled's own default is 1 GiB, far more than
+/// checkpoints need (they write each changed item once a second; reads are statement pages).
+pub const SLED_CACHE_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
 /// How a node's store runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -19,11 +23,13 @@ pub struct StoreConfig {
     /// that crashes is restarted and recovers from its Raft log. Only time the process was
     /// running counts, so a paused (SIGSTOP) or suspended process is not aborted for the pause.
     pub flush_stall_abort_ms: u64,
+    /// The memory sled may use for its page cache (default [`SLED_CACHE_BYTES_DEFAULT`]).
+    pub sled_cache_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_DEFAULT }
+        Self { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_DEFAULT, sled_cache_bytes: SLED_CACHE_BYTES_DEFAULT }
     }
 }
 
@@ -47,10 +53,12 @@ mod tests {
     #[test]
     fn the_default_is_valid_and_a_bound_below_the_minimum_is_refused() {
         assert_eq!(StoreConfig::default().validate(), Ok(()));
-        let at_minimum = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN };
+        let at_minimum = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN, ..StoreConfig::default() };
         assert_eq!(at_minimum.validate(), Ok(()));
         let error =
-            StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1 }.validate().unwrap_err();
+            StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1, ..StoreConfig::default() }
+                .validate()
+                .unwrap_err();
         assert!(error.contains("flush_stall_abort_ms"), "{error}");
     }
 }

@@ -45,7 +45,7 @@ mod power_cut;
 mod state_tree;
 
 pub use codec::{check_frame, decode_value, encode_value, VALUE_FORMAT_VERSION};
-pub use config::{StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN};
+pub use config::{StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN, SLED_CACHE_BYTES_DEFAULT};
 pub use error::StoreError;
 pub use flush_mark::MARK_SYNC_INTERVAL_MS;
 pub use flusher::FlushStats;

@@ -353,13 +353,14 @@ where
                 return Ok(Vec::new());
             }
             let cached_from = log.first_cached_index().unwrap_or(last + 1);
-            let from_cache: Vec<C::Entry> = log
-                .cache
-                .iter()
-                .map(|(entry, _)| entry)
-                .filter(|entry| (start..=end).contains(&entry.get_log_id().index))
-                .cloned()
-                .collect();
+            // The cache is contiguous: positions follow from indexes.
+            let from_cache: Vec<C::Entry> = if end < cached_from {
+                Vec::new()
+            } else {
+                let skip = usize::try_from(start.saturating_sub(cached_from)).unwrap_or(usize::MAX);
+                let take = usize::try_from(end - start.max(cached_from) + 1).unwrap_or(usize::MAX);
+                log.cache.iter().skip(skip).take(take).map(|(entry, _)| entry.clone()).collect()
+            };
             let from_engine = (start < cached_from).then(|| (start, end.min(cached_from - 1)));
             (from_engine, from_cache)
         };

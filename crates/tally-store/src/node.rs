@@ -137,7 +137,7 @@ impl NodeStore {
         // last round and again when sled drops its last tree handle. Its other duty, cleaning
         // fragmented segments, also runs on every page replace (`PageCache::replace` rewrites
         // one page to clean per write), so space is still reclaimed under writes.
-        let sled_config = sled_config.flush_every_ms(None);
+        let sled_config = sled_config.flush_every_ms(None).cache_capacity(config.sled_cache_bytes);
         let db = open_waiting_for_the_lock(&sled_config)?;
         // The checks run before the flusher and the mark start, so that a refused database is
         // not written to (the flusher's last flush would store one more sequence number).

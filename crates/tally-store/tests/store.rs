@@ -342,12 +342,12 @@ fn copy_sled_files(from: &Path, to: &Path) {
 #[tokio::test]
 async fn open_with_checks_the_flush_stall_bound_and_the_watchdog_stays_quiet() {
     let dir = tempfile::tempdir().unwrap();
-    let too_short = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1 };
+    let too_short = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1, ..StoreConfig::default() };
     let error = NodeStore::open_with(&dir.path().join("db"), &too_short).unwrap_err();
     assert!(matches!(error, StoreError::InvalidArgument(ref text) if text.contains("flush_stall_abort_ms")));
     assert!(!dir.path().join("db").exists(), "nothing was created");
 
-    let config = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN };
+    let config = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN, ..StoreConfig::default() };
     let node = NodeStore::open_with(&dir.path().join("db"), &config).unwrap();
     let mut log = node.log_store::<TestConfig>(1).unwrap();
     log.blocking_append(normal_entries(1..=50)).await.unwrap();

@@ -8,6 +8,24 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option (its position in mimalloc 2's `mi_option_e`).
+const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long mimalloc keeps freed memory before giving it back to the OS. Its default (10 ms)
+/// made the node give back and fault in again about a gigabyte a second under load (2 MiB
+/// transparent huge pages zeroed on every fault: 13 % of the node's CPU in a profile of
+/// `tally dev` at 64 callers); a second keeps the steady-state churn in the process
+/// (measured: 10,600 → 14,000 earns/s on one shard) and still returns memory after a burst.
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
+
+/// Sets mimalloc's purge delay. Runs first in `main`, before any other thread exists.
+#[allow(unsafe_code)] // The one call into mimalloc's C API; it only stores an integer option.
+fn tune_allocator() {
+    // SAFETY: `mi_option_set` stores a value in mimalloc's option table; no other thread runs
+    // yet, and the option is a valid member of mimalloc 2's enum (libmimalloc-sys builds v2).
+    unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
+}
+
 use clap::{Parser, Subcommand};
 use tally::cli::{self, AgreementCommand, ClusterCommand, Connection, PartnerAuth, PartnerCommand};
 use tally::operations::{self, Write};
@@ -74,8 +92,18 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    tune_allocator();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run_main()),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
