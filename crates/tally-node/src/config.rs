@@ -88,7 +88,10 @@ impl NodeConfig {
     }
 
     pub fn store_config(&self) -> StoreConfig {
-        StoreConfig { flush_stall_abort_ms: self.flush_stall_abort_ms, sled_cache_bytes: self.sled_cache_bytes }
+        StoreConfig {
+            flush_stall_abort_ms: self.flush_stall_abort_ms,
+            sled_cache_bytes: self.sled_cache_bytes,
+        }
     }
 
     pub fn proposer_config(&self) -> ProposerConfig {
@@ -116,7 +119,10 @@ mod tests {
         let config = NodeConfig { flush_stall_abort_ms: 45_000, ..NodeConfig::default() };
         assert_eq!(
             config.store_config(),
-            StoreConfig { flush_stall_abort_ms: 45_000, sled_cache_bytes: tally_store::SLED_CACHE_BYTES_DEFAULT }
+            StoreConfig {
+                flush_stall_abort_ms: 45_000,
+                sled_cache_bytes: tally_store::SLED_CACHE_BYTES_DEFAULT
+            }
         );
     }
 

@@ -184,7 +184,12 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 /// purge floor to the index it holds, so that the log is never purged past what a restart finds
 /// in sled. Ends when the group stops (a node's orderly shutdown writes a last checkpoint
 /// itself; a crash leaves the log to re-apply).
-async fn checkpoint_regularly(raft: Raft, shared: Arc<GroupShared>, store: NodeStore, purge_floor: PurgeFloor) {
+async fn checkpoint_regularly(
+    raft: Raft,
+    shared: Arc<GroupShared>,
+    store: NodeStore,
+    purge_floor: PurgeFloor,
+) {
     let mut metrics = raft.metrics();
     let mut interval = tokio::time::interval(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -205,7 +210,11 @@ async fn checkpoint_regularly(raft: Raft, shared: Arc<GroupShared>, store: NodeS
 }
 
 /// One checkpoint, made durable, then the purge floor raised to it.
-pub async fn checkpoint_durably(shared: &Arc<GroupShared>, store: &NodeStore, purge_floor: &PurgeFloor) -> Result<(), StoreError> {
+pub async fn checkpoint_durably(
+    shared: &Arc<GroupShared>,
+    store: &NodeStore,
+    purge_floor: &PurgeFloor,
+) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let Some(applied_index) = shared.checkpoint().await? else { return Ok(()) };
     store.flush().await?;

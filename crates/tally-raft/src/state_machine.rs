@@ -155,8 +155,11 @@ impl GroupShared {
             return Ok(Vec::new());
         }
         let span = limit as u64 - 1;
-        let (low, high) =
-            if newest_first { (start.saturating_sub(span), start) } else { (start, start.saturating_add(span)) };
+        let (low, high) = if newest_first {
+            (start.saturating_sub(span), start)
+        } else {
+            (start, start.saturating_add(span))
+        };
         // Memory first, then the tree: a checkpoint writes lines to the tree before it drops
         // them from memory, so each line is found in one place or both, never in neither.
         let mut found: BTreeMap<u64, StatementLine> = BTreeMap::new();
@@ -179,12 +182,23 @@ impl GroupShared {
     }
 
     /// The tree's lines of `account` with sequence in `[low, high]`, ascending.
-    fn stored_statement_lines(&self, account: &AccountKey, low: u64, high: u64) -> Result<Vec<StatementLine>, StoreError> {
+    fn stored_statement_lines(
+        &self,
+        account: &AccountKey,
+        low: u64,
+        high: u64,
+    ) -> Result<Vec<StatementLine>, StoreError> {
         let prefix = keys::statement_prefix(account);
         let mut runs = self.tree.scan_prefix(&prefix, Some(&keys::statement_key(account, low)), true, 1)?;
-        let runs_after = usize::try_from(high - low).unwrap_or(usize::MAX).min(STATEMENT_RUNS_READ_MAX);
+        // A run holds at least one line: at most one run per wanted line follows the first.
+        let runs_after = usize::try_from(high - low).unwrap_or(usize::MAX);
         if let Some(next) = low.checked_add(1) {
-            for (key, value) in self.tree.scan_prefix(&prefix, Some(&keys::statement_key(account, next)), false, runs_after)? {
+            for (key, value) in self.tree.scan_prefix(
+                &prefix,
+                Some(&keys::statement_key(account, next)),
+                false,
+                runs_after,
+            )? {
                 if keys::statement_run_start(&key).is_some_and(|first| first > high) {
                     break;
                 }
@@ -289,10 +303,6 @@ impl GroupShared {
         Some(CheckpointWrites { writes, written_lines, applied_index })
     }
 }
-
-/// At most this many statement runs are read for one page (a run holds at least one line, and
-/// a page at most `STATEMENT_PAGE_LINES_MAX`; snapshot builds read whole statements).
-const STATEMENT_RUNS_READ_MAX: usize = usize::MAX;
 
 /// `values` encoded as framed `Vec`s of consecutive values, each at most
 /// [`keys::VALUE_BYTES_MAX`] bytes (a value larger than that alone goes in a chunk of its own);
@@ -722,7 +732,10 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
             // drops this older build's result itself.
             if *current_snapshot <= meta.last_log_id {
                 let old_chunks = stored_snapshot_chunks(&self.shared.tree).map_err(read_error)?;
-                self.shared.tree.write_batch(snapshot_writes(&meta, &data, old_chunks)).map_err(write_error)?;
+                self.shared
+                    .tree
+                    .write_batch(snapshot_writes(&meta, &data, old_chunks))
+                    .map_err(write_error)?;
                 *current_snapshot = meta.last_log_id;
             }
         }

@@ -29,7 +29,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_DEFAULT, sled_cache_bytes: SLED_CACHE_BYTES_DEFAULT }
+        Self {
+            flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_DEFAULT,
+            sled_cache_bytes: SLED_CACHE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -53,7 +56,8 @@ mod tests {
     #[test]
     fn the_default_is_valid_and_a_bound_below_the_minimum_is_refused() {
         assert_eq!(StoreConfig::default().validate(), Ok(()));
-        let at_minimum = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN, ..StoreConfig::default() };
+        let at_minimum =
+            StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN, ..StoreConfig::default() };
         assert_eq!(at_minimum.validate(), Ok(()));
         let error =
             StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1, ..StoreConfig::default() }

@@ -85,7 +85,9 @@ impl SledFiles {
 
     fn sync(&mut self) -> io::Result<()> {
         let db_file = self.folder.join("db");
-        std::fs::File::open(&db_file).and_then(|file| file.sync_all()).map_err(|e| crate::files::error_at(&db_file, e))?;
+        std::fs::File::open(&db_file)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| crate::files::error_at(&db_file, e))?;
         let blobs = self.folder.join("blobs");
         if let Ok(entries) = std::fs::read_dir(&blobs) {
             let mut new_blobs = false;

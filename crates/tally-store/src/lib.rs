@@ -45,12 +45,14 @@ mod power_cut;
 mod state_tree;
 
 pub use codec::{check_frame, decode_value, encode_value, VALUE_FORMAT_VERSION};
-pub use config::{StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN, SLED_CACHE_BYTES_DEFAULT};
+pub use config::{
+    StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN, SLED_CACHE_BYTES_DEFAULT,
+};
 pub use error::StoreError;
 pub use flush_mark::MARK_SYNC_INTERVAL_MS;
 pub use flusher::FlushStats;
 pub use log_engine::LogWriteStats;
 pub use log_store::{LogStore, PurgeFloor, CACHE_BYTES_MAX};
-pub use power_cut::{PowerCut, PowerCutFileSystem};
 pub use node::{wait_until_sled_unlocked, NodeStore, LOCK_WAIT_MS, RAFT_LOG_FOLDER};
+pub use power_cut::{PowerCut, PowerCutFileSystem, PowerCutImages};
 pub use state_tree::StateTree;

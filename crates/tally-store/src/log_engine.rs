@@ -48,7 +48,13 @@ pub(crate) trait RaftLogFiles: Send + Sync {
     fn first_index(&self, region: u64) -> Option<u64>;
     fn last_index(&self, region: u64) -> Option<u64>;
     /// Entries `[begin, end)` of `region`, appended to `out`.
-    fn fetch_entries(&self, region: u64, begin: u64, end: u64, out: &mut Vec<LogEntry>) -> raft_engine::Result<usize>;
+    fn fetch_entries(
+        &self,
+        region: u64,
+        begin: u64,
+        end: u64,
+        out: &mut Vec<LogEntry>,
+    ) -> raft_engine::Result<usize>;
     fn raft_groups(&self) -> Vec<u64>;
     fn purge_expired_files(&self) -> raft_engine::Result<Vec<u64>>;
     fn used_size_bytes(&self) -> usize;
@@ -75,7 +81,13 @@ impl<F: FileSystem + 'static> RaftLogFiles for Engine<F> {
         Engine::last_index(self, region)
     }
 
-    fn fetch_entries(&self, region: u64, begin: u64, end: u64, out: &mut Vec<LogEntry>) -> raft_engine::Result<usize> {
+    fn fetch_entries(
+        &self,
+        region: u64,
+        begin: u64,
+        end: u64,
+        out: &mut Vec<LogEntry>,
+    ) -> raft_engine::Result<usize> {
         self.fetch_entries_to::<LogEntries>(region, begin, end, None, out)
     }
 
@@ -151,9 +163,12 @@ impl LogEngine {
     }
 
     /// [`LogEngine::open`] on another file system (for power-loss tests).
-    pub(crate) fn open_on<F: FileSystem + 'static>(folder: &Path, file_system: Arc<F>) -> Result<LogEngine, StoreError> {
-        let engine =
-            Engine::open_with_file_system(Self::config(folder)?, file_system).map_err(|error| damaged(folder, error))?;
+    pub(crate) fn open_on<F: FileSystem + 'static>(
+        folder: &Path,
+        file_system: Arc<F>,
+    ) -> Result<LogEngine, StoreError> {
+        let engine = Engine::open_with_file_system(Self::config(folder)?, file_system)
+            .map_err(|error| damaged(folder, error))?;
         Self::start(Arc::new(engine))
     }
 
@@ -181,12 +196,7 @@ impl LogEngine {
                 move || write_loop(engine.as_ref(), &receiver, &counters)
             })
             .map_err(StoreError::Io)?;
-        Ok(LogEngine {
-            engine,
-            queue: Mutex::new(Some(queue)),
-            thread: Mutex::new(Some(thread)),
-            counters,
-        })
+        Ok(LogEngine { engine, queue: Mutex::new(Some(queue)), thread: Mutex::new(Some(thread)), counters })
     }
 
     pub(crate) fn engine(&self) -> &dyn RaftLogFiles {
@@ -195,7 +205,12 @@ impl LogEngine {
 
     /// Queues `batch`; `done` runs once it is written (and synced when `sync`). Writes happen in
     /// submission order. Fails when the writer has stopped (then `done` is not called).
-    pub(crate) fn submit(&self, batch: LogBatch, sync: bool, done: Option<WriteDone>) -> Result<(), StoreError> {
+    pub(crate) fn submit(
+        &self,
+        batch: LogBatch,
+        sync: bool,
+        done: Option<WriteDone>,
+    ) -> Result<(), StoreError> {
         let queue = self.queue.lock().expect("log writer queue lock poisoned");
         let Some(queue) = queue.as_ref() else { return Err(StoreError::FlusherStopped) };
         queue.send(WriteRequest { batch, sync, done }).map_err(|_| StoreError::FlusherStopped)
@@ -309,7 +324,8 @@ fn write_round(engine: &dyn RaftLogFiles, round: Vec<WriteRequest>, counters: &C
             // Full: write what was merged so far, then start again with this batch.
             result = write_counted(engine, &mut merged, false, counters);
             if result.is_ok() {
-                result = merged.merge(&mut request.batch).map_err(|error| io::Error::other(error.to_string()));
+                result =
+                    merged.merge(&mut request.batch).map_err(|error| io::Error::other(error.to_string()));
             }
         }
         dones.extend(request.done);
@@ -325,7 +341,12 @@ fn write_round(engine: &dyn RaftLogFiles, round: Vec<WriteRequest>, counters: &C
     }
 }
 
-fn write_counted(engine: &dyn RaftLogFiles, batch: &mut LogBatch, sync: bool, counters: &Counters) -> io::Result<()> {
+fn write_counted(
+    engine: &dyn RaftLogFiles,
+    batch: &mut LogBatch,
+    sync: bool,
+    counters: &Counters,
+) -> io::Result<()> {
     if batch.is_empty() && !sync {
         return Ok(());
     }

@@ -181,7 +181,11 @@ impl<C: RaftTypeConfig> fmt::Debug for LogStore<C> {
     }
 }
 
-fn sto_err<NID: openraft::NodeId>(subject: ErrorSubject<NID>, verb: ErrorVerb, e: StoreError) -> StorageError<NID> {
+fn sto_err<NID: openraft::NodeId>(
+    subject: ErrorSubject<NID>,
+    verb: ErrorVerb,
+    e: StoreError,
+) -> StorageError<NID> {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -247,8 +251,8 @@ where
         };
         let last_log_id = match last_index {
             Some(index) => {
-                let entry: C::Entry = store.read_from_engine(index, index)?.pop().ok_or_else(|| StoreError::Corrupt {
-                    what: what(&format!("log entry {index} is missing")),
+                let entry: C::Entry = store.read_from_engine(index, index)?.pop().ok_or_else(|| {
+                    StoreError::Corrupt { what: what(&format!("log entry {index} is missing")) }
                 })?;
                 Some(entry.get_log_id().clone())
             }
@@ -315,7 +319,8 @@ where
     /// Entries `[start, end]` from raft-engine (those it holds), decoded and checked.
     fn read_from_engine(&self, start: u64, end: u64) -> Result<Vec<C::Entry>, StoreError> {
         let raw = self.engine.engine();
-        let (Some(first), Some(last)) = (raw.first_index(self.region()), raw.last_index(self.region())) else {
+        let (Some(first), Some(last)) = (raw.first_index(self.region()), raw.last_index(self.region()))
+        else {
             return Ok(Vec::new());
         };
         let (start, end) = (start.max(first), end.min(last));
@@ -324,7 +329,9 @@ where
         }
         let mut messages = Vec::with_capacity((end - start + 1) as usize);
         raw.fetch_entries(self.region(), start, end + 1, &mut messages).map_err(|error| {
-            StoreError::Corrupt { what: format!("group {} log entries {start}..={end}: {error}", self.group_id) }
+            StoreError::Corrupt {
+                what: format!("group {} log entries {start}..={end}: {error}", self.group_id),
+            }
         })?;
         messages
             .iter()
@@ -334,7 +341,10 @@ where
                 let stored_index = entry.get_log_id().index;
                 if stored_index != message.index {
                     return Err(StoreError::Corrupt {
-                        what: format!("{what}: stored under index {} but holds index {stored_index}", message.index),
+                        what: format!(
+                            "{what}: stored under index {} but holds index {stored_index}",
+                            message.index
+                        ),
                     });
                 }
                 Ok(entry)
@@ -445,7 +455,10 @@ where
         self.read_value(KEY_VOTE).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> Result<(), StorageError<C::NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
         let write = |e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e);
         // Not synced: `committed` tells a restart how far to re-apply. The next synced write
         // carries it; if a crash loses it, openraft learns the commit index from the leader
@@ -484,7 +497,12 @@ where
             } else if index > next && log.last_index().is_some() {
                 // openraft never leaves a hole (its storage suite does, to set up a state), and
                 // raft-engine cannot hold one: the entries before it go.
-                tracing::warn!(group = self.group_id, index, next, "append leaves a hole: the log restarts at it");
+                tracing::warn!(
+                    group = self.group_id,
+                    index,
+                    next,
+                    "append leaves a hole: the log restarts at it"
+                );
                 self.add_run(&mut batch, &mut run).map_err(write)?;
                 batch.add_command(self.region(), Command::Compact { index });
                 log.cut_cache_from(0);
@@ -547,7 +565,11 @@ where
                 let purged = self.lock().last_purged.clone();
                 match purged {
                     Some(purged) if purged.index >= previous => Some(purged),
-                    _ => self.read_range(previous, previous).map_err(write)?.pop().map(|entry| entry.get_log_id().clone()),
+                    _ => self
+                        .read_range(previous, previous)
+                        .map_err(write)?
+                        .pop()
+                        .map(|entry| entry.get_log_id().clone()),
                 }
             }
         };

@@ -61,7 +61,13 @@ impl NodeStore {
         let sled_config = sled::Config::new().path(path);
         let opened = without_sled_panics(|| {
             let data_folder = path.display().to_string();
-            Self::from_config(sled_config, LogFolder::At(log_folder.clone()), Some(path), config, &data_folder)
+            Self::from_config(
+                sled_config,
+                LogFolder::At(log_folder.clone()),
+                Some(path),
+                config,
+                &data_folder,
+            )
         })
         .unwrap_or_else(|reason| Err(damaged(format!("sled could not open it: {reason}"))));
         let store = opened.map_err(|error| match error {
@@ -103,10 +109,19 @@ impl NodeStore {
 
     /// [`NodeStore::open`] with the Raft log on `file_system`, which remembers what each sync
     /// made durable: for power-loss tests (see [`PowerCutFileSystem::cut_power`]).
-    pub fn open_on_power_cut(path: &Path, file_system: Arc<PowerCutFileSystem>) -> Result<NodeStore, StoreError> {
+    pub fn open_on_power_cut(
+        path: &Path,
+        file_system: Arc<PowerCutFileSystem>,
+    ) -> Result<NodeStore, StoreError> {
         let data_folder = path.display().to_string();
         let log_folder = LogFolder::AtOn(path.join(RAFT_LOG_FOLDER), file_system);
-        Self::from_config(sled::Config::new().path(path), log_folder, Some(path), &StoreConfig::default(), &data_folder)
+        Self::from_config(
+            sled::Config::new().path(path),
+            log_folder,
+            Some(path),
+            &StoreConfig::default(),
+            &data_folder,
+        )
     }
 
     /// A temporary Db for tests (sled `Config::temporary(true)`): removed when dropped.
@@ -178,7 +193,9 @@ impl NodeStore {
         let sled_files = (!sled_config.temporary).then(|| SledFiles::new(&sled_config.path));
         let flusher = Flusher::start_for_db(db.clone(), mark, sled_files, watchdog, data_folder.to_string())
             .map_err(StoreError::Io)?;
-        Ok(NodeStore { inner: Arc::new(Inner { db, flusher, log_engine, _temporary_folder: temporary_folder }) })
+        Ok(NodeStore {
+            inner: Arc::new(Inner { db, flusher, log_engine, _temporary_folder: temporary_folder }),
+        })
     }
 
     /// The Raft log + vote storage of group `group_id` (region `group_id` of the node's
@@ -215,7 +232,14 @@ impl NodeStore {
             .iter()
             .filter_map(|name| std::str::from_utf8(name).ok())
             .filter_map(|name| name.strip_prefix('g')?.split_once('/')?.0.parse().ok())
-            .chain(self.inner.log_engine.engine().raft_groups().into_iter().filter_map(|id| u32::try_from(id).ok()))
+            .chain(
+                self.inner
+                    .log_engine
+                    .engine()
+                    .raft_groups()
+                    .into_iter()
+                    .filter_map(|id| u32::try_from(id).ok()),
+            )
             .collect();
         groups.sort_unstable();
         groups.dedup();

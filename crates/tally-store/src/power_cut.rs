@@ -2,8 +2,8 @@
 //!
 //! Files are real files in the engine's folder (raft-engine finds its files by listing the
 //! folder), but the file system remembers, for every file, what its last `sync` made durable.
-//! [`PowerCutFileSystem::cut_power`] then puts every file back to that image and deletes the
-//! files that were never synced: exactly what a machine that loses power keeps of writes that
+//! [`PowerCutFileSystem::cut_power`] freezes those images and [`PowerCutImages::restore`] puts
+//! every file back to its image and deletes the files that were never synced: exactly what a machine that loses power keeps of writes that
 //! no `fdatasync` covered (the pessimistic case: nothing unsynced survives). A store reopened on
 //! the folder afterwards shows whether everything that was reported durable really was.
 
@@ -23,7 +23,7 @@ pub struct PowerCutFileSystem {
     images: Arc<Mutex<DurableImages>>,
 }
 
-/// What [`PowerCutFileSystem::cut_power`] did.
+/// What [`PowerCutImages::restore`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PowerCut {
     /// Files put back to their last synced content.
@@ -43,10 +43,25 @@ impl PowerCutFileSystem {
         self.images.lock().expect("power-cut images lock poisoned")
     }
 
-    /// Undoes every write no sync covered. Call it with the engine closed (dropped).
-    pub fn cut_power(&self) -> io::Result<PowerCut> {
+    /// The power goes out now: what each file's last sync made durable, frozen. Later syncs
+    /// (a store closing cleanly syncs) do not change it. [`PowerCutImages::restore`] then puts
+    /// the files back to it, once the engine is closed.
+    pub fn cut_power(&self) -> PowerCutImages {
+        PowerCutImages { images: self.images().clone() }
+    }
+}
+
+/// The durable content of every file at a power cut (see [`PowerCutFileSystem::cut_power`]).
+pub struct PowerCutImages {
+    images: DurableImages,
+}
+
+impl PowerCutImages {
+    /// Puts every file back to its durable content and deletes the files no sync covered. Call
+    /// it with the engine closed (the store dropped).
+    pub fn restore(self) -> io::Result<PowerCut> {
         let mut cut = PowerCut::default();
-        for (path, image) in self.images().iter() {
+        for (path, image) in &self.images {
             let current = std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
             match image {
                 None => {

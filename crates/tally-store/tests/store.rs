@@ -342,7 +342,8 @@ fn copy_sled_files(from: &Path, to: &Path) {
 #[tokio::test]
 async fn open_with_checks_the_flush_stall_bound_and_the_watchdog_stays_quiet() {
     let dir = tempfile::tempdir().unwrap();
-    let too_short = StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1, ..StoreConfig::default() };
+    let too_short =
+        StoreConfig { flush_stall_abort_ms: FLUSH_STALL_ABORT_MS_MIN - 1, ..StoreConfig::default() };
     let error = NodeStore::open_with(&dir.path().join("db"), &too_short).unwrap_err();
     assert!(matches!(error, StoreError::InvalidArgument(ref text) if text.contains("flush_stall_abort_ms")));
     assert!(!dir.path().join("db").exists(), "nothing was created");
