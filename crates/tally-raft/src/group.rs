@@ -191,7 +191,12 @@ async fn checkpoint_regularly(
     purge_floor: PurgeFloor,
 ) {
     let mut metrics = raft.metrics();
-    let mut interval = tokio::time::interval(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS));
+    // Groups start together; spreading their first checkpoint over the interval (by group id)
+    // keeps a node's groups from all encoding and flushing in the same moment.
+    let period = std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS);
+    let phase_ms = (u64::from(shared.group_id) * 7_919) % CHECKPOINT_INTERVAL_MS;
+    let start = tokio::time::Instant::now() + std::time::Duration::from_millis(phase_ms);
+    let mut interval = tokio::time::interval_at(start, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -244,34 +244,70 @@ impl GroupShared {
         Ok(Some(applied_index))
     }
 
-    /// Takes what the next checkpoint writes, consistent with the applied log id (under the
-    /// state lock, which apply holds while it changes memory).
+    /// Takes what the next checkpoint writes, consistent with the applied log id: copies of
+    /// the changed items and new lines under the state lock (which apply holds while it changes
+    /// memory), then the encoding outside it, so that apply waits only for the copies.
     fn collect_checkpoint(&self) -> Option<CheckpointWrites> {
+        let cut = self.copy_changes()?;
+        let CheckpointCut { applied, membership, items, journal, expired_journals, lines, meta } = cut;
+        let applied_index = applied.map_or(0, |log_id| log_id.index);
+        let mut writes = TreeWrites::with_capacity(items.len() + lines.len() + 8);
+        for (key, item) in &items {
+            writes.push((keys::item_key(key), item.as_ref().map(encode)));
+        }
+        if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
+            let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
+            for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
+                let key = keys::journal_key(applied_index, chunk as u32);
+                unwritten.journals.insert((expiry_ms, key.clone()));
+                writes.push((key, Some(value)));
+            }
+        }
+        writes.extend(expired_journals.into_iter().map(|key| (key, None)));
+        let mut written_lines = Vec::with_capacity(lines.len());
+        for (account, lines) in lines {
+            for (first, value) in encode_in_chunks(&lines) {
+                writes.push((keys::statement_key(&account, lines[first].sequence), Some(value)));
+            }
+            if let Some(last) = lines.last() {
+                written_lines.push((account, last.sequence));
+            }
+        }
+        if let Some(meta) = meta {
+            writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
+        }
+        writes.push((keys::APPLIED_KEY.to_vec(), Some(encode(&applied))));
+        writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&membership))));
+        Some(CheckpointWrites { writes, written_lines, applied_index })
+    }
+
+    /// The copies a checkpoint needs, taken under the state lock; `None` when nothing was
+    /// applied since the last checkpoint.
+    fn copy_changes(&self) -> Option<CheckpointCut> {
         let state = self.read();
         let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
         if state.applied == unwritten.checkpointed && unwritten.checkpointed.is_some() {
             return None;
         }
-        let applied_index = state.applied.map_or(0, |log_id| log_id.index);
         let dirty = std::mem::take(&mut unwritten.dirty);
-        let mut writes = TreeWrites::with_capacity(dirty.len() + 8);
-        let mut written_lines = Vec::new();
+        let mut cut = CheckpointCut {
+            applied: state.applied,
+            membership: state.membership.clone(),
+            items: Vec::with_capacity(dirty.len()),
+            journal: Vec::new(),
+            expired_journals: Vec::new(),
+            lines: Vec::with_capacity(unwritten.lines.len()),
+            meta: None,
+        };
         match &state.data {
             GroupData::Shard(ledger) => {
-                let mut journal = Vec::new();
-                for key in &dirty {
-                    if is_journaled(key) {
+                for key in dirty {
+                    if is_journaled(&key) {
                         // A deleted record needs no write: it expired, and so will its journal.
-                        journal.extend(ledger.item(key));
-                        continue;
-                    }
-                    writes.push((keys::item_key(key), ledger.item(key).map(|item| encode(&item))));
-                }
-                if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
-                    for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
-                        let key = keys::journal_key(applied_index, chunk as u32);
-                        unwritten.journals.insert((expiry_ms, key.clone()));
-                        writes.push((key, Some(value)));
+                        cut.journal.extend(ledger.item(&key));
+                    } else {
+                        let item = ledger.item(&key);
+                        cut.items.push((key, item));
                     }
                 }
                 // A journal goes once every record in it has expired by log time.
@@ -280,28 +316,36 @@ impl GroupShared {
                         break;
                     }
                     let (_, key) = unwritten.journals.pop_first().expect("checked above");
-                    writes.push((key, None));
+                    cut.expired_journals.push(key);
                 }
-                for (account, lines) in &unwritten.lines {
-                    for (first, value) in encode_in_chunks(lines) {
-                        writes.push((keys::statement_key(account, lines[first].sequence), Some(value)));
-                    }
-                    if let Some(last) = lines.last() {
-                        written_lines.push((account.clone(), last.sequence));
-                    }
-                }
+                // Copies: the lines stay readable from memory until the tree has them.
+                cut.lines =
+                    unwritten.lines.iter().map(|(account, lines)| (account.clone(), lines.clone())).collect();
             }
             GroupData::Meta(meta) => {
                 if std::mem::take(&mut unwritten.meta_changed) {
-                    writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
+                    cut.meta = Some(meta.clone());
                 }
             }
         }
-        writes.push((keys::APPLIED_KEY.to_vec(), Some(encode(&state.applied))));
-        writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&state.membership))));
         unwritten.checkpointed = state.applied;
-        Some(CheckpointWrites { writes, written_lines, applied_index })
+        Some(cut)
     }
+}
+
+/// What a checkpoint writes, copied out of memory (see [`GroupShared::copy_changes`]).
+struct CheckpointCut {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Changed items with their current value (`None`: deleted).
+    items: Vec<(ItemKey, Option<StateItem>)>,
+    /// Changed idempotency and earn records.
+    journal: Vec<StateItem>,
+    /// Journals whose every record has expired.
+    expired_journals: Vec<Vec<u8>>,
+    lines: Vec<(AccountKey, Vec<StatementLine>)>,
+    /// The meta state, when it changed.
+    meta: Option<Arc<MetaState>>,
 }
 
 /// `values` encoded as framed `Vec`s of consecutive values, each at most
