@@ -1,7 +1,7 @@
-//! Raft log append through the real flusher: `LogStore` (openraft `RaftLogStorage`) appends of
-//! 1, 16, 256 and 4096 entries, each call returning once its `LogFlushed` callback has fired, i.e.
-//! after the flusher thread's group-committed fsync. On a sled Db in a temporary folder, so every
-//! flush really reaches the disk. Each entry carries a one-command shard batch. The log is purged
+//! Raft log append through the real log writer: `LogStore` (openraft `RaftLogStorage` on
+//! raft-engine) appends of 1, 16, 256 and 4096 entries, each call returning once its
+//! `LogFlushed` callback has fired, i.e. after the writer thread's group-committed fdatasync. In
+//! a temporary folder on the real disk, so every sync really reaches it. Each entry carries a one-command shard batch. The log is purged
 //! after each append (not timed) so it does not grow without bound.
 
 mod common;
