@@ -153,16 +153,7 @@ async fn snapshot_by_log_size(raft: Raft, appended_bytes: Arc<AtomicU64>, snapsh
     let mut metrics = raft.metrics();
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut bytes_at_last_trigger = 0u64;
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
+    while next_tick(&mut interval, &mut metrics).await {
         let bytes = appended_bytes.load(Ordering::Relaxed);
         if bytes.saturating_sub(bytes_at_last_trigger) < snapshot_log_bytes {
             continue;
@@ -198,18 +189,27 @@ async fn checkpoint_regularly(
     let start = tokio::time::Instant::now() + std::time::Duration::from_millis(phase_ms);
     let mut interval = tokio::time::interval_at(start, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
+    while next_tick(&mut interval, &mut metrics).await {
         if let Err(error) = checkpoint_durably(&shared, &store, &purge_floor).await {
             tracing::warn!(group = shared.group_id, %error, "checkpoint failed; the next one retries");
+        }
+    }
+}
+
+/// Waits for the next tick of `interval`; false once the group has stopped (its metrics
+/// channel closed), for the periodic tasks of a group to end with it.
+async fn next_tick(
+    interval: &mut tokio::time::Interval,
+    metrics: &mut tokio::sync::watch::Receiver<crate::types::RaftMetrics>,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = interval.tick() => return true,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
         }
     }
 }

@@ -220,27 +220,27 @@ impl LogEngine {
     /// go on before the sync).
     pub(crate) async fn write_durably(&self, batch: LogBatch) -> Result<(), StoreError> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.submit(
-            batch,
-            true,
-            Some(Box::new(move |result| {
-                let _ = sender.send(result);
-            })),
-        )?;
+        self.submit_synced(batch, move |result| {
+            let _ = sender.send(result);
+        })?;
         receiver.await.map_err(|_| StoreError::FlusherStopped)?.map_err(StoreError::Flush)
     }
 
     /// Writes `batch` durably from a plain thread (for tests and tools).
     pub(crate) fn write_durably_blocking(&self, batch: LogBatch) -> Result<(), StoreError> {
         let (sender, receiver) = std::sync::mpsc::channel();
-        self.submit(
-            batch,
-            true,
-            Some(Box::new(move |result| {
-                let _ = sender.send(result);
-            })),
-        )?;
+        self.submit_synced(batch, move |result| {
+            let _ = sender.send(result);
+        })?;
         receiver.recv().map_err(|_| StoreError::FlusherStopped)?.map_err(StoreError::Flush)
+    }
+
+    fn submit_synced(
+        &self,
+        batch: LogBatch,
+        done: impl FnOnce(io::Result<()>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit(batch, true, Some(Box::new(done)))
     }
 
     /// Forgets every entry and value of `group_id` (not synced: a crash may bring the group
