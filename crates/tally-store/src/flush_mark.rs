@@ -88,8 +88,9 @@ pub(crate) fn check(records: FlushRecords, mark_file: &Path) -> Result<(), Strin
     match records.in_mark_file {
         Some(marked) if records.in_database < marked => Err(format!(
             "sled holds the writes of {} flushes, but {marked} had completed before it was closed \
-             ({}): it lost writes it had made durable, Raft log entries this node acknowledged \
-             among them, and a node that forgets acknowledged entries can help lose committed writes",
+             ({}): it lost writes it had made durable (state-machine checkpoints, behind which the \
+             Raft log may already be purged), so this node could serve or apply a state that differs \
+             from its peers'",
             records.in_database,
             mark_file.display()
         )),

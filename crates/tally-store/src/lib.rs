@@ -1,19 +1,21 @@
-//! Tally's storage on sled 0.34: the openraft log storage of every Raft group with a
-//! group-commit flusher, and atomic state-machine batches.
+//! Tally's storage: every Raft group's log and vote in one raft-engine per node, and the
+//! groups' state-machine checkpoints in one sled 0.34 database.
 //!
-//! One node process opens one [`NodeStore`] (one sled `Db`) for every group it hosts. Each group
-//! gets two trees: `"g{id:05}/raft"` for its log and vote ([`LogStore`], openraft's
-//! `RaftLogStorage`) and `"g{id:05}/sm"` for its state machine ([`StateTree`], no openraft
-//! types). Durability comes from one flusher thread per node that calls sled's blocking
-//! `flush()` for every pending request at once, across groups.
+//! One node process opens one [`NodeStore`] for every group it hosts: a raft-engine in
+//! `<path>/raft-log` (one region per group; [`LogStore`], openraft's `RaftLogStorage`) with one
+//! writer thread that merges every pending write into one batch and one fdatasync, and a sled
+//! `Db` at `<path>` with one tree per group (`"g{id:05}/sm"`, [`StateTree`], no openraft types)
+//! and one flusher thread.
 //!
 //! The durability rules, in one place:
 //!
 //! - A log append is reported durable (`LogFlushed::log_io_completed(Ok)`) and a vote save
-//!   returns only after a `db.flush()` that started after the write was applied has returned.
-//! - Everything else (state-machine batches, `committed`, truncate, purge) is written without a
-//!   flush. That is safe because sled recovers a prefix of the writes made to one `Db`: a later
-//!   flushed append or vote makes every earlier write durable too, in order.
+//!   returns only after an fdatasync of raft-engine's file that started after the write. Other
+//!   log writes (`committed`, truncation marks, purges) are not synced: raft-engine recovers a
+//!   prefix of its writes, so the next sync covers them.
+//! - State-machine checkpoints are made durable by [`NodeStore::flush`]: sled's `flush()`, then
+//!   `fsync` of sled's files (its own flush ends with `sync_file_range`).
+//! - The log is purged only up to a durable checkpoint ([`PurgeFloor`]).
 //!
 //! # Layout
 //!
@@ -21,15 +23,16 @@
 //! - `error`: [`StoreError`].
 //! - `codec`: the value framing `[version u8 = 1][crc32 be][bincode 1]`: [`encode_value`],
 //!   [`decode_value`].
-//! - `flusher`: the flusher thread (group commit), its watchdog against flushes that never
+//! - `log_engine`: the node's raft-engine and its writer thread (group commit), [`LogWriteStats`].
+//! - `log_entry_message`: the rust-protobuf 2 entry message raft-engine stores.
+//! - `log_store`: [`LogStore`], `RaftLogStorage` + `RaftLogReader` for one group, [`PurgeFloor`].
+//! - `power_cut`: [`PowerCutFileSystem`], a raft-engine file system for power-loss tests.
+//! - `flusher`: sled's flusher thread (group commit), its watchdog against flushes that never
 //!   return, and [`FlushStats`].
-//! - `node`: [`NodeStore`], the node's `Db`, and the per-group tree constructors.
-//! - `log_store`: [`LogStore`], `RaftLogStorage` + `RaftLogReader` for one group.
+//! - `node`: [`NodeStore`] and the per-group constructors.
 //! - `state_tree`: [`StateTree`], a group's state-machine tree.
-//! - `vote_file`: the copy of each group's vote kept outside sled (see [`LogStore`]'s
-//!   `save_vote`), so that a database that lost its tail cannot make the node vote twice.
-//! - `flush_mark`: the count of completed flushes kept outside sled, so that a database that
-//!   lost writes it had made durable (acknowledged log entries) refuses to open.
+//! - `flush_mark`: the count of completed sled flushes kept outside sled, so that a database
+//!   that lost checkpoints it had made durable refuses to open.
 
 mod codec;
 mod config;
