@@ -351,7 +351,7 @@ struct CheckpointCut {
 /// `values` encoded as framed `Vec`s of consecutive values, each at most
 /// [`keys::VALUE_BYTES_MAX`] bytes (a value larger than that alone goes in a chunk of its own);
 /// with the position of each chunk's first value.
-fn encode_in_chunks<T: Serialize + Clone>(values: &[T]) -> Vec<(usize, Vec<u8>)> {
+fn encode_in_chunks<T: Serialize>(values: &[T]) -> Vec<(usize, Vec<u8>)> {
     // The frame's header and the Vec's length prefix.
     const OVERHEAD_BYTES: u64 = 5 + 8;
     let mut chunks = Vec::new();
@@ -360,14 +360,15 @@ fn encode_in_chunks<T: Serialize + Clone>(values: &[T]) -> Vec<(usize, Vec<u8>)>
     for (position, value) in values.iter().enumerate() {
         let value_bytes = bincode::serialized_size(value).expect("sizing a value in memory cannot fail");
         if position > first && size + value_bytes > keys::VALUE_BYTES_MAX as u64 {
-            chunks.push((first, encode(&values[first..position].to_vec())));
+            // A slice encodes as the `Vec` it is decoded as (a length, then the values).
+            chunks.push((first, encode(&&values[first..position])));
             first = position;
             size = OVERHEAD_BYTES;
         }
         size += value_bytes;
     }
     if first < values.len() {
-        chunks.push((first, encode(&values[first..].to_vec())));
+        chunks.push((first, encode(&&values[first..])));
     }
     chunks
 }
@@ -398,7 +399,7 @@ fn snapshot_writes(meta: &SnapshotMeta, data: &[u8], old_chunk_count: u32) -> Tr
     let mut writes: TreeWrites = chunks
         .into_iter()
         .enumerate()
-        .map(|(chunk, bytes)| (keys::snapshot_chunk_key(chunk as u32), Some(encode(&bytes.to_vec()))))
+        .map(|(chunk, bytes)| (keys::snapshot_chunk_key(chunk as u32), Some(encode(&bytes))))
         .collect();
     writes.extend((chunk_count..old_chunk_count).map(|chunk| (keys::snapshot_chunk_key(chunk), None)));
     let stored = StoredSnapshot { meta: meta.clone(), chunk_count };
