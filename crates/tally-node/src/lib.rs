@@ -13,4 +13,4 @@ pub mod metrics;
 pub mod node;
 
 pub use config::NodeConfig;
-pub use node::{BalanceReadout, GroupStatusView, Node, NodeError, RaftSwitches};
+pub use node::{stored_shard_count, BalanceReadout, GroupStatusView, Node, NodeError, RaftSwitches};

@@ -748,7 +748,9 @@ impl Node {
                 tracing::warn!(group = group.group_id, %error, "group did not shut down cleanly");
                 continue;
             }
-            // A last checkpoint, so that a restart has little of the log to re-apply.
+            // A last checkpoint, so that a restart has little of the log to re-apply; a full
+            // one, so that it has no deltas to read either.
+            group.shared.make_next_checkpoint_full();
             let checkpointed =
                 tally_raft::group::checkpoint_durably(&group.shared, &self.store, &group.purge_floor).await;
             if let Err(error) = checkpointed {
@@ -866,6 +868,13 @@ fn read_error(
         }
         RaftError::Fatal(fatal) => ProposeError::Unavailable { group_id, reason: fatal.to_string() },
     }
+}
+
+/// The shard count written in `data_dir`'s identity file, when the folder has one that can be
+/// read (a damaged one is reported by [`Node::open`]).
+pub fn stored_shard_count(data_dir: &Path) -> Option<u32> {
+    let bytes = std::fs::read(data_dir.join("node-identity.json")).ok()?;
+    serde_json::from_slice::<NodeIdentity>(&bytes).ok().map(|identity| identity.shard_count)
 }
 
 /// Reads the folder's identity (or writes a new one, with a new random incarnation, into a

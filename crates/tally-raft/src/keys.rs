@@ -3,7 +3,12 @@
 //! | key                                   | value                                |
 //! |---------------------------------------|--------------------------------------|
 //! | `i` ‖ bincode(ItemKey)                | a shard's account, hold, transfer    |
-//! |                                       | or clock `StateItem`                 |
+//! |                                       | or clock `StateItem` (as of the last |
+//! |                                       | full checkpoint)                     |
+//! | `d` ‖ log index (BE) ‖ chunk (BE u32) | delta: items one checkpoint changed, |
+//! |                                       | `(ItemKey, Option<StateItem>)`       |
+//! | `l` ‖ log index (BE) ‖ chunk (BE u32) | line journal: the statement lines    |
+//! |                                       | one checkpoint wrote                 |
 //! | `j` ‖ log index (BE) ‖ chunk (BE u32) | journal: the idempotency and earn    |
 //! |                                       | records one checkpoint wrote         |
 //! | `s` ‖ bincode(AccountKey) ‖ seq (BE)  | a run of a member account's          |
@@ -15,10 +20,16 @@
 //! | `n` ‖ chunk (BE u32)                  | the current snapshot's data, chunked |
 //!
 //! The tree is written only by checkpoints (and snapshot installs), each one sled batch
-//! holding what changed since the previous checkpoint and the applied log id. Idempotency and
-//! earn records are the bulk of the changes and are never changed in place except an earn's
-//! reversed amount, so a checkpoint writes all of them as a few journal values instead of one
-//! key each; the statement lines an account gained go in one run. No value exceeds
+//! holding what changed since the previous checkpoint and the applied log id. Most
+//! checkpoints are *deltas*: the changed items, the new statement lines and the changed
+//! idempotency and earn records each go as a few chunked values under the checkpoint's log
+//! index, so that a checkpoint costs a handful of sled keys however many accounts it touched.
+//! Every so often a *full* checkpoint writes each item changed since the last full one under its
+//! own `i` key and the statement lines in memory as one run per account, and deletes the deltas
+//! and line journals in the same batch. Loading reads the `i` items, then the deltas in log
+//! index order over them, and the line journals back into memory. Idempotency and earn
+//! records are never changed in place except an earn's reversed amount, so they stay in their
+//! journals until every record in one has expired. No value exceeds
 //! [`VALUE_BYTES_MAX`]: larger ones are split into chunks. A record is deleted only when its
 //! retention has passed in log time; a journal is deleted once every record in it has expired,
 //! and loading skips records that expired before the stored clock, so a restarted replica
@@ -33,6 +44,8 @@ use tally_ledger::state::{AccountKey, ItemKey};
 pub const ITEM_PREFIX: u8 = b'i';
 pub const STATEMENT_PREFIX: u8 = b's';
 pub const JOURNAL_PREFIX: u8 = b'j';
+pub const DELTA_PREFIX: u8 = b'd';
+pub const LINE_JOURNAL_PREFIX: u8 = b'l';
 pub const SNAPSHOT_CHUNK_PREFIX: u8 = b'n';
 pub const APPLIED_KEY: &[u8] = b"mapplied";
 pub const MEMBERSHIP_KEY: &[u8] = b"mmembership";
@@ -62,7 +75,20 @@ pub fn statement_key(account: &AccountKey, sequence: u64) -> Vec<u8> {
 pub const VALUE_BYTES_MAX: usize = 60 * 1024;
 
 pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
-    let mut bytes = vec![JOURNAL_PREFIX];
+    checkpoint_chunk_key(JOURNAL_PREFIX, log_index, chunk)
+}
+
+pub fn delta_key(log_index: u64, chunk: u32) -> Vec<u8> {
+    checkpoint_chunk_key(DELTA_PREFIX, log_index, chunk)
+}
+
+pub fn line_journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
+    checkpoint_chunk_key(LINE_JOURNAL_PREFIX, log_index, chunk)
+}
+
+/// `prefix` ‖ log index ‖ chunk, big-endian: a checkpoint's chunks sort in log order.
+fn checkpoint_chunk_key(prefix: u8, log_index: u64, chunk: u32) -> Vec<u8> {
+    let mut bytes = vec![prefix];
     bytes.extend_from_slice(&log_index.to_be_bytes());
     bytes.extend_from_slice(&chunk.to_be_bytes());
     bytes

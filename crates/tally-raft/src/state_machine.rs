@@ -3,15 +3,17 @@
 //!
 //! Apply changes memory only ([`GroupState`]) and notes what it changed. About every second
 //! ([`crate::group::CHECKPOINT_INTERVAL_MS`]) a checkpoint ([`GroupShared::checkpoint`]) writes
-//! what changed since the previous one (the current value of each changed item, the statement
-//! lines as one run per account, the idempotency and earn records as journals) with the
-//! applied log id and membership in ONE atomic sled batch; the group then makes it durable
-//! (sled flush and fsync) and only then lets its Raft log be purged up to it. The Raft log (in
+//! what changed since the previous one with the applied log id and membership in ONE atomic
+//! sled batch; the group then makes it durable (sled flush and fsync) and only then lets its
+//! Raft log be purged up to it. Most checkpoints are deltas (a few chunked values, whatever
+//! the number of accounts touched); every [`FULL_CHECKPOINT_EVERY`] checkpoints, or once
+//! [`LINES_IN_MEMORY_MAX`] statement lines wait in memory, a full one rewrites the changed
+//! items under their own keys and the lines as runs per account (see `keys`). The Raft log (in
 //! raft-engine) is the write-ahead log: a restart loads the last checkpoint and openraft
 //! re-applies the committed entries after it, so no entry is applied twice to durable state.
 //! Statement lines not checkpointed yet are read from memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -39,6 +41,15 @@ type TreeContent = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Format of snapshot payloads; bump on any change of what a snapshot holds.
 const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
+/// At most this many delta checkpoints follow a full one. Deltas are cheap to write (a sled
+/// key per ~60 KiB of changes instead of one per item and per account's new lines) and a full
+/// checkpoint folds them into one key per item, so a restart reads a bounded number of them.
+pub const FULL_CHECKPOINT_EVERY: u32 = 16;
+
+/// A full checkpoint is due once this many statement lines wait in memory (lines leave memory
+/// only when a full checkpoint has written them as runs): about 20 MiB per group.
+pub const LINES_IN_MEMORY_MAX: usize = 131_072;
 
 /// The domain state of one group.
 #[derive(Clone, Debug)]
@@ -77,21 +88,56 @@ pub struct GroupShared {
 struct Unwritten {
     /// A hash set: applies add to it all second long, and a checkpoint writes it in any order.
     dirty: HashSet<ItemKey>,
+    /// Items written by deltas since the last full checkpoint: the next full one writes them
+    /// under their own keys before it deletes the deltas.
+    dirty_since_full: HashSet<ItemKey>,
     meta_changed: bool,
-    /// Statement lines not in the tree yet (or being written), per account in sequence order.
+    /// Statement lines not in runs yet (in line journals, or not written at all), per account in
+    /// sequence order.
     lines: BTreeMap<AccountKey, Vec<StatementLine>>,
+    /// Per account with lines in no line journal yet, the first such line's sequence.
+    lines_unjournaled_from: HashMap<AccountKey, u64>,
+    /// The number of lines in `lines`.
+    lines_in_memory: usize,
+    /// Delta and line-journal keys in the tree: the next full checkpoint deletes them.
+    delta_keys: Vec<Vec<u8>>,
+    /// Delta checkpoints since the last full one.
+    deltas_since_full: u32,
+    /// A checkpoint failed: the next one is full, so nothing it held is missing from the tree.
+    full_due: bool,
     /// Stored journals by expiry (see [`JournalEntry`]).
     journals: BTreeSet<JournalEntry>,
     /// The applied log id the tree holds (the last checkpoint's).
     checkpointed: Option<LogId>,
 }
 
-/// A checkpoint ready to write: the tree batch, the statement lines it holds (the last
-/// sequence per account, to forget them in memory once written) and the applied index.
+impl Unwritten {
+    /// Notes statement lines that apply added (in sequence order per account).
+    fn add_lines(&mut self, lines: impl Iterator<Item = (AccountKey, StatementLine)>) {
+        for (account, line) in lines {
+            self.lines_unjournaled_from.entry(account.clone()).or_insert(line.sequence);
+            self.lines.entry(account).or_default().push(line);
+            self.lines_in_memory += 1;
+        }
+    }
+}
+
+/// A checkpoint ready to write: the tree batch, the statement lines it wrote as runs (the last
+/// sequence per account, to forget them in memory once written), the applied index, and what
+/// to put back if the write fails.
 struct CheckpointWrites {
     writes: TreeWrites,
     written_lines: Vec<(AccountKey, u64)>,
     applied_index: u64,
+    retry: CheckpointRetry,
+}
+
+/// What a failed checkpoint hands back, so that the next (full) one writes it.
+struct CheckpointRetry {
+    dirty: Vec<ItemKey>,
+    delta_keys: Vec<Vec<u8>>,
+    expired_journals: Vec<JournalEntry>,
+    meta_changed: bool,
 }
 
 impl GroupShared {
@@ -214,28 +260,49 @@ impl GroupShared {
         Ok(lines)
     }
 
+    /// Makes the next checkpoint a full one, written even if nothing was applied since the last
+    /// when deltas are left to fold: a node shutting down leaves a tree that loads without
+    /// replaying deltas.
+    pub fn make_next_checkpoint_full(&self) {
+        let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
+        unwritten.full_due = true;
+        if !unwritten.delta_keys.is_empty() {
+            unwritten.checkpointed = None;
+        }
+    }
+
     /// Writes what changed since the last checkpoint to the tree (one atomic batch, not flushed)
     /// and returns the applied index it holds, or `None` when nothing was applied since. The
     /// caller makes it durable (a store flush) before it relies on it.
     pub async fn checkpoint(self: &Arc<Self>) -> Result<Option<u64>, StoreError> {
         let _serial = self.checkpoint_lock.lock().await;
         let Some(checkpoint) = self.collect_checkpoint() else { return Ok(None) };
-        let CheckpointWrites { writes, written_lines, applied_index } = checkpoint;
+        let CheckpointWrites { writes, written_lines, applied_index, retry } = checkpoint;
         let tree = self.tree.clone();
         let write_count = writes.len();
         let written = tokio::task::spawn_blocking(move || tree.write_batch(writes))
             .await
-            .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?;
+            .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))
+            .and_then(|written| written);
+        let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
         if let Err(error) = written {
-            // Everything is still in memory; the next checkpoint writes the tree whole again.
-            self.unwritten.lock().expect("unwritten changes lock poisoned").checkpointed = None;
+            // Everything is still in memory: the next checkpoint is a full one, which writes
+            // every item changed since the last full one and every line in memory.
+            unwritten.dirty.extend(retry.dirty);
+            unwritten.delta_keys.extend(retry.delta_keys);
+            unwritten.journals.extend(retry.expired_journals);
+            unwritten.meta_changed |= retry.meta_changed;
+            unwritten.full_due = true;
+            unwritten.checkpointed = None;
             return Err(error);
         }
-        let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
         for (account, last_sequence) in written_lines {
             if let Some(lines) = unwritten.lines.get_mut(&account) {
+                let before = lines.len();
                 lines.retain(|line| line.sequence > last_sequence);
-                if lines.is_empty() {
+                let removed = before - lines.len();
+                unwritten.lines_in_memory -= removed;
+                if unwritten.lines.get(&account).is_some_and(Vec::is_empty) {
                     unwritten.lines.remove(&account);
                 }
             }
@@ -249,36 +316,82 @@ impl GroupShared {
     /// memory), then the encoding outside it, so that apply waits only for the copies.
     fn collect_checkpoint(&self) -> Option<CheckpointWrites> {
         let cut = self.copy_changes()?;
-        let CheckpointCut { applied, membership, items, journal, expired_journals, lines, meta } = cut;
+        let CheckpointCut {
+            full,
+            applied,
+            membership,
+            items,
+            journal,
+            expired_journals,
+            lines,
+            delta_keys,
+            meta,
+        } = cut;
         let applied_index = applied.map_or(0, |log_id| log_id.index);
-        let mut writes = TreeWrites::with_capacity(items.len() + lines.len() + 8);
-        for (key, item) in &items {
-            writes.push((keys::item_key(key), item.as_ref().map(encode)));
+        let mut retry = CheckpointRetry {
+            dirty: items
+                .iter()
+                .map(|(key, _)| key.clone())
+                .chain(journal.iter().map(StateItem::key))
+                .collect(),
+            delta_keys: Vec::new(),
+            expired_journals: expired_journals.clone(),
+            meta_changed: meta.is_some(),
+        };
+        let mut writes = TreeWrites::with_capacity(if full { items.len() + lines.len() } else { 0 } + 16);
+        let mut written_lines = Vec::new();
+        let mut new_chunk_keys = Vec::new();
+        if full {
+            for (key, item) in &items {
+                writes.push((keys::item_key(key), item.as_ref().map(encode)));
+            }
+            written_lines.reserve(lines.len());
+            for (account, lines) in lines {
+                for (first, value) in encode_in_chunks(&lines) {
+                    writes.push((keys::statement_key(&account, lines[first].sequence), Some(value)));
+                }
+                if let Some(last) = lines.last() {
+                    written_lines.push((account, last.sequence));
+                }
+            }
+            writes.extend(delta_keys.iter().map(|key| (key.clone(), None)));
+            retry.delta_keys = delta_keys;
+        } else {
+            for (chunk, (_, value)) in encode_in_chunks(&items).into_iter().enumerate() {
+                new_chunk_keys.push(keys::delta_key(applied_index, chunk as u32));
+                writes.push((keys::delta_key(applied_index, chunk as u32), Some(value)));
+            }
+            let lines: Vec<(AccountKey, StatementLine)> = lines
+                .into_iter()
+                .flat_map(|(account, lines)| lines.into_iter().map(move |line| (account.clone(), line)))
+                .collect();
+            for (chunk, (_, value)) in encode_in_chunks(&lines).into_iter().enumerate() {
+                new_chunk_keys.push(keys::line_journal_key(applied_index, chunk as u32));
+                writes.push((keys::line_journal_key(applied_index, chunk as u32), Some(value)));
+            }
         }
-        if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
+        {
             let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
-            for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
-                let key = keys::journal_key(applied_index, chunk as u32);
-                unwritten.journals.insert((expiry_ms, key.clone()));
-                writes.push((key, Some(value)));
+            // Noted before the write: a key whose write fails is deleted by a later full
+            // checkpoint all the same, which deletes nothing that is not there.
+            unwritten.delta_keys.extend(new_chunk_keys);
+            if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
+                for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
+                    let key = keys::journal_key(applied_index, chunk as u32);
+                    unwritten.journals.insert((expiry_ms, key.clone()));
+                    writes.push((key, Some(value)));
+                }
             }
         }
-        writes.extend(expired_journals.into_iter().map(|key| (key, None)));
-        let mut written_lines = Vec::with_capacity(lines.len());
-        for (account, lines) in lines {
-            for (first, value) in encode_in_chunks(&lines) {
-                writes.push((keys::statement_key(&account, lines[first].sequence), Some(value)));
-            }
-            if let Some(last) = lines.last() {
-                written_lines.push((account, last.sequence));
-            }
-        }
+        writes.extend(expired_journals.into_iter().map(|(_, key)| (key, None)));
         if let Some(meta) = meta {
             writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
         }
         writes.push((keys::APPLIED_KEY.to_vec(), Some(encode(&applied))));
         writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&membership))));
-        Some(CheckpointWrites { writes, written_lines, applied_index })
+        metrics::counter!("tally_checkpoints_total", "kind" => if full { "full" } else { "delta" })
+            .increment(1);
+        Some(CheckpointWrites { writes, written_lines, applied_index, retry })
     }
 
     /// The copies a checkpoint needs, taken under the state lock; `None` when nothing was
@@ -289,44 +402,83 @@ impl GroupShared {
         if state.applied == unwritten.checkpointed && unwritten.checkpointed.is_some() {
             return None;
         }
+        let full = unwritten.full_due
+            || unwritten.deltas_since_full + 1 >= FULL_CHECKPOINT_EVERY
+            || unwritten.lines_in_memory >= LINES_IN_MEMORY_MAX;
         let dirty = std::mem::take(&mut unwritten.dirty);
         let mut cut = CheckpointCut {
+            full,
             applied: state.applied,
             membership: state.membership.clone(),
             items: Vec::with_capacity(dirty.len()),
             journal: Vec::new(),
             expired_journals: Vec::new(),
-            lines: Vec::with_capacity(unwritten.lines.len()),
+            lines: Vec::new(),
+            delta_keys: Vec::new(),
             meta: None,
         };
         match &state.data {
             GroupData::Shard(ledger) => {
+                let mut item_keys = Vec::with_capacity(dirty.len());
                 for key in dirty {
                     if is_journaled(&key) {
                         // A deleted record needs no write: it expired, and so will its journal.
                         cut.journal.extend(ledger.item(&key));
                     } else {
-                        let item = ledger.item(&key);
-                        cut.items.push((key, item));
+                        item_keys.push(key);
                     }
                 }
+                if full {
+                    item_keys.extend(std::mem::take(&mut unwritten.dirty_since_full));
+                    item_keys.sort_unstable();
+                    item_keys.dedup();
+                } else {
+                    unwritten.dirty_since_full.extend(item_keys.iter().cloned());
+                }
+                cut.items = item_keys
+                    .into_iter()
+                    .map(|key| {
+                        let item = ledger.item(&key);
+                        (key, item)
+                    })
+                    .collect();
                 // A journal goes once every record in it has expired by log time.
                 while let Some((expiry_ms, _)) = unwritten.journals.first() {
                     if *expiry_ms > ledger.log_time_ms() {
                         break;
                     }
-                    let (_, key) = unwritten.journals.pop_first().expect("checked above");
-                    cut.expired_journals.push(key);
+                    let entry = unwritten.journals.pop_first().expect("checked above");
+                    cut.expired_journals.push(entry);
                 }
-                // Copies: the lines stay readable from memory until the tree has them.
-                cut.lines =
-                    unwritten.lines.iter().map(|(account, lines)| (account.clone(), lines.clone())).collect();
+                // Copies: the lines stay readable from memory until they are in runs. A full
+                // checkpoint writes every line in memory as runs, a delta the lines no line
+                // journal holds yet.
+                let unjournaled_from = std::mem::take(&mut unwritten.lines_unjournaled_from);
+                cut.lines = if full {
+                    unwritten.lines.iter().map(|(account, lines)| (account.clone(), lines.clone())).collect()
+                } else {
+                    unjournaled_from
+                        .into_iter()
+                        .filter_map(|(account, first)| {
+                            let lines = unwritten.lines.get(&account)?;
+                            let start = lines.partition_point(|line| line.sequence < first);
+                            Some((account, lines[start..].to_vec()))
+                        })
+                        .collect()
+                };
             }
             GroupData::Meta(meta) => {
                 if std::mem::take(&mut unwritten.meta_changed) {
                     cut.meta = Some(meta.clone());
                 }
             }
+        }
+        if full {
+            cut.delta_keys = std::mem::take(&mut unwritten.delta_keys);
+            unwritten.deltas_since_full = 0;
+            unwritten.full_due = false;
+        } else {
+            unwritten.deltas_since_full += 1;
         }
         unwritten.checkpointed = state.applied;
         Some(cut)
@@ -335,15 +487,21 @@ impl GroupShared {
 
 /// What a checkpoint writes, copied out of memory (see [`GroupShared::copy_changes`]).
 struct CheckpointCut {
+    /// A full checkpoint (items under their own keys, lines as runs, deltas deleted) or a delta.
+    full: bool,
     applied: Option<LogId>,
     membership: StoredMembership,
-    /// Changed items with their current value (`None`: deleted).
+    /// Changed items with their current value (`None`: deleted): since the last checkpoint for
+    /// a delta, since the last full one for a full one.
     items: Vec<(ItemKey, Option<StateItem>)>,
     /// Changed idempotency and earn records.
     journal: Vec<StateItem>,
     /// Journals whose every record has expired.
-    expired_journals: Vec<Vec<u8>>,
+    expired_journals: Vec<JournalEntry>,
+    /// Statement lines to write: into a line journal (delta) or as runs (full).
     lines: Vec<(AccountKey, Vec<StatementLine>)>,
+    /// A full checkpoint's deltas and line journals to delete.
+    delta_keys: Vec<Vec<u8>>,
     /// The meta state, when it changed.
     meta: Option<Arc<MetaState>>,
 }
@@ -467,13 +625,24 @@ impl GroupStateMachine {
         let mut applied = None;
         let mut membership = StoredMembership::default();
         let mut current_snapshot = None;
-        // Later journals hold later versions: the tree is walked in log index order.
+        // Later journals and deltas hold later versions: the tree is walked in log index order.
         let mut journaled: BTreeMap<ItemKey, StateItem> = BTreeMap::new();
         let mut journals = BTreeSet::new();
+        let mut deltas: Vec<Vec<(ItemKey, Option<StateItem>)>> = Vec::new();
+        let mut unwritten = Unwritten::default();
         for row in tree.iter_all() {
             let (key, value) = row?;
             match key.first() {
                 Some(&keys::ITEM_PREFIX) => items.push(decode_value::<StateItem>(&value, "state item")?),
+                Some(&keys::DELTA_PREFIX) => {
+                    deltas.push(decode_value(&value, "checkpoint delta")?);
+                    unwritten.delta_keys.push(key);
+                }
+                Some(&keys::LINE_JOURNAL_PREFIX) => {
+                    let lines: Vec<(AccountKey, StatementLine)> = decode_value(&value, "line journal")?;
+                    unwritten.add_lines(lines.into_iter());
+                    unwritten.delta_keys.push(key);
+                }
                 Some(&keys::JOURNAL_PREFIX) => {
                     let journal: Vec<StateItem> = decode_value(&value, "journal")?;
                     let expiry_ms = journal.iter().map(journal_expiry_ms).max().unwrap_or(0);
@@ -490,6 +659,23 @@ impl GroupStateMachine {
                 _ => {}
             }
         }
+        // The deltas since the last full checkpoint, oldest first, over the items it wrote.
+        if !deltas.is_empty() {
+            let mut by_key: BTreeMap<ItemKey, StateItem> =
+                items.into_iter().map(|item| (item.key(), item)).collect();
+            for (key, item) in deltas.into_iter().flatten() {
+                unwritten.dirty_since_full.insert(key.clone());
+                match item {
+                    Some(item) => by_key.insert(key, item),
+                    None => by_key.remove(&key),
+                };
+            }
+            items = by_key.into_values().collect();
+        }
+        // Lines read back from line journals are in the tree already. The next checkpoint
+        // folds the loaded deltas (however many restarts left them) into a full one.
+        unwritten.lines_unjournaled_from.clear();
+        unwritten.full_due = !unwritten.delta_keys.is_empty();
         // A running replica deleted every record whose expiry is at or before its clock; skip
         // them here too, so digests agree at the same applied index.
         let clock_ms = items
@@ -506,7 +692,8 @@ impl GroupStateMachine {
             GroupData::Shard(Ledger::from_items(items))
         };
         let state = GroupState { data, applied, membership };
-        let unwritten = Unwritten { journals, checkpointed: applied, ..Unwritten::default() };
+        unwritten.journals = journals;
+        unwritten.checkpointed = applied;
         let shared = GroupShared {
             group_id,
             tree,
@@ -568,9 +755,7 @@ impl GroupStateMachine {
         let mut unwritten = shared.unwritten.lock().expect("unwritten changes lock poisoned");
         unwritten.dirty.extend(std::mem::take(&mut self.changes.dirty));
         unwritten.meta_changed |= meta_changed;
-        for (account, line) in self.changes.statement_lines.drain(..) {
-            unwritten.lines.entry(account).or_default().push(line);
-        }
+        unwritten.add_lines(self.changes.statement_lines.drain(..));
         responses
     }
 }

@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_dev(flags: NodeFlags) -> anyhow::Result<()> {
     init_logging();
-    let settings = flags.load()?;
+    let settings = flags.load_dev()?;
     let gateway_config = settings.gateway_config();
     let config = settings.node;
     if let Some(metrics_addr) = config.metrics_addr {

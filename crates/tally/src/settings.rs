@@ -94,7 +94,8 @@ pub struct NodeFlags {
     /// Do not serve /metrics.
     #[arg(long, env = "TALLY_NO_METRICS")]
     pub no_metrics: bool,
-    /// Number of shards for a new data folder [default: 8].
+    /// Number of shards for a new data folder [default: 8; `tally dev`: the folder's own count,
+    /// or 1 for a new folder].
     #[arg(long, env = "TALLY_SHARDS")]
     pub shards: Option<u32>,
     /// Idempotency key retention in milliseconds of log time [default: 7 days].
@@ -118,9 +119,34 @@ pub struct NodeFlags {
     pub partner_operations_per_second_max: Option<u64>,
 }
 
+/// `tally dev`'s shard count for a new data folder. One process on a small machine gains
+/// nothing from more shards, and with more of them most requests pay a key claim (a second
+/// Raft commit on the key's home shard): 12,585 against 6,033 transfers/s at 64 callers with 1
+/// and 8 shards on the 2-core machine of docs/benchmarks.md.
+pub const DEV_SHARD_COUNT_DEFAULT: u32 = 1;
+
 impl NodeFlags {
+    /// The configuration of `tally node`: file, then flags, over the defaults.
     pub fn load(&self) -> anyhow::Result<TallyConfig> {
-        let mut file_config = load_file(self.config.as_deref())?;
+        self.load_merged().map(|(config, _)| config)
+    }
+
+    /// The configuration of `tally dev`: as [`NodeFlags::load`], except that a shard count
+    /// given neither in the file nor as a flag is the data folder's own (so a folder made with
+    /// another count still starts), or [`DEV_SHARD_COUNT_DEFAULT`] for a new folder.
+    pub fn load_dev(&self) -> anyhow::Result<TallyConfig> {
+        let (mut config, shard_count_given) = self.load_merged()?;
+        if !shard_count_given {
+            config.node.shard_count =
+                tally_node::stored_shard_count(&config.node.data_dir).unwrap_or(DEV_SHARD_COUNT_DEFAULT);
+        }
+        Ok(config)
+    }
+
+    /// The merged configuration, and whether the file or a flag gave the shard count.
+    fn load_merged(&self) -> anyhow::Result<(TallyConfig, bool)> {
+        let (mut file_config, file_fields) = load_file_fields(self.config.as_deref())?;
+        let shard_count_given = self.shards.is_some() || file_fields.node_shard_count;
         if let Some(deadline_ms) = self.request_deadline_ms {
             file_config.gateway.request_deadline_ms = deadline_ms;
         }
@@ -159,7 +185,7 @@ impl NodeFlags {
             config.cluster_token = Some(parse_cluster_token(token)?);
         }
         config.validate().map_err(|problem| anyhow::anyhow!("invalid configuration: {problem}"))?;
-        Ok(file_config)
+        Ok((file_config, shard_count_given))
     }
 }
 
@@ -233,14 +259,25 @@ pub(crate) fn parse_cluster_token(text: &str) -> anyhow::Result<ClusterToken> {
 }
 
 fn load_file(path: Option<&std::path::Path>) -> anyhow::Result<TallyConfig> {
-    match path {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-        }
-        None => Ok(TallyConfig::default()),
-    }
+    load_file_fields(path).map(|(config, _)| config)
+}
+
+/// Which defaults a configuration file overrides, where the value alone cannot tell.
+#[derive(Default)]
+struct FileFields {
+    node_shard_count: bool,
+}
+
+fn load_file_fields(path: Option<&std::path::Path>) -> anyhow::Result<(TallyConfig, FileFields)> {
+    let Some(path) = path else { return Ok((TallyConfig::default(), FileFields::default())) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: TallyConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let node_shard_count = table
+        .get("node")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|node| node.contains_key("shard_count"));
+    Ok((config, FileFields { node_shard_count }))
 }
 
 #[cfg(test)]
@@ -270,6 +307,31 @@ mod tests {
         assert_eq!(config.node.shard_count, 16, "the flag wins over the file");
         assert_eq!(config.gateway.request_deadline_ms, 100, "the file wins over the default");
         assert_eq!(config.gateway_config().partner_operations_per_second_max, 50);
+    }
+
+    #[test]
+    fn dev_uses_one_shard_for_a_new_folder_and_keeps_an_existing_folders_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let flags = NodeFlags { data_dir: Some(data_dir.clone()), ..NodeFlags::default() };
+        assert_eq!(flags.load_dev().unwrap().node.shard_count, DEV_SHARD_COUNT_DEFAULT);
+        assert_eq!(flags.load().unwrap().node.shard_count, 8, "tally node keeps its default");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::write(
+            data_dir.join("node-identity.json"),
+            r#"{"node_id": 1, "shard_count": 6, "incarnation": 7}"#,
+        )
+        .unwrap();
+        assert_eq!(flags.load_dev().unwrap().node.shard_count, 6, "the folder's count");
+        let flagged = NodeFlags { shards: Some(3), ..flags.clone() };
+        assert_eq!(flagged.load_dev().unwrap().node.shard_count, 3, "a flag wins (and the node refuses it)");
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "[node]\nshard_count = 5\n").unwrap();
+        let from_file = NodeFlags { config: Some(path.clone()), ..flags.clone() };
+        assert_eq!(from_file.load_dev().unwrap().node.shard_count, 5, "the file wins over the folder");
+        std::fs::write(&path, "[node]\nnode_id = 1\n").unwrap();
+        let silent_file = NodeFlags { config: Some(path), ..flags };
+        assert_eq!(silent_file.load_dev().unwrap().node.shard_count, 6, "a file without the field");
     }
 
     #[test]

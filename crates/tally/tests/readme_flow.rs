@@ -174,10 +174,10 @@ fn cli_flow_from_the_readme() {
     );
 
     // Every posting debits one account and credits another: 1500 earned + 200 redeemed + 100
-    // captured + 200 reversed + 200 exchanged, and the transfer twice (alice and bob live on
-    // different shards, so it goes out of alice's shard and into bob's through transit).
+    // captured + 200 reversed + 200 exchanged + 100 transferred (`tally dev` has one shard, so
+    // the transfer is one posting from alice to bob, not two through transit).
     let status = stdout_of(&tally(&addr, &["status"]), "status");
-    assert!(status.contains("SKYMILES: debits 2400 credits 2400 (conserved)"), "{status}");
+    assert!(status.contains("SKYMILES: debits 2300 credits 2300 (conserved)"), "{status}");
     assert!(status.contains("HOTELPTS: debits 100 credits 100 (conserved)"), "{status}");
 }
 

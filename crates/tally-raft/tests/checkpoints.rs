@@ -1,0 +1,138 @@
+//! Checkpoints of a shard's in-memory state into its sled tree: most are deltas (a few chunked
+//! values whatever the number of accounts touched), and every so often a full one folds them
+//! into one key per item and one run per account's lines. After every checkpoint of either
+//! kind, a replica loading the tree holds exactly the state and the statement lines in memory.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use tally_ledger::state::{AccountKey, StateItem};
+use tally_ledger::{BatchHeader, Command, MemberId, Operation, ShardBatch};
+use tally_raft::state_machine::{GroupStateMachine, FULL_CHECKPOINT_EVERY};
+use tally_raft::{keys, Entry, GroupRequest, GroupShared};
+use tally_store::NodeStore;
+
+/// Members beyond the workload's, each earning in every round: many accounts per checkpoint.
+const WIDE_MEMBERS: usize = 60;
+
+fn wide_member(i: usize) -> MemberId {
+    MemberId::parse(format!("w{i}")).unwrap()
+}
+
+fn round_entry(round: u64) -> Entry {
+    let mut commands: Vec<Command> = round_commands(round);
+    for i in 0..WIDE_MEMBERS {
+        commands.push(command(
+            &format!("r{round}-wide-earn-{i}"),
+            Operation::Earn { member_id: wide_member(i), currency: currency_of(i), amount_points: 3 },
+        ));
+    }
+    let header = BatchHeader {
+        log_time_ms: 1_700_000_000_000 + round * 1_000,
+        idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    };
+    Entry {
+        log_id: openraft::testing::log_id(1, 1, round + 1),
+        payload: EntryPayload::Normal(GroupRequest::Shard(ShardBatch { header, commands })),
+    }
+}
+
+/// Keys of the tree by their first byte.
+fn count_keys(store: &NodeStore, prefix: u8) -> usize {
+    store
+        .state_tree(SHARD)
+        .unwrap()
+        .iter_all()
+        .filter(|row| row.as_ref().unwrap().0.first() == Some(&prefix))
+        .count()
+}
+
+fn member_accounts(shared: &GroupShared) -> Vec<AccountKey> {
+    ledger(shared)
+        .items()
+        .into_iter()
+        .filter_map(|item| match item {
+            StateItem::Account(account @ AccountKey::Member { .. }, _) => Some(account),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The loaded replica's state and every member account's whole statement equal memory's.
+fn assert_reload_equal(store: &NodeStore, shared: &Arc<GroupShared>, context: &str) {
+    let loaded = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap().shared();
+    assert_eq!(fingerprint(&loaded), fingerprint(shared), "{context}: state");
+    let accounts = member_accounts(shared);
+    assert_eq!(accounts.len(), MEMBERS + WIDE_MEMBERS);
+    for account in accounts {
+        let in_memory = shared.statement_lines(&account, Some(0), false, 10_000).unwrap();
+        let reloaded = loaded.statement_lines(&account, Some(0), false, 10_000).unwrap();
+        assert!(!in_memory.is_empty(), "{context}: {account:?} has lines");
+        assert_eq!(reloaded, in_memory, "{context}: statement of {account:?}");
+    }
+}
+
+#[tokio::test]
+async fn deltas_and_full_checkpoints_reload_to_the_state_in_memory() {
+    let store = NodeStore::temporary().unwrap();
+    let mut state_machine = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+    let shared = state_machine.shared();
+    let rounds = u64::from(FULL_CHECKPOINT_EVERY) * 2 + 3;
+    let (mut deltas, mut fulls) = (0, 0);
+    for round in 0..rounds {
+        state_machine.apply([round_entry(round)]).await.unwrap();
+        let keys_before = store.state_tree(SHARD).unwrap().iter_all().count();
+        shared.checkpoint().await.unwrap().expect("something was applied");
+        let keys_after = store.state_tree(SHARD).unwrap().iter_all().count();
+        let context = format!("after round {round}");
+        if count_keys(&store, keys::DELTA_PREFIX) == 0 && count_keys(&store, keys::LINE_JOURNAL_PREFIX) == 0 {
+            // A full checkpoint: every item under its own key, every line in a run.
+            fulls += 1;
+            assert!(count_keys(&store, keys::ITEM_PREFIX) >= MEMBERS + WIDE_MEMBERS, "{context}");
+            assert!(count_keys(&store, keys::STATEMENT_PREFIX) >= MEMBERS + WIDE_MEMBERS, "{context}");
+        } else {
+            // A delta: the 66 accounts (and holds) it changed cost a few keys, not one each.
+            deltas += 1;
+            assert!(
+                keys_after - keys_before <= 6,
+                "{context}: a delta grew the tree from {keys_before} to {keys_after} keys"
+            );
+        }
+        assert_reload_equal(&store, &shared, &context);
+    }
+    assert!(
+        fulls >= 2 && deltas >= 2 * (u64::from(FULL_CHECKPOINT_EVERY) - 1),
+        "{fulls} full, {deltas} deltas"
+    );
+}
+
+/// A replica restarted between deltas carries on: its next checkpoints (deltas, then a full one
+/// that deletes the deltas it loaded) still reload to the state in memory.
+#[tokio::test]
+async fn a_restart_between_deltas_carries_on_from_them() {
+    let store = NodeStore::temporary().unwrap();
+    let mut state_machine = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+    let mut round = 0;
+    for _ in 0..3 {
+        state_machine.apply([round_entry(round)]).await.unwrap();
+        state_machine.shared().checkpoint().await.unwrap();
+        round += 1;
+    }
+    assert!(count_keys(&store, keys::DELTA_PREFIX) > 0, "the checkpoints so far are deltas");
+    for _ in 0..FULL_CHECKPOINT_EVERY + 1 {
+        drop(state_machine);
+        state_machine = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+        state_machine.apply([round_entry(round)]).await.unwrap();
+        let shared = state_machine.shared();
+        shared.checkpoint().await.unwrap();
+        assert_reload_equal(&store, &shared, &format!("after restart and round {round}"));
+        round += 1;
+    }
+    assert_eq!(count_keys(&store, keys::DELTA_PREFIX), 0, "a full checkpoint came and deleted the deltas");
+    let ledger = ledger(&state_machine.shared());
+    assert_ledger_after_rounds(&ledger, round, "after the restarts");
+}
