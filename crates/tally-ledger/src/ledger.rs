@@ -33,6 +33,7 @@ use crate::command::{
 };
 use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
+use crate::keyed::{KeyedMap, KeyedSet};
 use crate::state::{
     Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, TransferRecord,
 };
@@ -51,16 +52,19 @@ type Slot = (PartnerId, IdempotencyKey);
 pub struct Ledger {
     /// Log time of the last applied batch; never goes backwards.
     log_time_ms: u64,
-    accounts: BTreeMap<AccountKey, Account>,
-    idempotency: BTreeMap<Slot, IdempotencyRecord>,
-    earns: BTreeMap<Slot, EarnRecord>,
-    holds: BTreeMap<Slot, HoldRecord>,
-    transfers: BTreeMap<TransferId, TransferRecord>,
+    // Hash lookups, iteration in key order only (see `keyed`).
+    accounts: KeyedMap<AccountKey, Account>,
+    idempotency: KeyedMap<Slot, IdempotencyRecord>,
+    earns: KeyedMap<Slot, EarnRecord>,
+    holds: KeyedMap<Slot, HoldRecord>,
+    transfers: KeyedMap<TransferId, TransferRecord>,
     /// Open holds by expiry log time: the sweep at the start of a batch reads only due holds.
     hold_expiry: BTreeSet<(u64, Slot)>,
     /// Every record that has a forget time, by that time. Open transfers are absent: they
     /// must outlive any retention until the resolver closes them.
-    forget: BTreeSet<(u64, ItemKey)>,
+    /// By time, a hash set: an insert hashes one key instead of comparing it with the others
+    /// forgotten at the same log time (often a whole batch's).
+    forget: BTreeMap<u64, KeyedSet<ItemKey>>,
 }
 
 /// What every operation of one command needs to know besides its own fields.
@@ -101,7 +105,7 @@ impl Ledger {
         let now_ms = self.log_time_ms.max(batch.header.log_time_ms);
         if now_ms != self.log_time_ms {
             self.log_time_ms = now_ms;
-            changes.dirty.insert(ItemKey::Clock);
+            changes.dirty.push(ItemKey::Clock);
         }
         self.expire_due(changes);
         let outcomes: Vec<CommandOutcome> = batch
@@ -244,7 +248,8 @@ impl Ledger {
     /// Source-side transfer records still open (for the resolver).
     pub fn open_transfers(&self) -> Vec<(TransferId, TransferRecord)> {
         self.transfers
-            .iter()
+            .sorted()
+            .into_iter()
             .filter(|(_, record)| record.status == TransferStatus::Open)
             .map(|(id, record)| (id.clone(), record.clone()))
             .collect()

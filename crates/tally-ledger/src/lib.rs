@@ -15,6 +15,7 @@
 pub mod command;
 pub mod error;
 pub mod ids;
+pub mod keyed;
 pub mod ledger;
 pub mod limits;
 pub mod meta;

@@ -6,7 +6,6 @@
 //! batch changed, so the storage layer writes exactly those, with the applied log id, in one
 //! atomic write.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -228,7 +227,9 @@ impl StateItem {
 /// [`Ledger::item`](crate::Ledger::item) no longer has them) and the new statement lines.
 #[derive(Clone, Debug, Default)]
 pub struct ChangeSet {
-    pub dirty: BTreeSet<ItemKey>,
+    /// In the order apply changed them; an item changed twice is named twice (the store
+    /// deduplicates: a push here is cheaper than a set insert for five or so keys a command).
+    pub dirty: Vec<ItemKey>,
     pub statement_lines: Vec<(AccountKey, StatementLine)>,
 }
 

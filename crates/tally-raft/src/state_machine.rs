@@ -48,11 +48,13 @@ const SNAPSHOT_FORMAT_VERSION: u8 = 1;
 pub const FULL_CHECKPOINT_EVERY: u32 = 16;
 
 /// A full checkpoint is due once this many statement lines wait in memory (lines leave memory
-/// only when a full checkpoint has written them as runs): about 20 MiB per group.
-pub const LINES_IN_MEMORY_MAX: usize = 131_072;
+/// only when a full checkpoint has written them as runs): about 40 MiB per group.
+pub const LINES_IN_MEMORY_MAX: usize = 262_144;
 
 /// The domain state of one group.
 #[derive(Clone, Debug)]
+// One value per group, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum GroupData {
     Shard(Ledger),
     /// Behind an `Arc` so that gateways read the latest partners and agreements without a copy.
@@ -94,7 +96,8 @@ struct Unwritten {
     meta_changed: bool,
     /// Statement lines not in runs yet (in line journals, or not written at all), per account in
     /// sequence order.
-    lines: BTreeMap<AccountKey, Vec<StatementLine>>,
+    /// Shared, so that a checkpoint copies pointers under the state lock, not the lines.
+    lines: BTreeMap<AccountKey, Vec<Arc<StatementLine>>>,
     /// Per account with lines in no line journal yet, the first such line's sequence.
     lines_unjournaled_from: HashMap<AccountKey, u64>,
     /// The number of lines in `lines`.
@@ -116,7 +119,7 @@ impl Unwritten {
     fn add_lines(&mut self, lines: impl Iterator<Item = (AccountKey, StatementLine)>) {
         for (account, line) in lines {
             self.lines_unjournaled_from.entry(account.clone()).or_insert(line.sequence);
-            self.lines.entry(account).or_default().push(line);
+            self.lines.entry(account).or_default().push(Arc::new(line));
             self.lines_in_memory += 1;
         }
     }
@@ -213,7 +216,7 @@ impl GroupShared {
             let unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
             if let Some(lines) = unwritten.lines.get(account) {
                 for line in lines.iter().filter(|line| (low..=high).contains(&line.sequence)) {
-                    found.insert(line.sequence, line.clone());
+                    found.insert(line.sequence, StatementLine::clone(line));
                 }
             }
         }
@@ -361,7 +364,7 @@ impl GroupShared {
                 new_chunk_keys.push(keys::delta_key(applied_index, chunk as u32));
                 writes.push((keys::delta_key(applied_index, chunk as u32), Some(value)));
             }
-            let lines: Vec<(AccountKey, StatementLine)> = lines
+            let lines: Vec<(AccountKey, Arc<StatementLine>)> = lines
                 .into_iter()
                 .flat_map(|(account, lines)| lines.into_iter().map(move |line| (account.clone(), line)))
                 .collect();
@@ -499,7 +502,7 @@ struct CheckpointCut {
     /// Journals whose every record has expired.
     expired_journals: Vec<JournalEntry>,
     /// Statement lines to write: into a line journal (delta) or as runs (full).
-    lines: Vec<(AccountKey, Vec<StatementLine>)>,
+    lines: Vec<(AccountKey, Vec<Arc<StatementLine>>)>,
     /// A full checkpoint's deltas and line journals to delete.
     delta_keys: Vec<Vec<u8>>,
     /// The meta state, when it changed.

@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{CurrencyTotals, Ledger};
 use crate::command::{HoldStatus, TransferStatus};
 use crate::ids::CurrencyCode;
+use crate::keyed::KeyedSet;
 use crate::state::{AccountKey, ItemKey};
 
 impl Ledger {
     pub fn currency_totals(&self) -> BTreeMap<CurrencyCode, CurrencyTotals> {
         let mut totals: BTreeMap<CurrencyCode, CurrencyTotals> = BTreeMap::new();
-        for (key, account) in &self.accounts {
+        for (key, account) in self.accounts.sorted() {
             let total = totals.entry(key.currency().clone()).or_default();
             // u128 sums of u64 counters cannot overflow below 2^64 accounts.
             total.debits_points += u128::from(account.debits_points);
@@ -42,7 +43,7 @@ impl Ledger {
     }
 
     fn check_accounts(&self) -> Result<(), String> {
-        for (key, account) in &self.accounts {
+        for (key, account) in self.accounts.sorted() {
             if key.is_member() && account.credits_points < account.debits_points {
                 return Err(format!("member account {key} is negative: {account:?}"));
             }
@@ -59,7 +60,7 @@ impl Ledger {
     /// The held points of every account are exactly the open holds on it.
     fn check_holds(&self) -> Result<(), String> {
         let mut held: BTreeMap<AccountKey, u64> = BTreeMap::new();
-        for ((partner_id, key), record) in &self.holds {
+        for ((partner_id, key), record) in self.holds.sorted() {
             let hold = &record.hold;
             if &hold.hold_key != key || hold.captured_points > hold.authorized_points {
                 return Err(format!("hold {partner_id}/{key} is inconsistent: {hold:?}"));
@@ -81,7 +82,7 @@ impl Ledger {
             let total = held.entry(AccountKey::member(&hold.member_id, &hold.currency)).or_default();
             *total = total.checked_add(hold.authorized_points).ok_or("held points overflow")?;
         }
-        for (key, account) in &self.accounts {
+        for (key, account) in self.accounts.sorted() {
             let open = held.remove(key).unwrap_or(0);
             if open != account.held_points {
                 return Err(format!(
@@ -97,12 +98,12 @@ impl Ledger {
     }
 
     fn check_records(&self) -> Result<(), String> {
-        for ((partner_id, key), record) in &self.idempotency {
+        for ((partner_id, key), record) in self.idempotency.sorted() {
             if record.outcome.replay {
                 return Err(format!("idempotency record {partner_id}/{key} stores a replay"));
             }
         }
-        for ((partner_id, key), earn) in &self.earns {
+        for ((partner_id, key), earn) in self.earns.sorted() {
             if earn.reversed_points > earn.earned_points {
                 return Err(format!("earn {partner_id}/{key} reversed more than earned: {earn:?}"));
             }
@@ -110,7 +111,7 @@ impl Ledger {
                 return Err(format!("earn {partner_id}/{key} outlived its idempotency record"));
             }
         }
-        for (partner_id, key) in self.holds.keys() {
+        for ((partner_id, key), _) in self.holds.sorted() {
             if !self.idempotency.contains_key(&(partner_id.clone(), key.clone())) {
                 return Err(format!("hold {partner_id}/{key} outlived its idempotency record"));
             }
@@ -121,22 +122,31 @@ impl Ledger {
     /// The expiry indexes name exactly the records that can expire, at their times.
     fn check_indexes(&self) -> Result<(), String> {
         let mut hold_expiry = BTreeSet::new();
-        let mut forget = BTreeSet::new();
-        for ((partner_id, key), record) in &self.idempotency {
-            forget.insert((record.expires_at_ms, ItemKey::Idempotency(partner_id.clone(), key.clone())));
+        let mut forget: BTreeMap<u64, KeyedSet<ItemKey>> = BTreeMap::new();
+        for ((partner_id, key), record) in self.idempotency.sorted() {
+            forget
+                .entry(record.expires_at_ms)
+                .or_default()
+                .insert(ItemKey::Idempotency(partner_id.clone(), key.clone()));
         }
-        for ((partner_id, key), record) in &self.earns {
-            forget.insert((record.expires_at_ms, ItemKey::Earn(partner_id.clone(), key.clone())));
+        for ((partner_id, key), record) in self.earns.sorted() {
+            forget
+                .entry(record.expires_at_ms)
+                .or_default()
+                .insert(ItemKey::Earn(partner_id.clone(), key.clone()));
         }
-        for (slot, record) in &self.holds {
-            forget.insert((record.forget_at_ms, ItemKey::Hold(slot.0.clone(), slot.1.clone())));
+        for (slot, record) in self.holds.sorted() {
+            forget
+                .entry(record.forget_at_ms)
+                .or_default()
+                .insert(ItemKey::Hold(slot.0.clone(), slot.1.clone()));
             if record.hold.status == HoldStatus::Open {
                 hold_expiry.insert((record.hold.expires_at_ms, slot.clone()));
             }
         }
-        for (id, record) in &self.transfers {
+        for (id, record) in self.transfers.sorted() {
             if record.status != TransferStatus::Open {
-                forget.insert((record.forget_at_ms, ItemKey::Transfer(id.clone())));
+                forget.entry(record.forget_at_ms).or_default().insert(ItemKey::Transfer(id.clone()));
             }
         }
         if hold_expiry != self.hold_expiry {

@@ -48,17 +48,21 @@ impl ItemRef<'_> {
 impl Ledger {
     /// Visits every item in [`ItemKey`] order.
     fn for_each_item<'a>(&'a self, mut visit: impl FnMut(ItemRef<'a>)) {
-        self.accounts.iter().for_each(|(key, account)| visit(ItemRef::Account(key, account)));
-        for ((partner_id, key), record) in &self.idempotency {
+        for (key, account) in self.accounts.sorted() {
+            visit(ItemRef::Account(key, account));
+        }
+        for ((partner_id, key), record) in self.idempotency.sorted() {
             visit(ItemRef::Idempotency(partner_id, key, record));
         }
-        for ((partner_id, key), record) in &self.earns {
+        for ((partner_id, key), record) in self.earns.sorted() {
             visit(ItemRef::Earn(partner_id, key, record));
         }
-        for ((partner_id, key), record) in &self.holds {
+        for ((partner_id, key), record) in self.holds.sorted() {
             visit(ItemRef::Hold(partner_id, key, record));
         }
-        self.transfers.iter().for_each(|(id, record)| visit(ItemRef::Transfer(id, record)));
+        for (id, record) in self.transfers.sorted() {
+            visit(ItemRef::Transfer(id, record));
+        }
         visit(ItemRef::Clock { log_time_ms: self.log_time_ms });
     }
 

@@ -2,14 +2,13 @@
 //! every account change in a [`Stage`]; only overflow can still fail there. Nothing reaches the
 //! ledger until [`Ledger::commit`], so a command that fails at any point writes nothing.
 
-use std::collections::BTreeMap;
-
 use super::{Context, Ledger};
 use crate::error::LedgerError;
+use crate::keyed::KeyedMap;
 use crate::state::{Account, AccountKey, ChangeSet, ItemKey, StatementLine};
 
 pub(crate) struct Stage<'a> {
-    accounts: &'a BTreeMap<AccountKey, Account>,
+    accounts: &'a KeyedMap<AccountKey, Account>,
     context: &'a Context<'a>,
     /// The new value of every account this command touches. A command touches at most four
     /// accounts, so a vector beats a map.
@@ -142,7 +141,7 @@ impl Ledger {
             if self.accounts.get(&key) == Some(&account) {
                 continue;
             }
-            changes.dirty.insert(ItemKey::Account(key.clone()));
+            changes.dirty.push(ItemKey::Account(key.clone()));
             self.accounts.insert(key, account);
         }
         changes.statement_lines.extend(staged.lines);

@@ -18,22 +18,22 @@ impl Ledger {
         assert!(!record.outcome.replay, "the stored outcome is the first answer");
         let item = ItemKey::Idempotency(slot.0.clone(), slot.1.clone());
         if let Some(old) = self.idempotency.get(&slot) {
-            self.forget.remove(&(old.expires_at_ms, item.clone()));
+            self.unschedule_forget(old.expires_at_ms, &item);
         }
-        self.forget.insert((record.expires_at_ms, item.clone()));
+        self.schedule_forget(record.expires_at_ms, item.clone());
         self.idempotency.insert(slot, record);
-        changes.dirty.insert(item);
+        changes.dirty.push(item);
     }
 
     pub(super) fn put_earn(&mut self, slot: Slot, record: EarnRecord, changes: &mut ChangeSet) {
         assert!(record.reversed_points <= record.earned_points, "an earn is reversed at most once over");
         let item = ItemKey::Earn(slot.0.clone(), slot.1.clone());
         if let Some(old) = self.earns.get(&slot) {
-            self.forget.remove(&(old.expires_at_ms, item.clone()));
+            self.unschedule_forget(old.expires_at_ms, &item);
         }
-        self.forget.insert((record.expires_at_ms, item.clone()));
+        self.schedule_forget(record.expires_at_ms, item.clone());
         self.earns.insert(slot, record);
-        changes.dirty.insert(item);
+        changes.dirty.push(item);
     }
 
     pub(super) fn put_hold(&mut self, slot: Slot, record: HoldRecord, changes: &mut ChangeSet) {
@@ -43,28 +43,30 @@ impl Ledger {
             "a hold is forgotten only after it expires"
         );
         let item = hold_item(&slot);
-        if let Some(old) = self.holds.get(&slot) {
-            self.forget.remove(&(old.forget_at_ms, item.clone()));
-            self.hold_expiry.remove(&(old.hold.expires_at_ms, slot.clone()));
+        if let Some((forget_at_ms, expires_at_ms)) =
+            self.holds.get(&slot).map(|old| (old.forget_at_ms, old.hold.expires_at_ms))
+        {
+            self.unschedule_forget(forget_at_ms, &item);
+            self.hold_expiry.remove(&(expires_at_ms, slot.clone()));
         }
-        self.forget.insert((record.forget_at_ms, item.clone()));
+        self.schedule_forget(record.forget_at_ms, item.clone());
         if record.hold.status == HoldStatus::Open {
             self.hold_expiry.insert((record.hold.expires_at_ms, slot.clone()));
         }
         self.holds.insert(slot, record);
-        changes.dirty.insert(item);
+        changes.dirty.push(item);
     }
 
     pub(super) fn put_transfer(&mut self, id: TransferId, record: TransferRecord, changes: &mut ChangeSet) {
         let item = ItemKey::Transfer(id.clone());
         if let Some(old) = self.transfers.get(&id) {
-            self.forget.remove(&(old.forget_at_ms, item.clone()));
+            self.unschedule_forget(old.forget_at_ms, &item);
         }
         if record.status != TransferStatus::Open {
-            self.forget.insert((record.forget_at_ms, item.clone()));
+            self.schedule_forget(record.forget_at_ms, item.clone());
         }
         self.transfers.insert(id, record);
-        changes.dirty.insert(item);
+        changes.dirty.push(item);
     }
 
     /// Runs at the start of every batch, with the batch's log time already set: first releases
@@ -78,12 +80,14 @@ impl Ledger {
             };
             self.expire_hold(&slot, changes);
         }
-        while self.forget.first().is_some_and(|(forget_at_ms, _)| *forget_at_ms <= now_ms) {
-            let Some((_, item)) = self.forget.pop_first() else {
+        while self.forget.first_key_value().is_some_and(|(forget_at_ms, _)| *forget_at_ms <= now_ms) {
+            let Some((_, items)) = self.forget.pop_first() else {
                 break;
             };
-            self.forget_item(&item);
-            changes.dirty.insert(item);
+            for item in items.into_sorted() {
+                self.forget_item(&item);
+                changes.dirty.push(item);
+            }
         }
     }
 
@@ -104,7 +108,20 @@ impl Ledger {
         let account = self.accounts.get_mut(key).expect("a hold's account exists");
         assert!(account.held_points >= amount_points, "releasing more than {key} holds");
         account.held_points -= amount_points;
-        changes.dirty.insert(ItemKey::Account(key.clone()));
+        changes.dirty.push(ItemKey::Account(key.clone()));
+    }
+
+    fn schedule_forget(&mut self, forget_at_ms: u64, item: ItemKey) {
+        self.forget.entry(forget_at_ms).or_default().insert(item);
+    }
+
+    fn unschedule_forget(&mut self, forget_at_ms: u64, item: &ItemKey) {
+        if let Some(items) = self.forget.get_mut(&forget_at_ms) {
+            items.remove(item);
+            if items.is_empty() {
+                self.forget.remove(&forget_at_ms);
+            }
+        }
     }
 
     fn forget_item(&mut self, item: &ItemKey) {
