@@ -66,7 +66,13 @@ impl<K: Eq + Hash + Ord, V> KeyedMap<K, V> {
 
     /// Every entry, in key order.
     pub fn sorted(&self) -> Vec<(&K, &V)> {
-        let mut entries: Vec<(&K, &V)> = self.entries.iter().collect();
+        self.sorted_where(|_, _| true)
+    }
+
+    /// The entries `keep` accepts, in key order (only those are sorted).
+    pub fn sorted_where(&self, keep: impl Fn(&K, &V) -> bool) -> Vec<(&K, &V)> {
+        let mut entries: Vec<(&K, &V)> =
+            self.entries.iter().filter(|(key, value)| keep(key, value)).collect();
         entries.sort_unstable_by(|left, right| left.0.cmp(right.0));
         entries
     }

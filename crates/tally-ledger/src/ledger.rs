@@ -248,9 +248,8 @@ impl Ledger {
     /// Source-side transfer records still open (for the resolver).
     pub fn open_transfers(&self) -> Vec<(TransferId, TransferRecord)> {
         self.transfers
-            .sorted()
+            .sorted_where(|_, record| record.status == TransferStatus::Open)
             .into_iter()
-            .filter(|(_, record)| record.status == TransferStatus::Open)
             .map(|(id, record)| (id.clone(), record.clone()))
             .collect()
     }

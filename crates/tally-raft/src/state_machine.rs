@@ -287,7 +287,8 @@ impl GroupShared {
             .await
             .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))
             .and_then(|written| written);
-        let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
+        let mut guard = self.unwritten.lock().expect("unwritten changes lock poisoned");
+        let unwritten = &mut *guard;
         if let Err(error) = written {
             // Everything is still in memory: the next checkpoint is a full one, which writes
             // every item changed since the last full one and every line in memory.
@@ -303,9 +304,8 @@ impl GroupShared {
             if let Some(lines) = unwritten.lines.get_mut(&account) {
                 let before = lines.len();
                 lines.retain(|line| line.sequence > last_sequence);
-                let removed = before - lines.len();
-                unwritten.lines_in_memory -= removed;
-                if unwritten.lines.get(&account).is_some_and(Vec::is_empty) {
+                unwritten.lines_in_memory -= before - lines.len();
+                if lines.is_empty() {
                     unwritten.lines.remove(&account);
                 }
             }
@@ -360,18 +360,14 @@ impl GroupShared {
             writes.extend(delta_keys.iter().map(|key| (key.clone(), None)));
             retry.delta_keys = delta_keys;
         } else {
-            for (chunk, (_, value)) in encode_in_chunks(&items).into_iter().enumerate() {
-                new_chunk_keys.push(keys::delta_key(applied_index, chunk as u32));
-                writes.push((keys::delta_key(applied_index, chunk as u32), Some(value)));
-            }
+            new_chunk_keys = push_chunks(&mut writes, &items, |chunk| keys::delta_key(applied_index, chunk));
             let lines: Vec<(AccountKey, Arc<StatementLine>)> = lines
                 .into_iter()
                 .flat_map(|(account, lines)| lines.into_iter().map(move |line| (account.clone(), line)))
                 .collect();
-            for (chunk, (_, value)) in encode_in_chunks(&lines).into_iter().enumerate() {
-                new_chunk_keys.push(keys::line_journal_key(applied_index, chunk as u32));
-                writes.push((keys::line_journal_key(applied_index, chunk as u32), Some(value)));
-            }
+            new_chunk_keys.extend(push_chunks(&mut writes, &lines, |chunk| {
+                keys::line_journal_key(applied_index, chunk)
+            }));
         }
         {
             let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
@@ -379,11 +375,9 @@ impl GroupShared {
             // checkpoint all the same, which deletes nothing that is not there.
             unwritten.delta_keys.extend(new_chunk_keys);
             if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
-                for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
-                    let key = keys::journal_key(applied_index, chunk as u32);
-                    unwritten.journals.insert((expiry_ms, key.clone()));
-                    writes.push((key, Some(value)));
-                }
+                let journal_keys =
+                    push_chunks(&mut writes, &journal, |chunk| keys::journal_key(applied_index, chunk));
+                unwritten.journals.extend(journal_keys.into_iter().map(|key| (expiry_ms, key)));
             }
         }
         writes.extend(expired_journals.into_iter().map(|(_, key)| (key, None)));
@@ -486,6 +480,23 @@ impl GroupShared {
         unwritten.checkpointed = state.applied;
         Some(cut)
     }
+}
+
+/// Pushes `values` as chunked puts under `key_of(chunk)` and returns the keys.
+fn push_chunks<T: Serialize>(
+    writes: &mut TreeWrites,
+    values: &[T],
+    key_of: impl Fn(u32) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
+    encode_in_chunks(values)
+        .into_iter()
+        .enumerate()
+        .map(|(chunk, (_, value))| {
+            let key = key_of(chunk as u32);
+            writes.push((key.clone(), Some(value)));
+            key
+        })
+        .collect()
 }
 
 /// What a checkpoint writes, copied out of memory (see [`GroupShared::copy_changes`]).
