@@ -71,6 +71,11 @@ fn describe_node_metrics() {
         Unit::Seconds,
         "Writing one state-machine checkpoint to sled and making it durable."
     );
+    describe_counter!(
+        "tally_checkpoints_total",
+        "State-machine checkpoints written to sled, by kind: delta (changed items and new statement \
+         lines as a few chunks) or full (folded into per-item keys)."
+    );
     describe_gauge!("tally_store_flush_time_seconds", "Time spent in sled flushes since start, summed.");
     describe_gauge!(
         "tally_store_flush_in_progress_seconds",
