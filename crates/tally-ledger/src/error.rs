@@ -66,6 +66,8 @@ pub enum LedgerError {
     Overflow { what: String },
     #[error("idempotency key {key} was already used for a different request: {field} differs (use a new key for a new request)")]
     KeyReusedWithDifferentRequest { key: String, field: String },
+    #[error("idempotency key {key} cannot be used: its 128-bit fingerprint equals that of another key this shard retains (use a new key)")]
+    KeyFingerprintCollision { key: String },
     #[error("{0}")]
     PermissionDenied(String),
 }
@@ -100,7 +102,8 @@ impl LedgerError {
             | LedgerError::ExchangeOutsideAgreement { .. }
             | LedgerError::TransferClosed { .. }
             | LedgerError::Overflow { .. } => ErrorCode::FailedPrecondition,
-            LedgerError::KeyReusedWithDifferentRequest { .. } => ErrorCode::AlreadyExists,
+            LedgerError::KeyReusedWithDifferentRequest { .. }
+            | LedgerError::KeyFingerprintCollision { .. } => ErrorCode::AlreadyExists,
             LedgerError::PermissionDenied(_) => ErrorCode::PermissionDenied,
         }
     }

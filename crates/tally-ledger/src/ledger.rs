@@ -11,6 +11,7 @@
 //! - one module per operation family: `earn` (enrol, earn, redeem), `reversal`, `hold`,
 //!   `transfer` (same-shard and cross-shard), `exchange`;
 //! - `request_diff`: which field differs when a key is reused for another request;
+//! - `retained`: the retained keys, by fingerprint, with their records encoded;
 //! - `items`: persisted items, snapshots and the digest; `invariants`: the audit.
 
 mod earn;
@@ -21,6 +22,7 @@ mod items;
 mod posting;
 mod records;
 mod request_diff;
+mod retained;
 mod reversal;
 mod transfer;
 mod validate;
@@ -35,8 +37,10 @@ use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
 use crate::keyed::{KeyedMap, KeyedSet};
 use crate::state::{
-    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, TransferRecord,
+    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, KeyFingerprint,
+    RetainedRecord, TransferRecord,
 };
+use retained::RetainedKeys;
 
 /// Sum of debits and credits of one currency over every account of a shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,14 +58,15 @@ pub struct Ledger {
     log_time_ms: u64,
     // Hash lookups, iteration in key order only (see `keyed`).
     accounts: KeyedMap<AccountKey, Account>,
-    idempotency: KeyedMap<Slot, IdempotencyRecord>,
-    earns: KeyedMap<Slot, EarnRecord>,
+    /// Every key still retained, with its request, answer and earn (see `retained`).
+    retained: RetainedKeys,
     holds: KeyedMap<Slot, HoldRecord>,
     transfers: KeyedMap<TransferId, TransferRecord>,
     /// Open holds by expiry log time: the sweep at the start of a batch reads only due holds.
     hold_expiry: BTreeSet<(u64, Slot)>,
-    /// Every record that has a forget time, by that time. Open transfers are absent: they
-    /// must outlive any retention until the resolver closes them.
+    /// Every hold and transfer record that has a forget time, by that time (retained keys keep
+    /// their own index). Open transfers are absent: they must outlive any retention until the
+    /// resolver closes them.
     /// By time, a hash set: an insert hashes one key instead of comparing it with the others
     /// forgotten at the same log time (often a whole batch's).
     forget: BTreeMap<u64, KeyedSet<ItemKey>>,
@@ -134,20 +139,23 @@ impl Ledger {
         changes: &mut ChangeSet,
     ) -> CommandOutcome {
         let now_ms = self.log_time_ms;
-        let slot = (command.partner_id.clone(), command.idempotency_key.clone());
-        if let Some(record) = self.idempotency.get(&slot) {
-            return match request_diff::first_difference(&record.operation, &command.operation) {
-                None => CommandOutcome { replay: true, ..record.outcome.clone() },
+        let fingerprint = KeyFingerprint::of(&command.partner_id, &command.idempotency_key);
+        if let Some(record) = self.retained.get(&fingerprint) {
+            let refused =
+                |error| CommandOutcome { result: Err(error), replay: false, log_index, log_time_ms: now_ms };
+            // Two keys with one fingerprint: the new one is refused, never answered for the other.
+            if record.partner_id != command.partner_id || record.key != command.idempotency_key {
+                return refused(LedgerError::KeyFingerprintCollision {
+                    key: command.idempotency_key.to_string(),
+                });
+            }
+            return match request_diff::first_difference(&record.answer.operation, &command.operation) {
+                None => CommandOutcome { replay: true, ..record.answer.outcome },
                 // Not stored: the key keeps answering for the request that first used it.
-                Some(field) => CommandOutcome {
-                    result: Err(LedgerError::KeyReusedWithDifferentRequest {
-                        key: command.idempotency_key.to_string(),
-                        field: field.to_string(),
-                    }),
-                    replay: false,
-                    log_index,
-                    log_time_ms: now_ms,
-                },
+                Some(field) => refused(LedgerError::KeyReusedWithDifferentRequest {
+                    key: command.idempotency_key.to_string(),
+                    field: field.to_string(),
+                }),
             };
         }
         let context = Context {
@@ -163,13 +171,26 @@ impl Ledger {
         // A hold is named by its key, so the key must stay taken while the hold is remembered:
         // a reused key would otherwise overwrite a hold that still reserves points.
         let base_ms = context.retained_until_ms();
+        let slot = context.slot();
         let expires_at_ms = self.holds.get(&slot).map_or(base_ms, |hold| hold.forget_at_ms.max(base_ms));
-        let record = IdempotencyRecord {
+        // The earn record lets the partner reverse the earn while its key is retained.
+        let earn = match (&command.operation, &outcome.result) {
+            (Operation::Earn { member_id, currency, amount_points }, Ok(_)) => Some(EarnRecord {
+                member_id: member_id.clone(),
+                currency: currency.clone(),
+                earned_points: *amount_points,
+                reversed_points: 0,
+                expires_at_ms,
+            }),
+            _ => None,
+        };
+        let (partner_id, key) = slot;
+        let answer = IdempotencyRecord {
             operation: command.operation.clone(),
             outcome: outcome.clone(),
             expires_at_ms,
         };
-        self.put_idempotency(slot, record, changes);
+        self.put_retained(RetainedRecord { partner_id, key, answer, earn }, changes);
         outcome
     }
 
@@ -227,13 +248,24 @@ impl Ledger {
         partner_id: &PartnerId,
         key: &IdempotencyKey,
     ) -> Option<(Operation, CommandOutcome)> {
-        let record = self.idempotency.get(&(partner_id.clone(), key.clone()))?;
-        Some((record.operation.clone(), record.outcome.clone()))
+        let record = self.retained_record(partner_id, key)?;
+        Some((record.answer.operation, record.answer.outcome))
     }
 
     /// The earn named by `(partner, key)`, while it can still be reversed.
     pub fn earn_record(&self, partner_id: &PartnerId, key: &IdempotencyKey) -> Option<EarnRecord> {
-        self.earns.get(&(partner_id.clone(), key.clone())).cloned()
+        self.retained_record(partner_id, key)?.earn
+    }
+
+    /// The record of `(partner, key)`, if that key (not merely its fingerprint) is retained.
+    fn retained_record(&self, partner_id: &PartnerId, key: &IdempotencyKey) -> Option<RetainedRecord> {
+        let record = self.retained.get(&KeyFingerprint::of(partner_id, key))?;
+        (record.partner_id == *partner_id && record.key == *key).then_some(record)
+    }
+
+    /// How many idempotency keys the shard retains (each until its retention ends).
+    pub fn retained_keys(&self) -> usize {
+        self.retained.len()
     }
 
     pub fn hold(&self, partner_id: &PartnerId, hold_key: &IdempotencyKey) -> Option<HoldView> {
@@ -302,5 +334,57 @@ impl Ledger {
             return Err(LedgerError::InsufficientPoints { available_points, requested_points });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{BatchHeader, Command, ShardBatch};
+
+    fn earn_command(key: &str, amount_points: u64) -> Command {
+        Command {
+            partner_id: PartnerId::parse("skyair").unwrap(),
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
+            operation: Operation::Earn {
+                member_id: MemberId::parse("alice").unwrap(),
+                currency: CurrencyCode::parse("SKYMILES").unwrap(),
+                amount_points,
+            },
+        }
+    }
+
+    fn apply(ledger: &mut Ledger, log_index: u64, command: Command) -> CommandOutcome {
+        let header = BatchHeader { log_time_ms: 1_700_000_000_000, idempotency_retention_ms: 3_600_000 };
+        let batch = ShardBatch { header, commands: vec![command] };
+        ledger.apply_batch(log_index, &batch, &mut ChangeSet::default()).remove(0)
+    }
+
+    /// A hit on a fingerprint is checked against the stored partner and key: a key whose
+    /// fingerprint equals another retained key's is refused, never answered with the other's
+    /// outcome, and changes nothing.
+    #[test]
+    fn a_fingerprint_collision_is_refused_not_answered_for_another_key() {
+        let mut ledger = Ledger::new();
+        assert!(apply(&mut ledger, 1, earn_command("e1", 10)).result.is_ok());
+        let stored = ledger
+            .retained_record(&PartnerId::parse("skyair").unwrap(), &IdempotencyKey::parse("e1").unwrap());
+        let stored = stored.expect("e1 is retained");
+        // e2's fingerprint now names e1's record, as a collision would.
+        let e2 =
+            KeyFingerprint::of(&PartnerId::parse("skyair").unwrap(), &IdempotencyKey::parse("e2").unwrap());
+        ledger.retained.put_under(e2, &stored);
+        let before = ledger.clone();
+        // Straight to the command: the audit after a batch would (rightly) refuse the forged
+        // entry itself.
+        let header = BatchHeader { log_time_ms: 1_700_000_000_000, idempotency_retention_ms: 3_600_000 };
+        let outcome = ledger.apply_command(2, &header, &earn_command("e2", 10), &mut ChangeSet::default());
+        assert_eq!(outcome.result, Err(LedgerError::KeyFingerprintCollision { key: "e2".to_string() }));
+        assert!(!outcome.replay);
+        assert_eq!(ledger.accounts, before.accounts, "no points moved");
+        assert_eq!(
+            ledger.operation(&PartnerId::parse("skyair").unwrap(), &IdempotencyKey::parse("e2").unwrap()),
+            None
+        );
     }
 }

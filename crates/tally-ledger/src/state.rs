@@ -1,7 +1,7 @@
 //! The in-memory state of one shard and the items it is persisted as.
 //!
-//! The whole working set (accounts, holds, idempotency records, earn records, open transfers)
-//! lives in memory in ordered maps; statement lines do not (they only grow) and are handed to
+//! The whole working set (accounts, holds, retained keys with their earns, open transfers)
+//! lives in memory; statement lines do not (they only grow) and are handed to
 //! the storage layer as they are produced. After each batch, [`ChangeSet`] names the items the
 //! batch changed, so the storage layer writes exactly those, with the applied log id, in one
 //! atomic write.
@@ -9,6 +9,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::command::{BalanceView, CommandOutcome, HoldView, Operation, OperationKind, TransferStatus};
 use crate::ids::{CurrencyCode, IdempotencyKey, MemberId, PartnerId, TransferId};
@@ -126,7 +127,7 @@ pub struct IdempotencyRecord {
     pub expires_at_ms: u64,
 }
 
-/// An earn that can still be reversed (kept as long as its idempotency record).
+/// An earn that can still be reversed (kept with its key's [`RetainedRecord`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EarnRecord {
     pub member_id: MemberId,
@@ -134,6 +135,53 @@ pub struct EarnRecord {
     pub earned_points: u64,
     pub reversed_points: u64,
     pub expires_at_ms: u64,
+}
+
+/// Names a retained idempotency key in memory: 16 bytes of SHA-256 over the partner id, a zero
+/// byte and the key. Fixed-size whatever the key's length, and hashed once per command; the
+/// full record it names is compared exactly on every hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KeyFingerprint(pub [u8; 16]);
+
+impl KeyFingerprint {
+    pub fn of(partner_id: &PartnerId, key: &IdempotencyKey) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(partner_id.as_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(key.as_str().as_bytes());
+        let digest = hasher.finalize();
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for KeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+/// Everything a shard remembers of one idempotency key until its retention ends: the first
+/// request and its answer, and the earn it created (which a reversal updates).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedRecord {
+    pub partner_id: PartnerId,
+    pub key: IdempotencyKey,
+    pub answer: IdempotencyRecord,
+    /// Present when the key's request was a successful earn.
+    pub earn: Option<EarnRecord>,
+}
+
+impl RetainedRecord {
+    pub fn fingerprint(&self) -> KeyFingerprint {
+        KeyFingerprint::of(&self.partner_id, &self.key)
+    }
+
+    /// Log time after which the whole record is dropped.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.answer.expires_at_ms
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,8 +228,8 @@ pub struct StatementLine {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateItem {
     Account(AccountKey, Account),
-    Idempotency(PartnerId, IdempotencyKey, IdempotencyRecord),
-    Earn(PartnerId, IdempotencyKey, EarnRecord),
+    /// An idempotency key's record (its request, answer and earn).
+    Retained(RetainedRecord),
     Hold(PartnerId, IdempotencyKey, HoldRecord),
     /// Source-side records (TransferOut) and destination-side markers (TransferIn) share the
     /// id space: a shard may be both for different transfers but never for one.
@@ -196,8 +244,7 @@ pub enum StateItem {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ItemKey {
     Account(AccountKey),
-    Idempotency(PartnerId, IdempotencyKey),
-    Earn(PartnerId, IdempotencyKey),
+    Retained(KeyFingerprint),
     Hold(PartnerId, IdempotencyKey),
     Transfer(TransferId),
     Clock,
@@ -207,8 +254,7 @@ impl StateItem {
     pub fn key(&self) -> ItemKey {
         match self {
             StateItem::Account(key, _) => ItemKey::Account(key.clone()),
-            StateItem::Idempotency(partner, key, _) => ItemKey::Idempotency(partner.clone(), key.clone()),
-            StateItem::Earn(partner, key, _) => ItemKey::Earn(partner.clone(), key.clone()),
+            StateItem::Retained(record) => ItemKey::Retained(record.fingerprint()),
             StateItem::Hold(partner, key, _) => ItemKey::Hold(partner.clone(), key.clone()),
             StateItem::Transfer(id, _) => ItemKey::Transfer(id.clone()),
             StateItem::Clock { .. } => ItemKey::Clock,

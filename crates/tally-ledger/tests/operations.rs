@@ -87,9 +87,9 @@ fn redeem_errors_change_nothing() {
     assert_eq!(h.err("r3", redeem("alice", HOTEL, 1)), not_found("alice", HOTEL));
     // Only the idempotency records of the failed keys were added.
     let after: Vec<StateItem> =
-        h.ledger.items().into_iter().filter(|item| !matches!(item, StateItem::Idempotency(..))).collect();
+        h.ledger.items().into_iter().filter(|item| !matches!(item, StateItem::Retained(..))).collect();
     let before: Vec<StateItem> =
-        before.into_iter().filter(|item| !matches!(item, StateItem::Idempotency(..))).collect();
+        before.into_iter().filter(|item| !matches!(item, StateItem::Retained(..))).collect();
     assert_eq!(after, before);
 }
 

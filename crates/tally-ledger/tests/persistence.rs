@@ -113,8 +113,7 @@ fn change_sets_accumulate_across_batches_and_name_deletions() {
     let expected: Vec<ItemKey> = vec![
         ItemKey::Account(member_account("alice", SKY)),
         ItemKey::Account(system_account(SystemAccountKind::Issuance, SKY)),
-        ItemKey::Idempotency(partner(PARTNER), key("e1")),
-        ItemKey::Earn(partner(PARTNER), key("e1")),
+        ItemKey::Retained(KeyFingerprint::of(&partner(PARTNER), &key("e1"))),
         ItemKey::Clock,
     ];
     let mut expected_sorted = expected.clone();
@@ -124,7 +123,11 @@ fn change_sets_accumulate_across_batches_and_name_deletions() {
     dirty.sort();
     dirty.dedup();
     assert_eq!(dirty, expected_sorted);
-    assert_eq!(ledger.item(&ItemKey::Earn(partner(PARTNER), key("e1"))), None, "deleted");
+    assert_eq!(
+        ledger.item(&ItemKey::Retained(KeyFingerprint::of(&partner(PARTNER), &key("e1")))),
+        None,
+        "deleted"
+    );
     assert_eq!(changes.statement_lines.len(), 1);
     changes.clear();
     assert!(changes.dirty.is_empty() && changes.statement_lines.is_empty());

@@ -172,7 +172,9 @@ impl NodeApiError {
                 group_id,
                 leader: leader_id.zip(leader.map(|node| node.api_addr)),
             },
-            ProposeError::Overloaded { .. } => NodeApiError::Overloaded(error.to_string()),
+            ProposeError::Overloaded { .. } | ProposeError::RetentionFull { .. } => {
+                NodeApiError::Overloaded(error.to_string())
+            }
             ProposeError::Unavailable { .. } => NodeApiError::Unavailable(error.to_string()),
             ProposeError::Refused { .. } => NodeApiError::Refused(error.to_string()),
         }

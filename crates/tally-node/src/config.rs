@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use tally_raft::{ClusterToken, ProposerConfig, RaftTuning};
 use tally_store::StoreConfig;
 
+/// Default of [`NodeConfig::retained_keys_per_shard_max`].
+pub const RETAINED_KEYS_PER_SHARD_MAX_DEFAULT: usize = 8_000_000;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
@@ -31,6 +34,10 @@ pub struct NodeConfig {
     pub queued_proposals_max: usize,
     /// Raft entries proposed and not yet applied, per shard.
     pub inflight_entries_max: usize,
+    /// Idempotency keys a shard may retain (each for `idempotency_retention_ms`) before writes
+    /// with new keys get RESOURCE_EXHAUSTED, so that a flood of writes meets a clear refusal
+    /// instead of exhausting memory (default 8,000,000; retries of retained keys still answer).
+    pub retained_keys_per_shard_max: usize,
     /// How long one sled flush may go without returning before the node aborts, so that it is
     /// restarted instead of hanging with its shard leaderships (default 30000, at least 1000;
     /// only time the process was running counts). See `tally_store::StoreConfig`.
@@ -58,6 +65,7 @@ impl Default for NodeConfig {
             idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
             queued_proposals_max: proposer.queued_proposals_max,
             inflight_entries_max: proposer.inflight_entries_max,
+            retained_keys_per_shard_max: RETAINED_KEYS_PER_SHARD_MAX_DEFAULT,
             flush_stall_abort_ms: tally_store::FLUSH_STALL_ABORT_MS_DEFAULT,
             sled_cache_bytes: tally_store::SLED_CACHE_BYTES_DEFAULT,
             cluster_token: None,
@@ -80,8 +88,14 @@ impl NodeConfig {
                 tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_MIN
             ));
         }
-        if self.queued_proposals_max == 0 || self.inflight_entries_max == 0 {
-            return Err("queued_proposals_max and inflight_entries_max must be at least 1".into());
+        if self.queued_proposals_max == 0
+            || self.inflight_entries_max == 0
+            || self.retained_keys_per_shard_max == 0
+        {
+            return Err(
+                "queued_proposals_max, inflight_entries_max and retained_keys_per_shard_max must be at least 1"
+                    .into(),
+            );
         }
         self.store_config().validate()?;
         self.raft.openraft_config(0).map(|_| ()).map_err(|error| error.to_string())

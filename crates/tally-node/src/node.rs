@@ -424,6 +424,7 @@ impl Node {
         commands: Vec<Command>,
     ) -> Result<Vec<CommandOutcome>, ProposeError> {
         let group = self.group(shard_group_id(shard))?;
+        self.check_retention_budget(&group, &commands)?;
         let proposer = group.proposer.as_ref().expect("shard groups have a proposer");
         let mut outcomes = Vec::with_capacity(commands.len());
         let mut commands = commands;
@@ -433,6 +434,17 @@ impl Node {
             commands = rest;
         }
         Ok(outcomes)
+    }
+
+    /// Refuses commands with new keys while the shard retains its budget of keys (see
+    /// [`retention_refusal`]).
+    fn check_retention_budget(&self, group: &Group, commands: &[Command]) -> Result<(), ProposeError> {
+        let state = group.shared.read();
+        let GroupData::Shard(ledger) = &state.data else { unreachable!("shard groups hold a ledger") };
+        match retention_refusal(ledger, group.group_id, self.config.retained_keys_per_shard_max, commands) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
     }
 
     /// Confirms leadership with a quorum and waits until the state reflects every write
@@ -939,4 +951,65 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(folder)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The refusal of `commands` when `ledger` retains `retained_keys_max` keys or more and one of
+/// them has a new key. Checked at admission, not in apply: the count is what this replica has
+/// applied, so a burst already queued may pass the budget by what was in flight, and nothing
+/// refused reaches the log. Retries of retained keys still go through, to get their answers.
+fn retention_refusal(
+    ledger: &tally_ledger::Ledger,
+    group_id: GroupId,
+    retained_keys_max: usize,
+    commands: &[Command],
+) -> Option<ProposeError> {
+    let retained_keys = ledger.retained_keys();
+    let new_key = || {
+        commands
+            .iter()
+            .any(|command| ledger.operation(&command.partner_id, &command.idempotency_key).is_none())
+    };
+    (retained_keys >= retained_keys_max && new_key()).then_some(ProposeError::RetentionFull {
+        group_id,
+        retained_keys,
+        retained_keys_max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_ledger::{
+        BatchHeader, ChangeSet, CurrencyCode, IdempotencyKey, Ledger, MemberId, Operation, PartnerId,
+        ShardBatch,
+    };
+
+    use super::*;
+
+    fn earn(key: &str) -> Command {
+        Command {
+            partner_id: PartnerId::parse("skyair").unwrap(),
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
+            operation: Operation::Earn {
+                member_id: MemberId::parse("alice").unwrap(),
+                currency: CurrencyCode::parse("SKYMILES").unwrap(),
+                amount_points: 5,
+            },
+        }
+    }
+
+    #[test]
+    fn a_shard_at_its_key_budget_refuses_new_keys_and_still_answers_retained_ones() {
+        let mut ledger = Ledger::new();
+        let header = BatchHeader { log_time_ms: 1_700_000_000_000, idempotency_retention_ms: 3_600_000 };
+        let batch = ShardBatch { header, commands: vec![earn("e1"), earn("e2")] };
+        ledger.apply_batch(1, &batch, &mut ChangeSet::default());
+        assert_eq!(retention_refusal(&ledger, 2, 3, &[earn("e3")]), None, "below the budget");
+        let refusal = retention_refusal(&ledger, 2, 2, &[earn("e1"), earn("e3")]).expect("e3 is a new key");
+        assert_eq!(
+            refusal,
+            ProposeError::RetentionFull { group_id: 2, retained_keys: 2, retained_keys_max: 2 }
+        );
+        assert!(refusal.to_string().contains("retained_keys_per_shard_max = 2"), "{refusal}");
+        assert_eq!(retention_refusal(&ledger, 2, 2, &[earn("e2"), earn("e1")]), None, "retries answer");
+    }
 }

@@ -17,6 +17,7 @@
 //! | `m` ‖ `membership`                    | last applied `StoredMembership`      |
 //! | `m` ‖ `meta_state`                    | the meta group's whole `MetaState`   |
 //! | `m` ‖ `snapshot`                      | the current snapshot's meta and size |
+//! | `m` ‖ `state_format`                  | [`STATE_FORMAT`] of a shard's items  |
 //! | `n` ‖ chunk (BE u32)                  | the current snapshot's data, chunked |
 //!
 //! The tree is written only by checkpoints (and snapshot installs), each one sled batch
@@ -27,9 +28,9 @@
 //! Every so often a *full* checkpoint writes each item changed since the last full one under its
 //! own `i` key and the statement lines in memory as one run per account, and deletes the deltas
 //! and line journals in the same batch. Loading reads the `i` items, then the deltas in log
-//! index order over them, and the line journals back into memory. Idempotency and earn
-//! records are never changed in place except an earn's reversed amount, so they stay in their
-//! journals until every record in one has expired. No value exceeds
+//! index order over them, and the line journals back into memory. Retained keys' records are
+//! never changed in place except an earn's reversed amount, so they stay in their journals
+//! until every record in one has expired. No value exceeds
 //! [`VALUE_BYTES_MAX`]: larger ones are split into chunks. A record is deleted only when its
 //! retention has passed in log time; a journal is deleted once every record in it has expired,
 //! and loading skips records that expired before the stored clock, so a restarted replica
@@ -51,6 +52,13 @@ pub const APPLIED_KEY: &[u8] = b"mapplied";
 pub const MEMBERSHIP_KEY: &[u8] = b"mmembership";
 pub const META_STATE_KEY: &[u8] = b"mmeta_state";
 pub const SNAPSHOT_KEY: &[u8] = b"msnapshot";
+pub const STATE_FORMAT_KEY: &[u8] = b"mstate_format";
+
+/// The encoding of a shard's items, deltas and journals. 2: an idempotency key's request,
+/// answer and earn are one `StateItem::Retained`, named by its fingerprint (1 held them as
+/// separate idempotency and earn items, under other enum tags). A tree of another format is
+/// refused when opened, never misread.
+pub const STATE_FORMAT: u32 = 2;
 
 pub fn item_key(key: &ItemKey) -> Vec<u8> {
     let mut bytes = vec![ITEM_PREFIX];

@@ -24,6 +24,13 @@ pub enum ProposeError {
     NotLeader { group_id: GroupId, leader_id: Option<NodeId>, leader: Option<TallyNode> },
     #[error("group {group_id} already has {queued_proposals_max} proposals queued; back off")]
     Overloaded { group_id: GroupId, queued_proposals_max: usize },
+    /// The shard retains as many idempotency keys as its budget allows: new keys wait until
+    /// old ones expire. Retries of retained keys still get their answers.
+    #[error(
+        "group {group_id} retains {retained_keys} idempotency keys, its budget (retained_keys_per_shard_max \
+         = {retained_keys_max}); writes with new keys are refused until older keys expire"
+    )]
+    RetentionFull { group_id: GroupId, retained_keys: usize, retained_keys_max: usize },
     #[error("group {group_id} is unavailable: {reason}")]
     Unavailable { group_id: GroupId, reason: String },
     /// An operator's request that the group's current state does not allow (a membership change

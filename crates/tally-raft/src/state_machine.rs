@@ -40,7 +40,7 @@ type JournalEntry = (u64, Vec<u8>);
 type TreeContent = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Format of snapshot payloads; bump on any change of what a snapshot holds.
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// At most this many delta checkpoints follow a full one. Deltas are cheap to write (a sled
 /// key per ~60 KiB of changes instead of one per item and per account's new lines) and a full
@@ -385,6 +385,7 @@ impl GroupShared {
             writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
         }
         writes.push((keys::APPLIED_KEY.to_vec(), Some(encode(&applied))));
+        writes.push((keys::STATE_FORMAT_KEY.to_vec(), Some(encode(&keys::STATE_FORMAT))));
         writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&membership))));
         metrics::counter!("tally_checkpoints_total", "kind" => if full { "full" } else { "delta" })
             .increment(1);
@@ -609,16 +610,15 @@ pub struct GroupStateMachine {
     changes: ChangeSet,
 }
 
-/// Idempotency and earn records go to the apply call's journal (see `keys`).
+/// Retained keys' records (request, answer, earn) go to the checkpoint's journal (see `keys`).
 fn is_journaled(key: &ItemKey) -> bool {
-    matches!(key, ItemKey::Idempotency(..) | ItemKey::Earn(..))
+    matches!(key, ItemKey::Retained(..))
 }
 
 /// The log time at which a journaled record is deleted (the ledger forgets it at that time).
 fn journal_expiry_ms(item: &StateItem) -> u64 {
     match item {
-        StateItem::Idempotency(_, _, record) => record.expires_at_ms,
-        StateItem::Earn(_, _, record) => record.expires_at_ms,
+        StateItem::Retained(record) => record.expires_at_ms(),
         other => panic!("{:?} is not journaled", other.key()),
     }
 }
@@ -644,8 +644,16 @@ impl GroupStateMachine {
         let mut journals = BTreeSet::new();
         let mut deltas: Vec<Vec<(ItemKey, Option<StateItem>)>> = Vec::new();
         let mut unwritten = Unwritten::default();
+        let mut state_format = None;
+        let mut holds_shard_state = false;
         for row in tree.iter_all() {
             let (key, value) = row?;
+            holds_shard_state |=
+                matches!(key.first(), Some(&keys::ITEM_PREFIX | &keys::DELTA_PREFIX | &keys::JOURNAL_PREFIX));
+            if key == keys::STATE_FORMAT_KEY {
+                state_format = Some(decode_value::<u32>(&value, "state format")?);
+                continue;
+            }
             match key.first() {
                 Some(&keys::ITEM_PREFIX) => items.push(decode_value::<StateItem>(&value, "state item")?),
                 Some(&keys::DELTA_PREFIX) => {
@@ -672,6 +680,16 @@ impl GroupStateMachine {
                 }
                 _ => {}
             }
+        }
+        if holds_shard_state && state_format != Some(keys::STATE_FORMAT) {
+            return Err(StoreError::Corrupt {
+                what: format!(
+                    "group {group_id}'s state is in format {}, this release reads format {} only: \
+                     the data folder was written by another release of Tally",
+                    state_format.map_or_else(|| "1".to_string(), |format| format.to_string()),
+                    keys::STATE_FORMAT
+                ),
+            });
         }
         // The deltas since the last full checkpoint, oldest first, over the items it wrote.
         if !deltas.is_empty() {
@@ -913,6 +931,7 @@ fn install_writes(
     };
     let state = GroupState { data, applied: meta.last_log_id, membership: meta.last_membership.clone() };
     writes.push((keys::APPLIED_KEY.to_vec(), encode(&state.applied)));
+    writes.push((keys::STATE_FORMAT_KEY.to_vec(), encode(&keys::STATE_FORMAT)));
     writes.push((keys::MEMBERSHIP_KEY.to_vec(), encode(&state.membership)));
     // The installed snapshot becomes the current one, so this node can send it on.
     for (key, value) in snapshot_writes(meta, snapshot_bytes, 0) {

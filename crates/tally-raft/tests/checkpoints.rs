@@ -136,3 +136,24 @@ async fn a_restart_between_deltas_carries_on_from_them() {
     let ledger = ledger(&state_machine.shared());
     assert_ledger_after_rounds(&ledger, round, "after the restarts");
 }
+
+/// The items' encoding changed with the state format (2: retained keys as one record each);
+/// a tree of another format is refused with a message naming both, never misread.
+#[tokio::test]
+async fn a_tree_of_another_state_format_is_refused_when_opened() {
+    let store = NodeStore::temporary().unwrap();
+    let mut state_machine = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+    let shared = state_machine.shared();
+    state_machine.apply([round_entry(0)]).await.unwrap();
+    shared.make_next_checkpoint_full();
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    assert!(GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).is_ok(), "its own format");
+    let tree = store.state_tree(SHARD).unwrap();
+    let older = tally_store::encode_value(&1u32).unwrap();
+    tree.write_batch(vec![(keys::STATE_FORMAT_KEY.to_vec(), Some(older))]).unwrap();
+    let refused = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).err().expect("format 1");
+    assert!(refused.to_string().contains("format 1, this release reads format 2"), "{refused}");
+    tree.write_batch(vec![(keys::STATE_FORMAT_KEY.to_vec(), None)]).unwrap();
+    let refused = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).err().expect("no format");
+    assert!(refused.to_string().contains("format 1"), "a tree without the key predates it: {refused}");
+}

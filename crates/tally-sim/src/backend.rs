@@ -23,7 +23,9 @@ const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn backend_error(error: ProposeError) -> BackendError {
     match error {
-        ProposeError::Overloaded { .. } => BackendError::Overloaded(error.to_string()),
+        ProposeError::Overloaded { .. } | ProposeError::RetentionFull { .. } => {
+            BackendError::Overloaded(error.to_string())
+        }
         ProposeError::Refused { .. } => BackendError::Refused(error.to_string()),
         ProposeError::NotLeader { .. } | ProposeError::Unavailable { .. } => {
             BackendError::Unavailable(error.to_string())

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, SystemAccountKind};
+use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, KeyFingerprint, StateItem, SystemAccountKind};
 use tally_ledger::{
     AgreementTerms, BatchHeader, Command, IdempotencyKey, Ledger, MemberId, Operation, ShardBatch,
 };
@@ -201,7 +201,9 @@ fn a_double_apply_is_caught() {
 fn a_lost_acknowledged_write_is_caught() {
     let mut input = clean_input();
     tamper_ledger(&mut input, |items| {
-        items.retain(|item| item.key() != ItemKey::Idempotency(partner(0), key("redeem-m0")));
+        items.retain(|item| {
+            item.key() != ItemKey::Retained(KeyFingerprint::of(&partner(0), &key("redeem-m0")))
+        });
     });
     let violations = audit(&input);
     assert!(

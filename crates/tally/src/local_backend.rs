@@ -31,7 +31,9 @@ fn backend_error(error: ProposeError) -> BackendError {
             group_name(group_id),
             leader_id.map(|id| format!("node {id}")).unwrap_or_else(|| "being elected".into())
         )),
-        ProposeError::Overloaded { .. } => BackendError::Overloaded(error.to_string()),
+        ProposeError::Overloaded { .. } | ProposeError::RetentionFull { .. } => {
+            BackendError::Overloaded(error.to_string())
+        }
         ProposeError::Unavailable { .. } => BackendError::Unavailable(error.to_string()),
         ProposeError::Refused { .. } => BackendError::Refused(error.to_string()),
     }

@@ -5,7 +5,7 @@ use super::{Context, Ledger};
 use crate::command::OperationResult;
 use crate::error::LedgerError;
 use crate::ids::{CurrencyCode, MemberId};
-use crate::state::{AccountKey, ChangeSet, EarnRecord, SystemAccountKind};
+use crate::state::{AccountKey, ChangeSet, SystemAccountKind};
 
 impl Ledger {
     pub(super) fn enrol(
@@ -36,18 +36,7 @@ impl Ledger {
         let mut stage = Stage::new(self, context);
         stage.post(&issuance, &member, amount_points)?;
         self.commit(stage.finish(), changes);
-        let slot = context.slot();
-        // The earn's key is new (its idempotency record was absent), and an earn record never
-        // outlives the idempotency record of its key.
-        assert!(!self.earns.contains_key(&slot), "earn key {} already names an earn", context.key);
-        let record = EarnRecord {
-            member_id: member_id.clone(),
-            currency: currency.clone(),
-            earned_points: amount_points,
-            reversed_points: 0,
-            expires_at_ms: context.retained_until_ms(),
-        };
-        self.put_earn(slot, record, changes);
+        // `apply_command` stores the earn record with the key's answer.
         Ok(OperationResult::Earned { balance: self.view(&member) })
     }
 

@@ -7,7 +7,7 @@ use super::{CurrencyTotals, Ledger};
 use crate::command::{HoldStatus, TransferStatus};
 use crate::ids::CurrencyCode;
 use crate::keyed::KeyedSet;
-use crate::state::{AccountKey, ItemKey};
+use crate::state::{AccountKey, ItemKey, KeyFingerprint, RetainedRecord};
 
 impl Ledger {
     pub fn currency_totals(&self) -> BTreeMap<CurrencyCode, CurrencyTotals> {
@@ -98,21 +98,23 @@ impl Ledger {
     }
 
     fn check_records(&self) -> Result<(), String> {
-        for ((partner_id, key), record) in self.idempotency.sorted() {
-            if record.outcome.replay {
+        self.retained.check()?;
+        for record in self.retained.sorted_records() {
+            let RetainedRecord { partner_id, key, answer, earn } = &record;
+            if answer.outcome.replay {
                 return Err(format!("idempotency record {partner_id}/{key} stores a replay"));
             }
-        }
-        for ((partner_id, key), earn) in self.earns.sorted() {
-            if earn.reversed_points > earn.earned_points {
-                return Err(format!("earn {partner_id}/{key} reversed more than earned: {earn:?}"));
-            }
-            if !self.idempotency.contains_key(&(partner_id.clone(), key.clone())) {
-                return Err(format!("earn {partner_id}/{key} outlived its idempotency record"));
+            if let Some(earn) = earn {
+                if earn.reversed_points > earn.earned_points {
+                    return Err(format!("earn {partner_id}/{key} reversed more than earned: {earn:?}"));
+                }
+                if earn.expires_at_ms != answer.expires_at_ms {
+                    return Err(format!("earn {partner_id}/{key} is not retained with its key"));
+                }
             }
         }
         for ((partner_id, key), _) in self.holds.sorted() {
-            if !self.idempotency.contains_key(&(partner_id.clone(), key.clone())) {
+            if !self.retained.contains(&KeyFingerprint::of(partner_id, key)) {
                 return Err(format!("hold {partner_id}/{key} outlived its idempotency record"));
             }
         }
@@ -123,18 +125,6 @@ impl Ledger {
     fn check_indexes(&self) -> Result<(), String> {
         let mut hold_expiry = BTreeSet::new();
         let mut forget: BTreeMap<u64, KeyedSet<ItemKey>> = BTreeMap::new();
-        for ((partner_id, key), record) in self.idempotency.sorted() {
-            forget
-                .entry(record.expires_at_ms)
-                .or_default()
-                .insert(ItemKey::Idempotency(partner_id.clone(), key.clone()));
-        }
-        for ((partner_id, key), record) in self.earns.sorted() {
-            forget
-                .entry(record.expires_at_ms)
-                .or_default()
-                .insert(ItemKey::Earn(partner_id.clone(), key.clone()));
-        }
         for (slot, record) in self.holds.sorted() {
             forget
                 .entry(record.forget_at_ms)

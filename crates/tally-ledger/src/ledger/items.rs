@@ -8,34 +8,32 @@ use sha2::{Digest, Sha256};
 
 use super::Ledger;
 use crate::ids::{IdempotencyKey, PartnerId, TransferId};
-use crate::state::{
-    Account, AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, StateItem,
-    TransferRecord,
-};
+use crate::state::{Account, AccountKey, ChangeSet, HoldRecord, ItemKey, StateItem, TransferRecord};
 
 /// A borrowed [`StateItem`]: serializes to exactly the same bytes, so the digest needs no
-/// copy of the state.
+/// copy of the state. A retained record is held encoded already: the digest hashes the
+/// variant's tag and those bytes (see [`RETAINED_TAG`]), and it is never serialized from here.
 #[derive(Serialize)]
 #[serde(rename = "StateItem")]
 enum ItemRef<'a> {
     Account(&'a AccountKey, &'a Account),
-    Idempotency(&'a PartnerId, &'a IdempotencyKey, &'a IdempotencyRecord),
-    Earn(&'a PartnerId, &'a IdempotencyKey, &'a EarnRecord),
+    #[serde(skip)]
+    Retained(&'a [u8]),
     Hold(&'a PartnerId, &'a IdempotencyKey, &'a HoldRecord),
     Transfer(&'a TransferId, &'a TransferRecord),
-    Clock { log_time_ms: u64 },
+    Clock {
+        log_time_ms: u64,
+    },
 }
 
 impl ItemRef<'_> {
     fn to_item(&self) -> StateItem {
         match *self {
             ItemRef::Account(key, account) => StateItem::Account(key.clone(), account.clone()),
-            ItemRef::Idempotency(partner_id, key, record) => {
-                StateItem::Idempotency(partner_id.clone(), key.clone(), record.clone())
-            }
-            ItemRef::Earn(partner_id, key, record) => {
-                StateItem::Earn(partner_id.clone(), key.clone(), record.clone())
-            }
+            ItemRef::Retained(encoded) => StateItem::Retained(
+                bincode::deserialize(encoded)
+                    .expect("a retained record decodes: memory holds what it encoded"),
+            ),
             ItemRef::Hold(partner_id, key, record) => {
                 StateItem::Hold(partner_id.clone(), key.clone(), record.clone())
             }
@@ -45,17 +43,18 @@ impl ItemRef<'_> {
     }
 }
 
+/// bincode's tag of [`StateItem::Retained`] (its variant index, little-endian u32): a retained
+/// item's canonical bytes are this tag followed by the record's encoding.
+const RETAINED_TAG: [u8; 4] = 1u32.to_le_bytes();
+
 impl Ledger {
     /// Visits every item in [`ItemKey`] order.
     fn for_each_item<'a>(&'a self, mut visit: impl FnMut(ItemRef<'a>)) {
         for (key, account) in self.accounts.sorted() {
             visit(ItemRef::Account(key, account));
         }
-        for ((partner_id, key), record) in self.idempotency.sorted() {
-            visit(ItemRef::Idempotency(partner_id, key, record));
-        }
-        for ((partner_id, key), record) in self.earns.sorted() {
-            visit(ItemRef::Earn(partner_id, key, record));
+        for (_, encoded) in self.retained.sorted_encoded() {
+            visit(ItemRef::Retained(encoded));
         }
         for ((partner_id, key), record) in self.holds.sorted() {
             visit(ItemRef::Hold(partner_id, key, record));
@@ -68,7 +67,7 @@ impl Ledger {
 
     /// Every item of the state, in a deterministic order (for snapshots and digests).
     pub fn items(&self) -> Vec<StateItem> {
-        let count = self.accounts.len() + self.idempotency.len() + self.earns.len() + self.holds.len();
+        let count = self.accounts.len() + self.retained.len() + self.holds.len();
         let mut items = Vec::with_capacity(count + self.transfers.len() + 1);
         self.for_each_item(|item| items.push(item.to_item()));
         items
@@ -78,8 +77,12 @@ impl Ledger {
     /// equal on replicas at the same applied index.
     pub fn digest(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
-        self.for_each_item(|item| {
-            bincode::serialize_into(&mut hasher, &item).expect("a state item always encodes");
+        self.for_each_item(|item| match item {
+            ItemRef::Retained(encoded) => {
+                hasher.update(RETAINED_TAG);
+                hasher.update(encoded);
+            }
+            item => bincode::serialize_into(&mut hasher, &item).expect("a state item always encodes"),
         });
         hasher.finalize().into()
     }
@@ -88,13 +91,7 @@ impl Ledger {
     pub fn item(&self, key: &ItemKey) -> Option<StateItem> {
         let item = match key {
             ItemKey::Account(account_key) => ItemRef::Account(account_key, self.accounts.get(account_key)?),
-            ItemKey::Idempotency(partner_id, key) => {
-                let record = self.idempotency.get(&(partner_id.clone(), key.clone()))?;
-                ItemRef::Idempotency(partner_id, key, record)
-            }
-            ItemKey::Earn(partner_id, key) => {
-                ItemRef::Earn(partner_id, key, self.earns.get(&(partner_id.clone(), key.clone()))?)
-            }
+            ItemKey::Retained(fingerprint) => return self.retained.get(fingerprint).map(StateItem::Retained),
             ItemKey::Hold(partner_id, key) => {
                 ItemRef::Hold(partner_id, key, self.holds.get(&(partner_id.clone(), key.clone()))?)
             }
@@ -115,12 +112,7 @@ impl Ledger {
                 StateItem::Account(key, account) => {
                     ledger.accounts.insert(key, account);
                 }
-                StateItem::Idempotency(partner_id, key, record) => {
-                    ledger.put_idempotency((partner_id, key), record, &mut scratch)
-                }
-                StateItem::Earn(partner_id, key, record) => {
-                    ledger.put_earn((partner_id, key), record, &mut scratch)
-                }
+                StateItem::Retained(record) => ledger.put_retained(record, &mut scratch),
                 StateItem::Hold(partner_id, key, record) => {
                     ledger.put_hold((partner_id, key), record, &mut scratch)
                 }
@@ -138,7 +130,7 @@ mod tests {
     use super::*;
     use crate::command::{CommandOutcome, HoldStatus, HoldView, Operation, OperationResult, TransferStatus};
     use crate::ids::{CurrencyCode, MemberId};
-    use crate::state::SystemAccountKind;
+    use crate::state::{EarnRecord, IdempotencyRecord, RetainedRecord, SystemAccountKind};
 
     fn sample_items() -> Vec<StateItem> {
         let partner_id = PartnerId::parse("skyair").unwrap();
@@ -164,26 +156,22 @@ mod tests {
         };
         vec![
             StateItem::Account(AccountKey::system(SystemAccountKind::Transit, &currency), Account::default()),
-            StateItem::Idempotency(
-                partner_id.clone(),
-                key.clone(),
-                IdempotencyRecord {
+            StateItem::Retained(RetainedRecord {
+                partner_id: partner_id.clone(),
+                key: key.clone(),
+                answer: IdempotencyRecord {
                     operation: Operation::Enrol { member_id: member_id.clone(), currency: currency.clone() },
                     outcome,
                     expires_at_ms: 9,
                 },
-            ),
-            StateItem::Earn(
-                partner_id.clone(),
-                key.clone(),
-                EarnRecord {
+                earn: Some(EarnRecord {
                     member_id: member_id.clone(),
                     currency: currency.clone(),
                     earned_points: 1,
                     reversed_points: 0,
-                    expires_at_ms: 2,
-                },
-            ),
+                    expires_at_ms: 9,
+                }),
+            }),
             StateItem::Hold(partner_id.clone(), key, HoldRecord { hold, forget_at_ms: 7 }),
             StateItem::Transfer(
                 TransferId::parse("t1").unwrap(),
@@ -210,7 +198,11 @@ mod tests {
         let mut visited = 0;
         ledger.for_each_item(|item| {
             let owned = item.to_item();
-            assert_eq!(bincode::serialize(&item).unwrap(), owned.canonical_bytes());
+            let borrowed_bytes = match item {
+                ItemRef::Retained(encoded) => [&RETAINED_TAG[..], encoded].concat(),
+                item => bincode::serialize(&item).unwrap(),
+            };
+            assert_eq!(borrowed_bytes, owned.canonical_bytes());
             let decoded: StateItem = bincode::deserialize(&owned.canonical_bytes()).unwrap();
             assert_eq!(decoded, owned);
             visited += 1;

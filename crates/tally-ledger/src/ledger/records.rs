@@ -5,35 +5,21 @@
 use super::{Ledger, Slot};
 use crate::command::{HoldStatus, TransferStatus};
 use crate::ids::TransferId;
-use crate::state::{
-    AccountKey, ChangeSet, EarnRecord, HoldRecord, IdempotencyRecord, ItemKey, TransferRecord,
-};
+use crate::state::{AccountKey, ChangeSet, HoldRecord, ItemKey, RetainedRecord, TransferRecord};
 
 fn hold_item(slot: &Slot) -> ItemKey {
     ItemKey::Hold(slot.0.clone(), slot.1.clone())
 }
 
 impl Ledger {
-    pub(super) fn put_idempotency(&mut self, slot: Slot, record: IdempotencyRecord, changes: &mut ChangeSet) {
-        assert!(!record.outcome.replay, "the stored outcome is the first answer");
-        let item = ItemKey::Idempotency(slot.0.clone(), slot.1.clone());
-        if let Some(old) = self.idempotency.get(&slot) {
-            self.unschedule_forget(old.expires_at_ms, &item);
+    pub(super) fn put_retained(&mut self, record: RetainedRecord, changes: &mut ChangeSet) {
+        assert!(!record.answer.outcome.replay, "the stored outcome is the first answer");
+        if let Some(earn) = &record.earn {
+            assert!(earn.reversed_points <= earn.earned_points, "an earn is reversed at most once over");
+            assert_eq!(earn.expires_at_ms, record.expires_at_ms(), "an earn is retained with its key");
         }
-        self.schedule_forget(record.expires_at_ms, item.clone());
-        self.idempotency.insert(slot, record);
-        changes.dirty.push(item);
-    }
-
-    pub(super) fn put_earn(&mut self, slot: Slot, record: EarnRecord, changes: &mut ChangeSet) {
-        assert!(record.reversed_points <= record.earned_points, "an earn is reversed at most once over");
-        let item = ItemKey::Earn(slot.0.clone(), slot.1.clone());
-        if let Some(old) = self.earns.get(&slot) {
-            self.unschedule_forget(old.expires_at_ms, &item);
-        }
-        self.schedule_forget(record.expires_at_ms, item.clone());
-        self.earns.insert(slot, record);
-        changes.dirty.push(item);
+        let fingerprint = self.retained.put(&record);
+        changes.dirty.push(ItemKey::Retained(fingerprint));
     }
 
     pub(super) fn put_hold(&mut self, slot: Slot, record: HoldRecord, changes: &mut ChangeSet) {
@@ -71,7 +57,8 @@ impl Ledger {
 
     /// Runs at the start of every batch, with the batch's log time already set: first releases
     /// holds that expired, then drops records whose retention ended. Holds go first because a
-    /// hold's forget time is never before its expiry, so no open hold is ever dropped.
+    /// hold's forget time is never before its expiry, so no open hold is ever dropped; a hold
+    /// key's retention never ends before the hold is forgotten.
     pub(super) fn expire_due(&mut self, changes: &mut ChangeSet) {
         let now_ms = self.log_time_ms;
         while self.hold_expiry.first().is_some_and(|(expires_at_ms, _)| *expires_at_ms <= now_ms) {
@@ -89,6 +76,7 @@ impl Ledger {
                 changes.dirty.push(item);
             }
         }
+        self.retained.expire_due(now_ms, |fingerprint| changes.dirty.push(ItemKey::Retained(fingerprint)));
     }
 
     /// Releases an open hold whose expiry log time has passed; the record stays, as Expired,
@@ -126,14 +114,6 @@ impl Ledger {
 
     fn forget_item(&mut self, item: &ItemKey) {
         match item {
-            ItemKey::Idempotency(partner_id, key) => {
-                let removed = self.idempotency.remove(&(partner_id.clone(), key.clone()));
-                assert!(removed.is_some(), "the forget index names only existing records");
-            }
-            ItemKey::Earn(partner_id, key) => {
-                let removed = self.earns.remove(&(partner_id.clone(), key.clone()));
-                assert!(removed.is_some(), "the forget index names only existing records");
-            }
             ItemKey::Hold(partner_id, key) => {
                 let removed = self.holds.remove(&(partner_id.clone(), key.clone()));
                 let removed = removed.expect("the forget index names only existing records");
@@ -144,7 +124,9 @@ impl Ledger {
                     self.transfers.remove(id).expect("the forget index names only existing records");
                 assert_ne!(removed.status, TransferStatus::Open, "an open transfer is never forgotten");
             }
-            ItemKey::Account(_) | ItemKey::Clock => panic!("{item:?} is never forgotten"),
+            ItemKey::Account(_) | ItemKey::Clock | ItemKey::Retained(_) => {
+                panic!("{item:?} is not in the forget index")
+            }
         }
     }
 }

@@ -16,8 +16,10 @@ impl Ledger {
         amount_points: u64,
         changes: &mut ChangeSet,
     ) -> Result<OperationResult, LedgerError> {
-        let slot = (context.partner_id.clone(), earn_key.clone());
-        let Some(mut earn) = self.earns.get(&slot).cloned() else {
+        let Some(mut record) = self.retained_record(context.partner_id, earn_key) else {
+            return Err(LedgerError::EarnNotFound { earn_key: earn_key.to_string() });
+        };
+        let Some(mut earn) = record.earn.take() else {
             return Err(LedgerError::EarnNotFound { earn_key: earn_key.to_string() });
         };
         let remaining_points = earn.earned_points - earn.reversed_points;
@@ -46,7 +48,8 @@ impl Ledger {
         stage.post(&member, &issuance, requested_points)?;
         self.commit(stage.finish(), changes);
         earn.reversed_points += requested_points;
-        self.put_earn(slot, earn, changes);
+        record.earn = Some(earn);
+        self.put_retained(record, changes);
         Ok(OperationResult::EarnReversed {
             balance: self.view(&member),
             reversed_points: requested_points,
