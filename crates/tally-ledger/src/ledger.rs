@@ -41,6 +41,7 @@ use crate::state::{
     RetainedRecord, TransferRecord,
 };
 use retained::RetainedKeys;
+pub use retained::{RecordSlot, RecordSource};
 
 /// Sum of debits and credits of one currency over every account of a shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -268,6 +269,48 @@ impl Ledger {
         self.retained.len()
     }
 
+    /// How many retained keys' records are held in memory (the others are in journals).
+    pub fn resident_retained_records(&self) -> usize {
+        self.retained.resident_len()
+    }
+
+    /// A copy of the ledger with every retained record in memory and no record source (tests
+    /// and tools that keep a ledger after its storage is closed).
+    pub fn in_memory_copy(&self) -> Ledger {
+        Ledger { retained: self.retained.in_memory_copy(), ..self.clone() }
+    }
+
+    /// From now on, records that left memory are read back through `source`.
+    pub fn set_record_source(&mut self, source: std::sync::Arc<dyn RecordSource>) {
+        self.retained.set_source(source);
+    }
+
+    /// The expiry and canonical bytes of a retained key's record while it is held in memory
+    /// (what a checkpoint writes to its journal).
+    pub fn resident_retained(&self, fingerprint: &KeyFingerprint) -> Option<(u64, &[u8])> {
+        self.retained.resident(fingerprint)
+    }
+
+    /// Lets records that a checkpoint wrote leave memory (see `retained`); returns how many did.
+    /// Needs a record source.
+    pub fn evict_retained<'a>(
+        &mut self,
+        written: impl IntoIterator<Item = (KeyFingerprint, RecordSlot, &'a [u8])>,
+    ) -> usize {
+        self.retained.evict(written)
+    }
+
+    /// Adds a retained key whose record is in storage at `slot` (loading a checkpoint; a later
+    /// slot for the same key replaces an earlier one). Needs a record source to read it.
+    pub fn load_stored_retained(
+        &mut self,
+        fingerprint: KeyFingerprint,
+        expires_at_ms: u64,
+        slot: RecordSlot,
+    ) {
+        self.retained.load_stored(fingerprint, expires_at_ms, slot);
+    }
+
     pub fn hold(&self, partner_id: &PartnerId, hold_key: &IdempotencyKey) -> Option<HoldView> {
         let record = self.holds.get(&(partner_id.clone(), hold_key.clone()))?;
         Some(record.hold.clone())
@@ -386,5 +429,118 @@ mod tests {
             ledger.operation(&PartnerId::parse("skyair").unwrap(), &IdempotencyKey::parse("e2").unwrap()),
             None
         );
+    }
+
+    /// Keeps evicted records in memory, as a journal would on disk; counts reads.
+    #[derive(Default)]
+    struct MemorySource {
+        records: std::sync::Mutex<Vec<Vec<u8>>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RecordSource for MemorySource {
+        fn read_record(&self, slot: RecordSlot) -> Result<Vec<u8>, String> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let records = self.records.lock().unwrap();
+            records.get(slot.journal as usize).cloned().ok_or_else(|| format!("no record in slot {slot:?}"))
+        }
+    }
+
+    impl MemorySource {
+        /// "Writes" every resident record of `ledger` and lets it leave memory.
+        fn evict_all(&self, ledger: &mut Ledger) -> usize {
+            let written: Vec<(KeyFingerprint, RecordSlot, Vec<u8>)> = ledger
+                .retained
+                .sorted_encoded()
+                .into_iter()
+                .filter(|(fingerprint, _)| ledger.resident_retained(fingerprint).is_some())
+                .map(|(fingerprint, bytes)| {
+                    let mut records = self.records.lock().unwrap();
+                    records.push(bytes.to_vec());
+                    let slot = RecordSlot {
+                        journal: records.len() as u32 - 1,
+                        offset_bytes: 0,
+                        length_bytes: bytes.len() as u32,
+                    };
+                    (fingerprint, slot, bytes.to_vec())
+                })
+                .collect();
+            ledger.evict_retained(
+                written.iter().map(|(fingerprint, slot, bytes)| (*fingerprint, *slot, &bytes[..])),
+            )
+        }
+    }
+
+    fn reverse_command(key: &str, earn_key: &str, amount_points: u64) -> Command {
+        Command {
+            partner_id: PartnerId::parse("skyair").unwrap(),
+            idempotency_key: IdempotencyKey::parse(key).unwrap(),
+            operation: Operation::ReverseEarn {
+                earn_key: IdempotencyKey::parse(earn_key).unwrap(),
+                amount_points,
+            },
+        }
+    }
+
+    /// Records that left memory answer replays and reversals exactly as before, the state and
+    /// its digest are those of a ledger that kept everything in memory, and a record changed
+    /// after it was written stays in memory until it is written again.
+    #[test]
+    fn evicted_records_answer_as_resident_ones_do() {
+        let source = std::sync::Arc::new(MemorySource::default());
+        let mut evicting = Ledger::new();
+        evicting.set_record_source(source.clone());
+        let mut resident = Ledger::new();
+        for ledger in [&mut evicting, &mut resident] {
+            for (index, key) in ["e1", "e2", "e3"].into_iter().enumerate() {
+                assert!(apply(ledger, index as u64 + 1, earn_command(key, 100)).result.is_ok());
+            }
+        }
+        assert_eq!(source.evict_all(&mut evicting), 3);
+        assert_eq!((evicting.resident_retained_records(), evicting.retained_keys()), (0, 3));
+        assert_eq!(evicting, resident);
+        assert_eq!(evicting.digest(), resident.digest());
+        evicting.check_invariants().unwrap();
+
+        // A replay is answered from the record read back; a reuse with another amount refused.
+        let reads = source.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let replay = apply(&mut evicting, 4, earn_command("e2", 100));
+        assert!(replay.replay && replay.result.is_ok());
+        assert!(source.reads.load(std::sync::atomic::Ordering::Relaxed) > reads, "the record was read back");
+        assert_eq!(replay, CommandOutcome { ..apply(&mut resident, 4, earn_command("e2", 100)) });
+        let reused = apply(&mut evicting, 5, earn_command("e2", 7));
+        assert!(matches!(reused.result, Err(LedgerError::KeyReusedWithDifferentRequest { .. })));
+        apply(&mut resident, 5, earn_command("e2", 7));
+
+        // A reversal rewrites e1's earn record: it comes back into memory, changed.
+        for ledger in [&mut evicting, &mut resident] {
+            assert!(apply(ledger, 6, reverse_command("r1", "e1", 40)).result.is_ok());
+        }
+        assert_eq!(evicting.resident_retained_records(), 2, "e1 changed and r1 is new");
+        assert_eq!(evicting, resident);
+        let partner = PartnerId::parse("skyair").unwrap();
+        let e1 = IdempotencyKey::parse("e1").unwrap();
+        assert_eq!(evicting.earn_record(&partner, &e1).unwrap().reversed_points, 40);
+
+        // An eviction naming bytes that are no longer the record's leaves the record in memory.
+        let e1_fingerprint = KeyFingerprint::of(&partner, &e1);
+        let stale_slot = RecordSlot { journal: 0, offset_bytes: 0, length_bytes: 1 };
+        assert_eq!(evicting.evict_retained([(e1_fingerprint, stale_slot, &b"old bytes"[..])]), 0);
+        assert_eq!(evicting.earn_record(&partner, &e1).unwrap().reversed_points, 40);
+
+        // Expiry forgets stored and resident keys alike.
+        source.evict_all(&mut evicting);
+        let later =
+            BatchHeader { log_time_ms: 1_700_000_000_000 + 3_600_001, idempotency_retention_ms: 3_600_000 };
+        for ledger in [&mut evicting, &mut resident] {
+            ledger.apply_batch(
+                7,
+                &ShardBatch { header: later, commands: vec![] },
+                &mut ChangeSet::default(),
+            );
+            assert_eq!(ledger.retained_keys(), 0);
+        }
+        assert_eq!(evicting, resident);
+        assert_eq!(evicting.digest(), resident.digest());
     }
 }

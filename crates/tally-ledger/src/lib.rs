@@ -25,7 +25,7 @@ pub mod state;
 pub use command::*;
 pub use error::{ErrorCode, LedgerError, ValidationError};
 pub use ids::*;
-pub use ledger::{CurrencyTotals, Ledger};
+pub use ledger::{CurrencyTotals, Ledger, RecordSlot, RecordSource};
 pub use meta::{
     Agreement, ClusterLayout, MetaCommand, MetaError, MetaResult, MetaState, NodeInfo, Partner,
     ShardPlacement,

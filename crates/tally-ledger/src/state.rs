@@ -137,6 +137,11 @@ pub struct EarnRecord {
     pub expires_at_ms: u64,
 }
 
+/// bincode's tag of [`StateItem::Retained`] (its variant index, little-endian u32): a retained
+/// item's canonical bytes are this tag followed by the record's encoding, which lets storage
+/// lay records out itself and still write what decodes as `StateItem`s.
+pub const RETAINED_ITEM_TAG: [u8; 4] = 1u32.to_le_bytes();
+
 /// Names a retained idempotency key in memory: 16 bytes of SHA-256 over the partner id, a zero
 /// byte and the key. Fixed-size whatever the key's length, and hashed once per command; the
 /// full record it names is compared exactly on every hit.

@@ -9,8 +9,11 @@
 //! |                                       | `(ItemKey, Option<StateItem>)`       |
 //! | `l` ‖ log index (BE) ‖ chunk (BE u32) | line journal: the statement lines    |
 //! |                                       | one checkpoint wrote                 |
-//! | `j` ‖ log index (BE) ‖ chunk (BE u32) | journal: the idempotency and earn    |
-//! |                                       | records one checkpoint wrote         |
+//! | `j` ‖ log index (BE) ‖ chunk (BE u32) | journal: the retained keys' records  |
+//! |                                       | one checkpoint wrote                 |
+//! | `x` ‖ log index (BE) ‖ chunk (BE u32) | the index of the journal of the same |
+//! |                                       | suffix: each record's fingerprint,   |
+//! |                                       | expiry and place in it               |
 //! | `s` ‖ bincode(AccountKey) ‖ seq (BE)  | a run of a member account's          |
 //! |                                       | `StatementLine`s starting at `seq`   |
 //! | `m` ‖ `applied`                       | last applied `LogId` (checkpointed)  |
@@ -28,9 +31,11 @@
 //! Every so often a *full* checkpoint writes each item changed since the last full one under its
 //! own `i` key and the statement lines in memory as one run per account, and deletes the deltas
 //! and line journals in the same batch. Loading reads the `i` items, then the deltas in log
-//! index order over them, and the line journals back into memory. Retained keys' records are
-//! never changed in place except an earn's reversed amount, so they stay in their journals
-//! until every record in one has expired. No value exceeds
+//! index order over them, the line journals back into memory, and the journal indexes (not the
+//! journals: a record is read from its journal only when its key comes back, see `journal`).
+//! Retained keys' records are never changed in place except an earn's reversed amount (the
+//! changed record goes in a later journal, whose index entry wins), so they stay in their
+//! journals until every record in one has expired. No value exceeds
 //! [`VALUE_BYTES_MAX`]: larger ones are split into chunks. A record is deleted only when its
 //! retention has passed in log time; a journal is deleted once every record in it has expired,
 //! and loading skips records that expired before the stored clock, so a restarted replica
@@ -45,6 +50,7 @@ use tally_ledger::state::{AccountKey, ItemKey};
 pub const ITEM_PREFIX: u8 = b'i';
 pub const STATEMENT_PREFIX: u8 = b's';
 pub const JOURNAL_PREFIX: u8 = b'j';
+pub const JOURNAL_INDEX_PREFIX: u8 = b'x';
 pub const DELTA_PREFIX: u8 = b'd';
 pub const LINE_JOURNAL_PREFIX: u8 = b'l';
 pub const SNAPSHOT_CHUNK_PREFIX: u8 = b'n';
@@ -54,11 +60,12 @@ pub const META_STATE_KEY: &[u8] = b"mmeta_state";
 pub const SNAPSHOT_KEY: &[u8] = b"msnapshot";
 pub const STATE_FORMAT_KEY: &[u8] = b"mstate_format";
 
-/// The encoding of a shard's items, deltas and journals. 2: an idempotency key's request,
-/// answer and earn are one `StateItem::Retained`, named by its fingerprint (1 held them as
-/// separate idempotency and earn items, under other enum tags). A tree of another format is
-/// refused when opened, never misread.
-pub const STATE_FORMAT: u32 = 2;
+/// The encoding of a shard's items, deltas and journals. 3: every journal has an index value
+/// (loading reads indexes, not journals). 2: an idempotency key's request, answer and earn are
+/// one `StateItem::Retained`, named by its fingerprint (1 held them as separate idempotency and
+/// earn items, under other enum tags). A tree of another format is refused when opened, never
+/// misread.
+pub const STATE_FORMAT: u32 = 3;
 
 pub fn item_key(key: &ItemKey) -> Vec<u8> {
     let mut bytes = vec![ITEM_PREFIX];
@@ -84,6 +91,20 @@ pub const VALUE_BYTES_MAX: usize = 60 * 1024;
 
 pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
     checkpoint_chunk_key(JOURNAL_PREFIX, log_index, chunk)
+}
+
+/// The key of the index of the journal under `journal_key` (the same suffix).
+pub fn journal_index_key(journal_key: &[u8]) -> Vec<u8> {
+    let mut bytes = journal_key.to_vec();
+    bytes[0] = JOURNAL_INDEX_PREFIX;
+    bytes
+}
+
+/// The key of the journal whose index is under `index_key`.
+pub fn journal_of_index(index_key: &[u8]) -> Vec<u8> {
+    let mut bytes = index_key.to_vec();
+    bytes[0] = JOURNAL_PREFIX;
+    bytes
 }
 
 pub fn delta_key(log_index: u64, chunk: u32) -> Vec<u8> {

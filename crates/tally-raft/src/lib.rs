@@ -14,6 +14,7 @@
 
 pub mod cluster_token;
 pub mod group;
+pub mod journal;
 pub mod keys;
 pub mod network;
 pub mod proposer;

@@ -23,9 +23,10 @@ use openraft::{EntryPayload, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
 use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, StatementLine};
-use tally_ledger::{CurrencyCode, Ledger, MemberId};
+use tally_ledger::{CurrencyCode, Ledger, MemberId, RecordSlot};
 use tally_store::{decode_value, encode_value, NodeStore, PurgeFloor, StateTree, StoreError};
 
+use crate::journal::{encode_journals, EncodedJournal, JournalIndexEntry, JournalRecord, JournalSource};
 use crate::keys;
 use crate::types::{
     Entry, GroupId, GroupRequest, GroupResponse, LogId, Snapshot, SnapshotMeta, StorageError,
@@ -81,8 +82,12 @@ pub struct GroupShared {
     current_snapshot: Mutex<Option<LogId>>,
     /// What apply changed that no checkpoint has written yet.
     unwritten: Mutex<Unwritten>,
-    /// Orders checkpoints and snapshot installs (both write the tree from what memory holds).
-    checkpoint_lock: tokio::sync::Mutex<()>,
+    /// Orders checkpoints and snapshot installs (both write the tree from what memory holds);
+    /// a snapshot build holds it while it reads records from journals, so that none is
+    /// deleted under it.
+    checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Reads a shard's retained records back from their journals (`None` for the meta group).
+    journal_source: Option<Arc<JournalSource>>,
 }
 
 /// The changes of applies since the last checkpoint, and the tree's journals.
@@ -133,6 +138,12 @@ struct CheckpointWrites {
     written_lines: Vec<(AccountKey, u64)>,
     applied_index: u64,
     retry: CheckpointRetry,
+    /// The records written to journals, and per journal its number and index (in the same
+    /// order): once written, they leave memory.
+    journal_records: Vec<JournalRecord>,
+    journals_written: Vec<(u32, Vec<JournalIndexEntry>)>,
+    /// Journals (and their indexes) the write deletes.
+    journals_deleted: Vec<Vec<u8>>,
 }
 
 /// What a failed checkpoint hands back, so that the next (full) one writes it.
@@ -280,7 +291,15 @@ impl GroupShared {
     pub async fn checkpoint(self: &Arc<Self>) -> Result<Option<u64>, StoreError> {
         let _serial = self.checkpoint_lock.lock().await;
         let Some(checkpoint) = self.collect_checkpoint() else { return Ok(None) };
-        let CheckpointWrites { writes, written_lines, applied_index, retry } = checkpoint;
+        let CheckpointWrites {
+            writes,
+            written_lines,
+            applied_index,
+            retry,
+            journal_records,
+            journals_written,
+            journals_deleted,
+        } = checkpoint;
         let tree = self.tree.clone();
         let write_count = writes.len();
         let written = tokio::task::spawn_blocking(move || tree.write_batch(writes))
@@ -300,6 +319,13 @@ impl GroupShared {
             unwritten.checkpointed = None;
             return Err(error);
         }
+        if let Some(source) = &self.journal_source {
+            source.forget(&journals_deleted);
+        }
+        drop(guard);
+        self.evict_written(&journal_records, &journals_written);
+        let mut guard = self.unwritten.lock().expect("unwritten changes lock poisoned");
+        let unwritten = &mut *guard;
         for (account, last_sequence) in written_lines {
             if let Some(lines) = unwritten.lines.get_mut(&account) {
                 let before = lines.len();
@@ -312,6 +338,30 @@ impl GroupShared {
         }
         tracing::trace!(group = self.group_id, write_count, applied_index, "checkpoint written");
         Ok(Some(applied_index))
+    }
+
+    /// Lets the records a checkpoint wrote to journals leave memory (those not changed since).
+    fn evict_written(&self, records: &[JournalRecord], journals: &[(u32, Vec<JournalIndexEntry>)]) {
+        if records.is_empty() {
+            return;
+        }
+        let slots = journals.iter().flat_map(|(journal, index)| {
+            index.iter().map(move |entry| RecordSlot {
+                journal: *journal,
+                offset_bytes: entry.offset_bytes,
+                length_bytes: entry.length_bytes,
+            })
+        });
+        let written =
+            records.iter().zip(slots).map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..]));
+        let mut state = self.state.write().expect("group state lock poisoned");
+        if let GroupData::Shard(ledger) = &mut state.data {
+            ledger.evict_retained(written);
+            metrics::gauge!("tally_retained_records_in_memory", "group" => self.group_id.to_string())
+                .set(ledger.resident_retained_records() as f64);
+            metrics::gauge!("tally_retained_keys", "group" => self.group_id.to_string())
+                .set(ledger.retained_keys() as f64);
+        }
     }
 
     /// Takes what the next checkpoint writes, consistent with the applied log id: copies of
@@ -335,7 +385,7 @@ impl GroupShared {
             dirty: items
                 .iter()
                 .map(|(key, _)| key.clone())
-                .chain(journal.iter().map(StateItem::key))
+                .chain(journal.iter().map(|record| ItemKey::Retained(record.fingerprint)))
                 .collect(),
             delta_keys: Vec::new(),
             expired_journals: expired_journals.clone(),
@@ -369,18 +419,24 @@ impl GroupShared {
                 keys::line_journal_key(applied_index, chunk)
             }));
         }
+        let journals = encode_journals(applied_index, &journal);
+        let mut journals_written = Vec::with_capacity(journals.len());
         {
             let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
             // Noted before the write: a key whose write fails is deleted by a later full
             // checkpoint all the same, which deletes nothing that is not there.
             unwritten.delta_keys.extend(new_chunk_keys);
-            if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
-                let journal_keys =
-                    push_chunks(&mut writes, &journal, |chunk| keys::journal_key(applied_index, chunk));
-                unwritten.journals.extend(journal_keys.into_iter().map(|key| (expiry_ms, key)));
+            for encoded in journals {
+                unwritten.journals.insert((encoded.expires_at_ms(), encoded.journal_key.clone()));
+                let number = self.register_journal(&encoded);
+                journals_written.push((number, push_journal(&mut writes, encoded)));
             }
         }
-        writes.extend(expired_journals.into_iter().map(|(_, key)| (key, None)));
+        let journals_deleted: Vec<Vec<u8>> = expired_journals.into_iter().map(|(_, key)| key).collect();
+        for key in &journals_deleted {
+            writes.push((keys::journal_index_key(key), None));
+            writes.push((key.clone(), None));
+        }
         if let Some(meta) = meta {
             writes.push((keys::META_STATE_KEY.to_vec(), Some(encode(meta.as_ref()))));
         }
@@ -389,7 +445,20 @@ impl GroupShared {
         writes.push((keys::MEMBERSHIP_KEY.to_vec(), Some(encode(&membership))));
         metrics::counter!("tally_checkpoints_total", "kind" => if full { "full" } else { "delta" })
             .increment(1);
-        Some(CheckpointWrites { writes, written_lines, applied_index, retry })
+        Some(CheckpointWrites {
+            writes,
+            written_lines,
+            applied_index,
+            retry,
+            journal_records: journal,
+            journals_written,
+            journals_deleted,
+        })
+    }
+
+    /// Numbers a journal for the slots of its records (0 when nothing reads journals back).
+    fn register_journal(&self, journal: &EncodedJournal) -> u32 {
+        self.journal_source.as_ref().map_or(0, |source| source.register(journal.journal_key.clone()))
     }
 
     /// The copies a checkpoint needs, taken under the state lock; `None` when nothing was
@@ -419,9 +488,16 @@ impl GroupShared {
             GroupData::Shard(ledger) => {
                 let mut item_keys = Vec::with_capacity(dirty.len());
                 for key in dirty {
-                    if is_journaled(&key) {
+                    if let ItemKey::Retained(fingerprint) = key {
                         // A deleted record needs no write: it expired, and so will its journal.
-                        cut.journal.extend(ledger.item(&key));
+                        // One not in memory is in a journal already, unchanged since.
+                        if let Some((expires_at_ms, bytes)) = ledger.resident_retained(&fingerprint) {
+                            cut.journal.push(JournalRecord {
+                                fingerprint,
+                                expires_at_ms,
+                                bytes: bytes.to_vec(),
+                            });
+                        }
                     } else {
                         item_keys.push(key);
                     }
@@ -509,8 +585,8 @@ struct CheckpointCut {
     /// Changed items with their current value (`None`: deleted): since the last checkpoint for
     /// a delta, since the last full one for a full one.
     items: Vec<(ItemKey, Option<StateItem>)>,
-    /// Changed idempotency and earn records.
-    journal: Vec<StateItem>,
+    /// Changed retained records, encoded.
+    journal: Vec<JournalRecord>,
     /// Journals whose every record has expired.
     expired_journals: Vec<JournalEntry>,
     /// Statement lines to write: into a line journal (delta) or as runs (full).
@@ -544,6 +620,13 @@ fn encode_in_chunks<T: Serialize>(values: &[T]) -> Vec<(usize, Vec<u8>)> {
         chunks.push((first, encode(&&values[first..])));
     }
     chunks
+}
+
+/// Adds a journal and its index to a tree batch; returns the index.
+fn push_journal(writes: &mut TreeWrites, journal: EncodedJournal) -> Vec<JournalIndexEntry> {
+    writes.push((keys::journal_index_key(&journal.journal_key), Some(journal.index_value())));
+    writes.push((journal.journal_key, Some(journal.journal_value)));
+    journal.index
 }
 
 /// What a snapshot holds: the whole domain state at `last_log_id`, including the idempotency
@@ -610,19 +693,6 @@ pub struct GroupStateMachine {
     changes: ChangeSet,
 }
 
-/// Retained keys' records (request, answer, earn) go to the checkpoint's journal (see `keys`).
-fn is_journaled(key: &ItemKey) -> bool {
-    matches!(key, ItemKey::Retained(..))
-}
-
-/// The log time at which a journaled record is deleted (the ledger forgets it at that time).
-fn journal_expiry_ms(item: &StateItem) -> u64 {
-    match item {
-        StateItem::Retained(record) => record.expires_at_ms(),
-        other => panic!("{:?} is not journaled", other.key()),
-    }
-}
-
 fn read_error(error: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_state_machine(&error).into()
 }
@@ -639,17 +709,25 @@ impl GroupStateMachine {
         let mut applied = None;
         let mut membership = StoredMembership::default();
         let mut current_snapshot = None;
-        // Later journals and deltas hold later versions: the tree is walked in log index order.
-        let mut journaled: BTreeMap<ItemKey, StateItem> = BTreeMap::new();
-        let mut journals = BTreeSet::new();
+        // Later journals and deltas hold later versions: each kind is read in log index order.
+        let mut journal_indexes: Vec<(Vec<u8>, Vec<JournalIndexEntry>)> = Vec::new();
         let mut deltas: Vec<Vec<(ItemKey, Option<StateItem>)>> = Vec::new();
         let mut unwritten = Unwritten::default();
         let mut state_format = None;
-        let mut holds_shard_state = false;
-        for row in tree.iter_all() {
+        // Journals, statement runs and snapshot chunks are not read: records are read back when
+        // their keys return, lines when they are asked for.
+        let holds_shard_state = [keys::ITEM_PREFIX, keys::DELTA_PREFIX, keys::JOURNAL_PREFIX]
+            .into_iter()
+            .any(|prefix| tree.iter_prefix(&[prefix]).next().is_some());
+        let loaded_prefixes = [
+            keys::ITEM_PREFIX,
+            keys::DELTA_PREFIX,
+            keys::LINE_JOURNAL_PREFIX,
+            keys::JOURNAL_INDEX_PREFIX,
+            b'm',
+        ];
+        for row in loaded_prefixes.into_iter().flat_map(|prefix| tree.iter_prefix(&[prefix])) {
             let (key, value) = row?;
-            holds_shard_state |=
-                matches!(key.first(), Some(&keys::ITEM_PREFIX | &keys::DELTA_PREFIX | &keys::JOURNAL_PREFIX));
             if key == keys::STATE_FORMAT_KEY {
                 state_format = Some(decode_value::<u32>(&value, "state format")?);
                 continue;
@@ -665,13 +743,10 @@ impl GroupStateMachine {
                     unwritten.add_lines(lines.into_iter());
                     unwritten.delta_keys.push(key);
                 }
-                Some(&keys::JOURNAL_PREFIX) => {
-                    let journal: Vec<StateItem> = decode_value(&value, "journal")?;
-                    let expiry_ms = journal.iter().map(journal_expiry_ms).max().unwrap_or(0);
-                    journals.insert((expiry_ms, key.clone()));
-                    journaled.extend(journal.into_iter().map(|item| (item.key(), item)));
+                Some(&keys::JOURNAL_INDEX_PREFIX) => {
+                    journal_indexes
+                        .push((keys::journal_of_index(&key), decode_value(&value, "journal index")?));
                 }
-                Some(&keys::STATEMENT_PREFIX | &keys::SNAPSHOT_CHUNK_PREFIX) => {}
                 _ if key == keys::APPLIED_KEY => applied = decode_value(&value, "applied log id")?,
                 _ if key == keys::MEMBERSHIP_KEY => membership = decode_value(&value, "membership")?,
                 _ if key == keys::META_STATE_KEY => meta_state = decode_value(&value, "meta state")?,
@@ -717,14 +792,30 @@ impl GroupStateMachine {
                 _ => None,
             })
             .unwrap_or(0);
-        items.extend(journaled.into_values().filter(|item| journal_expiry_ms(item) > clock_ms));
+        let mut journal_source = None;
         let data = if group_id == META_GROUP_ID {
             GroupData::Meta(Arc::new(meta_state))
         } else {
-            GroupData::Shard(Ledger::from_items(items))
+            let source = Arc::new(JournalSource::new(tree.clone()));
+            let mut ledger = Ledger::from_items(items);
+            ledger.set_record_source(source.clone());
+            for (journal_key, index) in journal_indexes {
+                let expires_at_ms = index.iter().map(|entry| entry.expires_at_ms).max().unwrap_or(0);
+                let journal = source.register(journal_key.clone());
+                unwritten.journals.insert((expires_at_ms, journal_key));
+                for entry in index.into_iter().filter(|entry| entry.expires_at_ms > clock_ms) {
+                    let slot = RecordSlot {
+                        journal,
+                        offset_bytes: entry.offset_bytes,
+                        length_bytes: entry.length_bytes,
+                    };
+                    ledger.load_stored_retained(entry.fingerprint, entry.expires_at_ms, slot);
+                }
+            }
+            journal_source = Some(source);
+            GroupData::Shard(ledger)
         };
         let state = GroupState { data, applied, membership };
-        unwritten.journals = journals;
         unwritten.checkpointed = applied;
         let shared = GroupShared {
             group_id,
@@ -733,7 +824,8 @@ impl GroupStateMachine {
             snapshots_built: AtomicU64::new(0),
             current_snapshot: Mutex::new(current_snapshot),
             unwritten: Mutex::new(unwritten),
-            checkpoint_lock: tokio::sync::Mutex::new(()),
+            checkpoint_lock: Arc::new(tokio::sync::Mutex::new(())),
+            journal_source,
         };
         Ok(Self { shared: Arc::new(shared), durability: None, changes: ChangeSet::default() })
     }
@@ -822,9 +914,17 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         // This runs inside the state-machine worker, so no apply is running: the clone is a
         // consistent cut of state, applied id and membership. Statement lines are not in
         // memory; the builder reads those up to each account's line count at the cut, and lines
-        // are never rewritten, so later applies cannot tear the snapshot.
+        // are never rewritten, so later applies cannot tear the snapshot. Records that left
+        // memory are read from their journals: no checkpoint deletes one (nor an install
+        // replaces them) until the build has read them.
+        let journals_held = self.shared.checkpoint_lock.clone().lock_owned().await;
         let cut = self.shared.read().clone();
-        GroupSnapshotBuilder { shared: self.shared.clone(), cut, durability: self.durability.clone() }
+        GroupSnapshotBuilder {
+            shared: self.shared.clone(),
+            cut,
+            durability: self.durability.clone(),
+            journals_held: Some(journals_held),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -838,13 +938,32 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let new_state = install_writes(self.shared.group_id, meta, &data).map_err(read_error)?;
-        let Installed { state, content, journals } = new_state;
+        let Installed { mut state, content, journals, journal_records, journal_indexes } = new_state;
         // No checkpoint may write the tree from the state being replaced.
         let _serial = self.shared.checkpoint_lock.lock().await;
         {
             let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
             self.shared.tree.replace_all(content).map_err(write_error)?;
             *current_snapshot = meta.last_log_id;
+            // The installed records are in the new journals: they leave memory at once.
+            if let (Some(source), GroupData::Shard(ledger)) = (&self.shared.journal_source, &mut state.data) {
+                source.forget_all();
+                ledger.set_record_source(source.clone());
+                let slots = journal_indexes.into_iter().flat_map(|(journal_key, index)| {
+                    let journal = source.register(journal_key);
+                    index.into_iter().map(move |entry| RecordSlot {
+                        journal,
+                        offset_bytes: entry.offset_bytes,
+                        length_bytes: entry.length_bytes,
+                    })
+                });
+                ledger.evict_retained(
+                    journal_records
+                        .iter()
+                        .zip(slots)
+                        .map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..])),
+                );
+            }
             *self.shared.state.write().expect("group state lock poisoned") = state;
             *self.shared.unwritten.lock().expect("unwritten changes lock poisoned") =
                 Unwritten { journals, checkpointed: meta.last_log_id, ..Unwritten::default() };
@@ -869,11 +988,14 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 }
 
-/// A decoded snapshot: the new in-memory state, the tree's new content, and its journals.
+/// A decoded snapshot: the new in-memory state, the tree's new content, and its journals (by
+/// expiry; and with their records and indexes, in the same order).
 struct Installed {
     state: GroupState,
     content: TreeContent,
     journals: BTreeSet<JournalEntry>,
+    journal_records: Vec<JournalRecord>,
+    journal_indexes: Vec<(Vec<u8>, Vec<JournalIndexEntry>)>,
 }
 
 /// Decodes a received snapshot into the new in-memory state and the tree's new content.
@@ -893,25 +1015,28 @@ fn install_writes(
         .map_err(|error| StoreError::Corrupt { what: format!("snapshot payload: {error}") })?;
     let mut writes = Vec::new();
     let mut journals = BTreeSet::new();
+    let mut journal_records = Vec::new();
+    let mut journal_indexes = Vec::new();
     let data = match payload {
         SnapshotPayload::Shard { items, statement_lines } => {
             assert_ne!(group_id, META_GROUP_ID, "a shard snapshot was sent to the meta group");
-            let mut journal = Vec::new();
             for item in &items {
-                if is_journaled(&item.key()) {
-                    journal.push(item.clone());
-                } else {
-                    writes.push((keys::item_key(&item.key()), encode(item)));
+                match item {
+                    StateItem::Retained(record) => journal_records.push(JournalRecord {
+                        fingerprint: record.fingerprint(),
+                        expires_at_ms: record.expires_at_ms(),
+                        bytes: bincode::serialize(record).expect("a retained record always encodes"),
+                    }),
+                    item => writes.push((keys::item_key(&item.key()), encode(item))),
                 }
             }
-            // The snapshot's records become one journal under its last log index.
+            // The snapshot's records become journals under its last log index.
             let journal_index = meta.last_log_id.map(|log_id| log_id.index).unwrap_or(0);
-            if let Some(expiry_ms) = journal.iter().map(journal_expiry_ms).max() {
-                for (chunk, (_, value)) in encode_in_chunks(&journal).into_iter().enumerate() {
-                    let key = keys::journal_key(journal_index, chunk as u32);
-                    journals.insert((expiry_ms, key.clone()));
-                    writes.push((key, value));
-                }
+            for journal in encode_journals(journal_index, &journal_records) {
+                journals.insert((journal.expires_at_ms(), journal.journal_key.clone()));
+                writes.push((keys::journal_index_key(&journal.journal_key), journal.index_value()));
+                writes.push((journal.journal_key.clone(), journal.journal_value));
+                journal_indexes.push((journal.journal_key, journal.index));
             }
             // Lines come grouped by account in sequence order: one run (or a few) each.
             for account_lines in statement_lines.chunk_by(|(left, _), (right, _)| left == right) {
@@ -937,13 +1062,15 @@ fn install_writes(
     for (key, value) in snapshot_writes(meta, snapshot_bytes, 0) {
         writes.extend(value.map(|value| (key, value)));
     }
-    Ok(Installed { state, content: writes, journals })
+    Ok(Installed { state, content: writes, journals, journal_records, journal_indexes })
 }
 
 pub struct GroupSnapshotBuilder {
     shared: Arc<GroupShared>,
     cut: GroupState,
     durability: Option<(NodeStore, PurgeFloor)>,
+    /// The checkpoint lock, held from the cut until the payload is read.
+    journals_held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl GroupSnapshotBuilder {
@@ -977,7 +1104,9 @@ impl GroupSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let payload = self.payload().map_err(read_error)?;
+        let payload = self.payload().map_err(read_error);
+        self.journals_held = None;
+        let payload = payload?;
         let mut data = vec![SNAPSHOT_FORMAT_VERSION];
         bincode::serialize_into(&mut data, &payload)
             .map_err(|error| write_error(StoreError::Encode(error.to_string())))?;

@@ -481,13 +481,16 @@ async fn a_build_finishing_after_an_install_keeps_the_installed_snapshot_current
     leader.apply(entries.clone()).await.unwrap();
     let newer = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
-    // The follower, at entry 2, starts building its own snapshot; before the build task runs,
-    // the worker installs the leader's snapshot.
+    // The follower, at entry 2, starts building its own snapshot in a task of its own (as
+    // openraft does) while the worker installs the leader's snapshot. The install waits until
+    // the build has read what it needs (records in journals the install replaces), then both
+    // finish in either order.
     let (_follower_store, mut follower) = fresh_state_machine(SHARD);
     follower.apply(entries[..2].to_vec()).await.unwrap();
     let mut builder = follower.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
     install(&mut follower, &newer).await;
-    let built = builder.build_snapshot().await.unwrap();
+    let built = build.await.unwrap().unwrap();
     assert_eq!(built.meta.last_log_id, Some(openraft::testing::log_id(1, 1, 2)), "the build's own cut");
 
     let (applied, _) = follower.applied_state().await.unwrap();

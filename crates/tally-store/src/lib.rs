@@ -47,7 +47,9 @@ mod node;
 mod power_cut;
 mod state_tree;
 
-pub use codec::{check_frame, decode_value, encode_value, VALUE_FORMAT_VERSION};
+pub use codec::{
+    check_frame, decode_value, encode_framed, encode_value, framed_payload, VALUE_FORMAT_VERSION,
+};
 pub use config::{
     StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN, SLED_CACHE_BYTES_DEFAULT,
 };

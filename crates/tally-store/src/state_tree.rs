@@ -97,6 +97,16 @@ impl StateTree {
         }
     }
 
+    /// Every `(key, value)` whose key starts with `prefix`, in key order, read lazily (loading
+    /// reads some kinds of keys and never touches the pages of the others). A live view, as
+    /// [`StateTree::iter_all`].
+    pub fn iter_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
+        self.tree.scan_prefix(prefix).map(|item| match item {
+            Ok((k, v)) => Ok((k.to_vec(), v.to_vec())),
+            Err(e) => Err(StoreError::from(e)),
+        })
+    }
+
     /// Every `(key, value)` in the tree in key order (used to load state at startup). The
     /// iterator is lazy and sees a live view, not a snapshot: don't write while iterating.
     pub fn iter_all(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {

@@ -43,18 +43,16 @@ impl ItemRef<'_> {
     }
 }
 
-/// bincode's tag of [`StateItem::Retained`] (its variant index, little-endian u32): a retained
-/// item's canonical bytes are this tag followed by the record's encoding.
-const RETAINED_TAG: [u8; 4] = 1u32.to_le_bytes();
+use crate::state::RETAINED_ITEM_TAG as RETAINED_TAG;
 
 impl Ledger {
     /// Visits every item in [`ItemKey`] order.
-    fn for_each_item<'a>(&'a self, mut visit: impl FnMut(ItemRef<'a>)) {
+    fn for_each_item(&self, mut visit: impl FnMut(ItemRef<'_>)) {
         for (key, account) in self.accounts.sorted() {
             visit(ItemRef::Account(key, account));
         }
         for (_, encoded) in self.retained.sorted_encoded() {
-            visit(ItemRef::Retained(encoded));
+            visit(ItemRef::Retained(&encoded));
         }
         for ((partner_id, key), record) in self.holds.sorted() {
             visit(ItemRef::Hold(partner_id, key, record));

@@ -3,86 +3,212 @@
 //!
 //! A shard retains every key for days (seven by default), so this is the one part of the state
 //! that grows with traffic rather than with members. Memory holds, per key, its 16-byte
-//! [`KeyFingerprint`], its expiry and the record encoded as one allocation (its canonical
-//! bincode bytes, which the digest hashes as they are). A record is decoded only when its key
-//! comes back: a replay, a reuse with another request, or a reversal of the earn it names. A
-//! hit compares the decoded partner and key with the caller's exactly, so a fingerprint
-//! collision can never answer for another key.
+//! [`KeyFingerprint`] and either the record encoded as one allocation (its canonical bincode
+//! bytes, which the digest hashes as they are) or, once a checkpoint has written the record to
+//! its journal, only the [`RecordSlot`] where the storage layer keeps it. A record is decoded
+//! only when its key comes back: a replay, a reuse with another request, or a reversal of the
+//! earn it names; a stored one is first read back through the shard's [`RecordSource`]. A hit
+//! compares the decoded partner and key with the caller's exactly, so a fingerprint collision
+//! can never answer for another key.
+//!
+//! Where a record lives is not state: two ledgers holding the same records are equal, and
+//! their digests agree, whichever of them keeps which record in memory.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 use crate::keyed::KeyedMap;
 use crate::state::{KeyFingerprint, RetainedRecord};
 
+/// Where the storage layer keeps a record that left memory: which journal, and the record's
+/// bytes within it. Opaque to the ledger; 12 bytes, because a shard holds millions of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSlot {
+    /// The storage layer's number for the journal holding the record.
+    pub journal: u32,
+    pub offset_bytes: u32,
+    pub length_bytes: u32,
+}
+
+/// Reads records back from where a storage layer wrote them. A read that fails stops the
+/// shard (a panic in apply): answering a retried key without its record would apply it twice.
+pub trait RecordSource: Send + Sync {
+    /// The record's canonical bytes, exactly as they were handed to [`Ledger::evict_retained`]
+    /// (see [`crate::Ledger`]).
+    fn read_record(&self, slot: RecordSlot) -> Result<Vec<u8>, String>;
+}
+
+/// The stored records are split by their fingerprint's first byte: a map of tens of millions of
+/// slots grows by doubling, and 256 smaller maps each double at a different time, so memory
+/// never holds two copies of the whole table at once.
+const STORED_PARTITIONS: usize = 256;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct RetainedEntry {
+struct ResidentRecord {
     expires_at_ms: u64,
     /// `bincode` (default options) of the [`RetainedRecord`].
-    record: Box<[u8]>,
+    bytes: Box<[u8]>,
 }
 
 /// The retained keys of one shard and their expiry index.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(super) struct RetainedKeys {
-    entries: KeyedMap<KeyFingerprint, RetainedEntry>,
+    /// Records not written to a journal yet (or changed since): a checkpoint's worth of keys.
+    resident: KeyedMap<KeyFingerprint, ResidentRecord>,
+    /// Records a checkpoint has written; a key is either here or in `resident`, never both.
+    stored: Vec<KeyedMap<KeyFingerprint, RecordSlot>>,
+    stored_count: usize,
     /// Keys by expiry log time, so that expiry reads only what is due. Each time's keys are in
     /// the order they were first stored (a push, not a sorted insert, per command); expiry
     /// sorts them.
     by_expiry: BTreeMap<u64, Vec<KeyFingerprint>>,
+    source: Option<Arc<dyn RecordSource>>,
 }
 
-/// Equal when the same keys hold the same records: the order in which a time's keys were
-/// stored is not state.
+impl fmt::Debug for RetainedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetainedKeys")
+            .field("resident", &self.resident.len())
+            .field("stored", &self.stored_count)
+            .finish()
+    }
+}
+
+/// Equal when the same keys hold the same records: neither where a record is kept nor the
+/// order in which a time's keys were stored is state.
 impl PartialEq for RetainedKeys {
     fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries && self.sorted_index() == other.sorted_index()
+        self.len() == other.len()
+            && self.sorted_index() == other.sorted_index()
+            && self.sorted_encoded().into_iter().eq(other.sorted_encoded())
     }
 }
 
 impl Eq for RetainedKeys {}
 
 fn decode(bytes: &[u8]) -> RetainedRecord {
-    bincode::deserialize(bytes).expect("a retained record decodes: memory holds only what it encoded")
+    bincode::deserialize(bytes).expect("a retained record decodes: it is read back as it was encoded")
+}
+
+fn partition(fingerprint: &KeyFingerprint) -> usize {
+    usize::from(fingerprint.0[0])
 }
 
 impl RetainedKeys {
+    /// Records that left memory are read back through `source` from now on.
+    pub fn set_source(&mut self, source: Arc<dyn RecordSource>) {
+        self.source = Some(source);
+    }
+
+    fn stored_slot(&self, fingerprint: &KeyFingerprint) -> Option<RecordSlot> {
+        self.stored.get(partition(fingerprint))?.get(fingerprint).copied()
+    }
+
+    fn read_stored(&self, fingerprint: &KeyFingerprint, slot: RecordSlot) -> Vec<u8> {
+        let source =
+            self.source.as_ref().expect("records leave memory only where a source can read them back");
+        match source.read_record(slot) {
+            Ok(bytes) => bytes,
+            Err(error) => panic!("the record of retained key {fingerprint} cannot be read back: {error}"),
+        }
+    }
+
+    /// The encoded record under `fingerprint`, from memory or read back.
+    fn encoded(&self, fingerprint: &KeyFingerprint) -> Option<Cow<'_, [u8]>> {
+        if let Some(resident) = self.resident.get(fingerprint) {
+            return Some(Cow::Borrowed(&resident.bytes));
+        }
+        let slot = self.stored_slot(fingerprint)?;
+        Some(Cow::Owned(self.read_stored(fingerprint, slot)))
+    }
+
     /// The record under `fingerprint`, decoded.
     pub fn get(&self, fingerprint: &KeyFingerprint) -> Option<RetainedRecord> {
-        self.entries.get(fingerprint).map(|entry| decode(&entry.record))
+        self.encoded(fingerprint).map(|bytes| decode(&bytes))
+    }
+
+    /// The record under `fingerprint` as its expiry and encoded bytes, while it is in memory.
+    pub fn resident(&self, fingerprint: &KeyFingerprint) -> Option<(u64, &[u8])> {
+        self.resident.get(fingerprint).map(|record| (record.expires_at_ms, &*record.bytes))
     }
 
     pub fn contains(&self, fingerprint: &KeyFingerprint) -> bool {
-        self.entries.contains_key(fingerprint)
+        self.resident.contains_key(fingerprint) || self.stored_slot(fingerprint).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.resident.len() + self.stored_count
     }
 
-    /// Stores `record` under its fingerprint (replacing the one there) and returns the
-    /// fingerprint.
+    /// How many records are held in memory (the others are in journals).
+    pub fn resident_len(&self) -> usize {
+        self.resident.len()
+    }
+
+    /// Stores `record` under its fingerprint (replacing the one there, which has the same
+    /// expiry: a key's retention is fixed when it is first stored) and returns the fingerprint.
     pub fn put(&mut self, record: &RetainedRecord) -> KeyFingerprint {
         let fingerprint = record.fingerprint();
         let expires_at_ms = record.expires_at_ms();
         let bytes = bincode::serialize(record).expect("a retained record always encodes");
-        let entry = RetainedEntry { expires_at_ms, record: bytes.into_boxed_slice() };
-        match self.entries.insert(fingerprint, entry) {
-            Some(old) if old.expires_at_ms == expires_at_ms => {}
-            Some(old) => {
-                self.unschedule(old.expires_at_ms, &fingerprint);
-                self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
-            }
+        let resident = ResidentRecord { expires_at_ms, bytes: bytes.into_boxed_slice() };
+        let was_stored = self.remove_stored(&fingerprint).is_some();
+        match self.resident.insert(fingerprint, resident) {
+            Some(old) => assert_eq!(old.expires_at_ms, expires_at_ms, "a retained key keeps its expiry"),
+            None if was_stored => {}
             None => self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint),
         }
         fingerprint
     }
 
-    fn unschedule(&mut self, expires_at_ms: u64, fingerprint: &KeyFingerprint) {
-        if let Some(due) = self.by_expiry.get_mut(&expires_at_ms) {
-            due.retain(|other| other != fingerprint);
-            if due.is_empty() {
-                self.by_expiry.remove(&expires_at_ms);
+    fn remove_stored(&mut self, fingerprint: &KeyFingerprint) -> Option<RecordSlot> {
+        let removed = self.stored.get_mut(partition(fingerprint))?.remove(fingerprint);
+        if removed.is_some() {
+            self.stored_count -= 1;
+        }
+        removed
+    }
+
+    fn insert_stored(&mut self, fingerprint: KeyFingerprint, slot: RecordSlot) -> Option<RecordSlot> {
+        if self.stored.is_empty() {
+            self.stored = vec![KeyedMap::default(); STORED_PARTITIONS];
+        }
+        let replaced = self.stored[partition(&fingerprint)].insert(fingerprint, slot);
+        if replaced.is_none() {
+            self.stored_count += 1;
+        }
+        replaced
+    }
+
+    /// Lets records leave memory once they are written: each `(fingerprint, slot, bytes)` names
+    /// what a checkpoint wrote where. A record still in memory with exactly those bytes is
+    /// dropped from memory and read back from its slot from now on; one changed since the
+    /// copy (its new bytes go in a later journal) or already gone stays as it is. Returns how
+    /// many records left memory.
+    pub fn evict<'a>(
+        &mut self,
+        written: impl IntoIterator<Item = (KeyFingerprint, RecordSlot, &'a [u8])>,
+    ) -> usize {
+        assert!(self.source.is_some(), "records leave memory only where a source can read them back");
+        let mut evicted = 0;
+        for (fingerprint, slot, bytes) in written {
+            if self.resident.get(&fingerprint).is_some_and(|record| *record.bytes == *bytes) {
+                self.resident.remove(&fingerprint);
+                self.insert_stored(fingerprint, slot);
+                evicted += 1;
             }
+        }
+        evicted
+    }
+
+    /// Adds a key whose record is in storage already (a shard loading its checkpoint): the
+    /// latest slot of a key wins.
+    pub fn load_stored(&mut self, fingerprint: KeyFingerprint, expires_at_ms: u64, slot: RecordSlot) {
+        assert!(!self.resident.contains_key(&fingerprint), "a loaded key is not in memory");
+        if self.insert_stored(fingerprint, slot).is_none() {
+            self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
         }
     }
 
@@ -95,21 +221,45 @@ impl RetainedKeys {
             };
             due.sort_unstable();
             for fingerprint in due {
-                let removed = self.entries.remove(&fingerprint);
-                assert!(removed.is_some(), "the expiry index names only retained keys");
+                let removed = self.resident.remove(&fingerprint).is_some()
+                    || self.remove_stored(&fingerprint).is_some();
+                assert!(removed, "the expiry index names only retained keys");
                 forgotten(fingerprint);
             }
         }
     }
 
-    /// Every key's encoded record, in fingerprint order.
-    pub fn sorted_encoded(&self) -> Vec<(&KeyFingerprint, &[u8])> {
-        self.entries.sorted().into_iter().map(|(fingerprint, entry)| (fingerprint, &*entry.record)).collect()
+    /// Every key's encoded record, in fingerprint order (stored ones are read back).
+    pub fn sorted_encoded(&self) -> Vec<(KeyFingerprint, Cow<'_, [u8]>)> {
+        let mut fingerprints: Vec<KeyFingerprint> =
+            self.resident.sorted().into_iter().map(|(key, _)| *key).collect();
+        for part in &self.stored {
+            fingerprints.extend(part.sorted().into_iter().map(|(key, _)| *key));
+        }
+        fingerprints.sort_unstable();
+        fingerprints
+            .into_iter()
+            .map(|fingerprint| {
+                let bytes = self.encoded(&fingerprint).expect("listed keys are retained");
+                (fingerprint, bytes)
+            })
+            .collect()
+    }
+
+    /// A copy holding every record in memory (stored ones read back), with no source: it stays
+    /// readable whatever happens to the storage afterwards.
+    pub fn in_memory_copy(&self) -> RetainedKeys {
+        let mut copy = RetainedKeys { by_expiry: self.by_expiry.clone(), ..RetainedKeys::default() };
+        for (fingerprint, bytes) in self.sorted_encoded() {
+            let expires_at_ms = decode(&bytes).expires_at_ms();
+            copy.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: bytes.into() });
+        }
+        copy
     }
 
     /// Every record, decoded, in fingerprint order.
     pub fn sorted_records(&self) -> Vec<RetainedRecord> {
-        self.entries.sorted().into_iter().map(|(_, entry)| decode(&entry.record)).collect()
+        self.sorted_encoded().into_iter().map(|(_, bytes)| decode(&bytes)).collect()
     }
 
     fn sorted_index(&self) -> BTreeMap<u64, Vec<KeyFingerprint>> {
@@ -118,25 +268,35 @@ impl RetainedKeys {
         indexed
     }
 
-    /// The audit: each record is stored under its own fingerprint with its own expiry, and the
-    /// expiry index names exactly the stored keys, each once, at their expiry.
+    /// The audit: each record is stored under its own fingerprint with its own expiry, a key is
+    /// kept in one place only, and the expiry index names exactly the retained keys, each once,
+    /// at their expiry.
     pub fn check(&self) -> Result<(), String> {
+        let stored: usize = self.stored.iter().map(KeyedMap::len).sum();
+        if stored != self.stored_count {
+            return Err(format!("{stored} records are stored but {} are counted", self.stored_count));
+        }
         let mut expected: BTreeMap<u64, Vec<KeyFingerprint>> = BTreeMap::new();
-        for (fingerprint, entry) in self.entries.sorted() {
-            let record = decode(&entry.record);
-            if record.fingerprint() != *fingerprint {
+        for (fingerprint, bytes) in self.sorted_encoded() {
+            let record = decode(&bytes);
+            if record.fingerprint() != fingerprint {
                 return Err(format!(
                     "the record of {}/{} is stored under another fingerprint",
                     record.partner_id, record.key
                 ));
             }
-            if record.expires_at_ms() != entry.expires_at_ms {
-                return Err(format!(
-                    "the expiry of {}/{} differs from its record's",
-                    record.partner_id, record.key
-                ));
+            if self.resident.contains_key(&fingerprint) && self.stored_slot(&fingerprint).is_some() {
+                return Err(format!("{}/{} is both in memory and stored", record.partner_id, record.key));
             }
-            expected.entry(entry.expires_at_ms).or_default().push(*fingerprint);
+            if let Some(resident) = self.resident.get(&fingerprint) {
+                if resident.expires_at_ms != record.expires_at_ms() {
+                    return Err(format!(
+                        "the expiry of {}/{} differs from its record's",
+                        record.partner_id, record.key
+                    ));
+                }
+            }
+            expected.entry(record.expires_at_ms()).or_default().push(fingerprint);
         }
         if self.sorted_index() != expected {
             return Err("the retained keys' expiry index does not match the keys".to_string());
@@ -151,7 +311,7 @@ impl RetainedKeys {
     pub fn put_under(&mut self, fingerprint: KeyFingerprint, record: &RetainedRecord) {
         let bytes = bincode::serialize(record).expect("a retained record always encodes");
         let expires_at_ms = record.expires_at_ms();
-        self.entries.insert(fingerprint, RetainedEntry { expires_at_ms, record: bytes.into_boxed_slice() });
+        self.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: bytes.into_boxed_slice() });
         self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
     }
 }

@@ -131,10 +131,19 @@ pub fn assert_outcomes(outcomes: &[CommandOutcome], commands: &[Command], replay
     }
 }
 
+/// How many retained records the shard holds in memory, and how many keys it retains.
+pub fn retained_records(shared: &GroupShared) -> (usize, usize) {
+    match &shared.read().data {
+        GroupData::Shard(ledger) => (ledger.resident_retained_records(), ledger.retained_keys()),
+        GroupData::Meta(_) => panic!("group {} is the meta group", shared.group_id),
+    }
+}
+
 /// The shard's ledger (panics on the meta group).
 pub fn ledger(shared: &GroupShared) -> Ledger {
     match &shared.read().data {
-        GroupData::Shard(ledger) => ledger.clone(),
+        // Records read back into memory: the copy outlives the store it came from.
+        GroupData::Shard(ledger) => ledger.in_memory_copy(),
         GroupData::Meta(_) => panic!("group {} is the meta group", shared.group_id),
     }
 }
