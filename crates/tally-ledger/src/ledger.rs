@@ -533,11 +533,7 @@ mod tests {
         let later =
             BatchHeader { log_time_ms: 1_700_000_000_000 + 3_600_001, idempotency_retention_ms: 3_600_000 };
         for ledger in [&mut evicting, &mut resident] {
-            ledger.apply_batch(
-                7,
-                &ShardBatch { header: later, commands: vec![] },
-                &mut ChangeSet::default(),
-            );
+            ledger.apply_batch(7, &ShardBatch { header: later, commands: vec![] }, &mut ChangeSet::default());
             assert_eq!(ledger.retained_keys(), 0);
         }
         assert_eq!(evicting, resident);
