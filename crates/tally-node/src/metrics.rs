@@ -76,6 +76,15 @@ fn describe_node_metrics() {
         "State-machine checkpoints written to sled, by kind: delta (changed items and new statement \
          lines as a few chunks) or full (folded into per-item keys)."
     );
+    describe_gauge!(
+        "tally_retained_keys",
+        "Idempotency keys a shard retains (until their retention ends), by group; set at each checkpoint."
+    );
+    describe_gauge!(
+        "tally_retained_records_in_memory",
+        "Retained keys whose records are still in memory (not yet written to a journal), by group; \
+         set at each checkpoint."
+    );
     describe_gauge!("tally_store_flush_time_seconds", "Time spent in sled flushes since start, summed.");
     describe_gauge!(
         "tally_store_flush_in_progress_seconds",
