@@ -277,7 +277,15 @@ impl Ledger {
     /// A copy of the ledger with every retained record in memory and no record source (tests
     /// and tools that keep a ledger after its storage is closed).
     pub fn in_memory_copy(&self) -> Ledger {
-        Ledger { retained: self.retained.in_memory_copy(), ..self.clone() }
+        Ledger {
+            log_time_ms: self.log_time_ms,
+            accounts: self.accounts.clone(),
+            retained: self.retained.in_memory_copy(),
+            holds: self.holds.clone(),
+            transfers: self.transfers.clone(),
+            hold_expiry: self.hold_expiry.clone(),
+            forget: self.forget.clone(),
+        }
     }
 
     /// From now on, records that left memory are read back through `source`.

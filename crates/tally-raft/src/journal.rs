@@ -41,6 +41,13 @@ pub struct JournalIndexEntry {
     pub length_bytes: u32,
 }
 
+impl JournalIndexEntry {
+    /// The record's slot, in the journal the source numbered `journal`.
+    pub fn slot(&self, journal: u32) -> RecordSlot {
+        RecordSlot { journal, offset_bytes: self.offset_bytes, length_bytes: self.length_bytes }
+    }
+}
+
 /// One journal value and its index, ready to write.
 pub struct EncodedJournal {
     pub journal_key: Vec<u8>,

@@ -23,7 +23,7 @@ use openraft::{EntryPayload, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
 use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, StatementLine};
-use tally_ledger::{CurrencyCode, Ledger, MemberId, RecordSlot};
+use tally_ledger::{CurrencyCode, Ledger, MemberId};
 use tally_store::{decode_value, encode_value, NodeStore, PurgeFloor, StateTree, StoreError};
 
 use crate::journal::{encode_journals, EncodedJournal, JournalIndexEntry, JournalRecord, JournalSource};
@@ -345,13 +345,8 @@ impl GroupShared {
         if records.is_empty() {
             return;
         }
-        let slots = journals.iter().flat_map(|(journal, index)| {
-            index.iter().map(move |entry| RecordSlot {
-                journal: *journal,
-                offset_bytes: entry.offset_bytes,
-                length_bytes: entry.length_bytes,
-            })
-        });
+        let slots =
+            journals.iter().flat_map(|(journal, index)| index.iter().map(move |entry| entry.slot(*journal)));
         let written =
             records.iter().zip(slots).map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..]));
         let mut state = self.state.write().expect("group state lock poisoned");
@@ -804,12 +799,7 @@ impl GroupStateMachine {
                 let journal = source.register(journal_key.clone());
                 unwritten.journals.insert((expires_at_ms, journal_key));
                 for entry in index.into_iter().filter(|entry| entry.expires_at_ms > clock_ms) {
-                    let slot = RecordSlot {
-                        journal,
-                        offset_bytes: entry.offset_bytes,
-                        length_bytes: entry.length_bytes,
-                    };
-                    ledger.load_stored_retained(entry.fingerprint, entry.expires_at_ms, slot);
+                    ledger.load_stored_retained(entry.fingerprint, entry.expires_at_ms, entry.slot(journal));
                 }
             }
             journal_source = Some(source);
@@ -951,11 +941,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
                 ledger.set_record_source(source.clone());
                 let slots = journal_indexes.into_iter().flat_map(|(journal_key, index)| {
                     let journal = source.register(journal_key);
-                    index.into_iter().map(move |entry| RecordSlot {
-                        journal,
-                        offset_bytes: entry.offset_bytes,
-                        length_bytes: entry.length_bytes,
-                    })
+                    index.into_iter().map(move |entry| entry.slot(journal))
                 });
                 ledger.evict_retained(
                     journal_records
