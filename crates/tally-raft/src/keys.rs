@@ -85,9 +85,13 @@ pub fn statement_key(account: &AccountKey, sequence: u64) -> Vec<u8> {
     bytes
 }
 
-/// The largest value a checkpoint writes: far below sled 0.34's blob threshold (a quarter of
-/// its 512 KiB segment), so that no value goes to a `blobs/` file, which sled never syncs.
-pub const VALUE_BYTES_MAX: usize = 60 * 1024;
+/// The largest value a checkpoint writes. sled 0.34 writes a page to a `blobs/` file (one new
+/// file per page write, ~1 MiB each with 60 KiB values) when the page's serialized size passes
+/// a quarter of its 512 KiB segment, and the page is a whole leaf: up to 16 keys before it
+/// splits, a few more while a sibling merges into it. At 6 KiB, 20 values and their keys stay
+/// under 128 KiB, so leaves are written inline in sled's log and no blob file is made (a blob
+/// is a file create, write and fsync per page rewrite, and each value was rewritten many times).
+pub const VALUE_BYTES_MAX: usize = 6 * 1024;
 
 pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
     checkpoint_chunk_key(JOURNAL_PREFIX, log_index, chunk)

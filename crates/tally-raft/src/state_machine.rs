@@ -44,7 +44,7 @@ type TreeContent = Vec<(Vec<u8>, Vec<u8>)>;
 const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// At most this many delta checkpoints follow a full one. Deltas are cheap to write (a sled
-/// key per ~60 KiB of changes instead of one per item and per account's new lines) and a full
+/// key per ~6 KiB of changes instead of one per item and per account's new lines) and a full
 /// checkpoint folds them into one key per item, so a restart reads a bounded number of them.
 pub const FULL_CHECKPOINT_EVERY: u32 = 16;
 
