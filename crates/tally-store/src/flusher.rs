@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::flush_mark::{self, FlushMark};
+use crate::value_log::ValueLog;
 
 /// What a writer hands to the flusher: called once, on the flusher thread, with the result of a
 /// `flush()` that started after the writer's data was applied. It must be quick and must not
@@ -181,10 +182,13 @@ impl Flusher {
         db: sled::Db,
         mut mark: Option<FlushMark>,
         mut files: Option<SledFiles>,
+        values: Arc<ValueLog>,
         watchdog: FlushWatchdog,
         data_folder: String,
     ) -> io::Result<Flusher> {
         let flush: FlushFn = Box::new(move || {
+            // Files whose last pointer went before this flush started: gone once it is durable.
+            let unreferenced = values.take_unreferenced();
             let sequence = match &mut mark {
                 Some(mark) => {
                     let sequence = mark.next_sequence();
@@ -193,10 +197,15 @@ impl Flusher {
                 }
                 None => None,
             };
-            db.flush().map_err(io::Error::from)?;
-            if let Some(files) = &mut files {
-                files.sync()?;
+            let flushed = db.flush().map_err(io::Error::from).and_then(|_| match &mut files {
+                Some(files) => files.sync(),
+                None => Ok(()),
+            });
+            if let Err(error) = flushed {
+                values.restore_unreferenced(unreferenced);
+                return Err(error);
             }
+            values.delete(unreferenced).map_err(io::Error::other)?;
             match (&mut mark, sequence) {
                 (Some(mark), Some(sequence)) => mark.record(sequence),
                 _ => Ok(()),

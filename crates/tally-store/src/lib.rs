@@ -46,6 +46,7 @@ mod log_store;
 mod node;
 mod power_cut;
 mod state_tree;
+mod value_log;
 
 pub use codec::{
     check_frame, decode_value, encode_framed, encode_value, framed_payload, VALUE_FORMAT_VERSION,
@@ -61,3 +62,4 @@ pub use log_store::{LogStore, PurgeFloor, CACHE_BYTES_MAX};
 pub use node::{wait_until_sled_unlocked, NodeStore, LOCK_WAIT_MS, RAFT_LOG_FOLDER};
 pub use power_cut::{PowerCut, PowerCutFileSystem, PowerCutImages};
 pub use state_tree::StateTree;
+pub use value_log::{SEPARATED_VALUE_BYTES_MIN, VALUE_LOG_FOLDER};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::flush_mark::{self, FlushMark, FlushRecords};
 use crate::flusher::{FlushCallback, FlushStats, FlushWatchdog, Flusher, SledFiles};
 use crate::log_engine::{LogEngine, LogWriteStats};
+use crate::value_log::{ValueLog, VALUE_LOG_FOLDER};
 use crate::{LogStore, PowerCutFileSystem, StateTree, StoreConfig, StoreError};
 
 /// The storage of one node: a single sled `Db` shared by every Raft group the node hosts, plus
@@ -31,7 +32,10 @@ struct Inner {
     flusher: Flusher,
     /// Every group's Raft log and vote.
     log_engine: Arc<LogEngine>,
-    /// The folder of a temporary store's raft-engine, removed when the store is dropped.
+    /// Large state-tree values, beside sled (see `value_log.rs`).
+    values: Arc<ValueLog>,
+    /// The folder of a temporary store's raft-engine and value log, removed when the store is
+    /// dropped.
     _temporary_folder: Option<tempfile::TempDir>,
 }
 
@@ -190,11 +194,23 @@ impl NodeStore {
             }
         };
         let log_engine = Arc::new(log_engine);
+        let value_folder = match &temporary_folder {
+            Some(folder) => folder.path().join(VALUE_LOG_FOLDER),
+            None => sled_config.path.join(VALUE_LOG_FOLDER),
+        };
+        let values = Arc::new(ValueLog::open(&value_folder, &db)?);
         let sled_files = (!sled_config.temporary).then(|| SledFiles::new(&sled_config.path));
-        let flusher = Flusher::start_for_db(db.clone(), mark, sled_files, watchdog, data_folder.to_string())
-            .map_err(StoreError::Io)?;
+        let flusher = Flusher::start_for_db(
+            db.clone(),
+            mark,
+            sled_files,
+            values.clone(),
+            watchdog,
+            data_folder.to_string(),
+        )
+        .map_err(StoreError::Io)?;
         Ok(NodeStore {
-            inner: Arc::new(Inner { db, flusher, log_engine, _temporary_folder: temporary_folder }),
+            inner: Arc::new(Inner { db, flusher, log_engine, values, _temporary_folder: temporary_folder }),
         })
     }
 
@@ -210,7 +226,7 @@ impl NodeStore {
     /// The state-machine tree of group `group_id` (tree `"g{group_id:05}/sm"`).
     pub fn state_tree(&self, group_id: u32) -> Result<StateTree, StoreError> {
         let tree = self.inner.db.open_tree(sm_tree_name(group_id))?;
-        Ok(StateTree::new(tree))
+        Ok(StateTree::new(tree, self.inner.values.clone()))
     }
 
     /// Deletes both trees of group `group_id` (after the replica was removed from the group and
@@ -220,6 +236,9 @@ impl NodeStore {
     pub fn drop_group(&self, group_id: u32) -> Result<bool, StoreError> {
         let raft = self.inner.log_engine.drop_group(group_id)?;
         let sm = self.inner.db.drop_tree(sm_tree_name(group_id))?;
+        if sm {
+            self.inner.values.tree_dropped(sm_tree_name(group_id).as_bytes());
+        }
         Ok(raft || sm)
     }
 
@@ -259,7 +278,9 @@ impl NodeStore {
 
     /// Total size on disk: sled's as it reports it, plus raft-engine's files.
     pub fn size_on_disk_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()? + self.inner.log_engine.size_on_disk_bytes())
+        Ok(self.inner.db.size_on_disk()?
+            + self.inner.log_engine.size_on_disk_bytes()
+            + self.inner.values.size_on_disk_bytes())
     }
 
     /// Counters of the Raft log writer (group-commit factor = requests / syncs).

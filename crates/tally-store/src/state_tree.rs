@@ -1,27 +1,30 @@
-//! [`StateTree`]: a group's state-machine keyspace, one sled tree with atomic batches.
+//! [`StateTree`]: a group's state-machine keyspace, one sled tree with atomic batches; values
+//! of [`SEPARATED_VALUE_BYTES_MIN`](crate::SEPARATED_VALUE_BYTES_MIN) bytes or more live in the
+//! node's value log (`value_log.rs`) with a pointer in sled, and every read resolves them.
 //!
 //! No openraft types here: the state machine (in `tally-raft`) decides what the keys and values
 //! are, and is expected to frame its values with [`encode_value`](crate::encode_value).
 //!
-//! Nothing here flushes, on purpose. The Raft log is the write-ahead log: an entry is written to
-//! it before it can be applied, it lives in the same sled `Db`, and sled's crash recovery keeps a
-//! prefix of all writes to that `Db`. So after a crash the tree holds the effects of some prefix
-//! of applies whose entries are all still in the log, the `last_applied` id written in the same
-//! batch says which, and openraft re-applies the rest from the log. (That argument breaks if the state machine ever moves to another Db or engine: then
-//! apply would have to flush before reporting.)
+//! Nothing here flushes sled, on purpose: the state machine makes its checkpoints durable with a
+//! store flush before it relies on them (before the Raft log may be purged behind them). The
+//! value log's bytes are synced before the batch that points at them is applied, so sled never
+//! holds a pointer whose value could be lost.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use sled::IVec;
 
+use crate::value_log::ValueLog;
 use crate::StoreError;
 
 /// The state-machine tree of one group (`"g{id:05}/sm"`). Cheap to clone.
 #[derive(Clone)]
 pub struct StateTree {
     tree: sled::Tree,
+    values: Arc<ValueLog>,
 }
 
 impl fmt::Debug for StateTree {
@@ -33,27 +36,29 @@ impl fmt::Debug for StateTree {
 }
 
 impl StateTree {
-    pub(crate) fn new(tree: sled::Tree) -> Self {
-        StateTree { tree }
+    pub(crate) fn new(tree: sled::Tree, values: Arc<ValueLog>) -> Self {
+        StateTree { tree, values }
     }
 
     /// The value stored under `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        self.tree.get(key)?.map(|value| self.values.resolve(value)).transpose()
     }
 
     /// Applies all puts (`Some`) and deletes (`None`) atomically (one sled `Batch`): readers and
-    /// crash recovery see all of them or none. Later changes to the same key win. No flush (see
-    /// the module docs).
+    /// crash recovery see all of them or none. Later changes to the same key win. Large values
+    /// are appended to the value log and synced first. No sled flush (see the module docs).
     pub fn write_batch(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let mut separated = self.values.separate(&self.tree.name(), changes)?;
         let mut batch = sled::Batch::default();
-        for (key, value) in changes {
+        for (key, value) in std::mem::take(&mut separated.changes) {
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
             }
         }
         self.tree.apply_batch(batch)?;
+        separated.applied();
         Ok(())
     }
 
@@ -90,10 +95,10 @@ impl StateTree {
                 Some(start) => Bound::Included(start.to_vec()),
                 None => prefix_end,
             };
-            collect(self.tree.range((Bound::Included(prefix.to_vec()), hi)).rev(), limit)
+            self.collect(self.tree.range((Bound::Included(prefix.to_vec()), hi)).rev(), limit)
         } else {
             let lo = start.unwrap_or(prefix).to_vec();
-            collect(self.tree.range((Bound::Included(lo), prefix_end)), limit)
+            self.collect(self.tree.range((Bound::Included(lo), prefix_end)), limit)
         }
     }
 
@@ -101,46 +106,56 @@ impl StateTree {
     /// reads some kinds of keys and never touches the pages of the others). A live view, as
     /// [`StateTree::iter_all`].
     pub fn iter_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
-        self.tree.scan_prefix(prefix).map(|item| match item {
-            Ok((k, v)) => Ok((k.to_vec(), v.to_vec())),
-            Err(e) => Err(StoreError::from(e)),
-        })
+        let values = self.values.clone();
+        self.tree.scan_prefix(prefix).map(move |item| resolved(&values, item))
     }
 
     /// Every `(key, value)` in the tree in key order (used to load state at startup). The
     /// iterator is lazy and sees a live view, not a snapshot: don't write while iterating.
     pub fn iter_all(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> {
-        self.tree.iter().map(|item| match item {
-            Ok((k, v)) => Ok((k.to_vec(), v.to_vec())),
-            Err(e) => Err(StoreError::from(e)),
-        })
+        let values = self.values.clone();
+        self.tree.iter().map(move |item| resolved(&values, item))
     }
 
     /// Replaces the whole content of the tree with `entries` in one atomic `Batch` (removes every
     /// existing key not in `entries`). Used by snapshot install. The caller must be the tree's
     /// only writer while this runs (the state-machine worker is).
     pub fn replace_all(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut removed = Vec::new();
         {
             let keep: HashSet<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
             for key in self.tree.iter().keys() {
                 let key = key?;
                 if !keep.contains(&*key) {
-                    batch.remove(key);
+                    removed.push(key.to_vec());
                 }
             }
         }
-        for (key, value) in entries {
-            batch.insert(key, value);
-        }
+        let changes =
+            removed.into_iter().map(|key| (key, None)).chain(entries.into_iter().map(|(k, v)| (k, Some(v))));
         // No flush, as for apply. A snapshot holds only committed entries (a quorum has them), so
         // losing the install in a crash just leaves this replica behind, with its old
-        // `last_applied`, and the leader sends the snapshot or the entries again. Any later write
-        // that openraft makes durable (the purge of the log the snapshot covers, a vote, an
-        // append) can only reach disk together with this batch: sled recovers a prefix.
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        // `last_applied`, and the leader sends the snapshot or the entries again.
+        self.write_batch(changes.collect())
     }
+
+    #[allow(clippy::type_complexity)]
+    fn collect(
+        &self,
+        iter: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in iter.take(limit) {
+            out.push(resolved(&self.values, item)?);
+        }
+        Ok(out)
+    }
+}
+
+fn resolved(values: &ValueLog, item: sled::Result<(IVec, IVec)>) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    let (key, value) = item?;
+    Ok((key.to_vec(), values.resolve(value)?))
 }
 
 /// The smallest byte string greater than every string starting with `prefix`, or `None` if there
@@ -154,19 +169,6 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
-}
-
-#[allow(clippy::type_complexity)]
-fn collect(
-    iter: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-    let mut out = Vec::with_capacity(limit.min(1024));
-    for item in iter.take(limit) {
-        let (k, v) = item?;
-        out.push((k.to_vec(), v.to_vec()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
