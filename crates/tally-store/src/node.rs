@@ -235,10 +235,13 @@ impl NodeStore {
     /// harmless for a replica that no longer belongs to the group.
     pub fn drop_group(&self, group_id: u32) -> Result<bool, StoreError> {
         let raft = self.inner.log_engine.drop_group(group_id)?;
-        let sm = self.inner.db.drop_tree(sm_tree_name(group_id))?;
-        if sm {
-            self.inner.values.tree_dropped(sm_tree_name(group_id).as_bytes());
-        }
+        let name = sm_tree_name(group_id);
+        let pointed_files = match self.inner.db.tree_names().iter().any(|stored| stored == name.as_bytes()) {
+            true => self.inner.values.pointed_files(&self.inner.db.open_tree(&name)?)?,
+            false => Vec::new(),
+        };
+        let sm = self.inner.db.drop_tree(name)?;
+        self.inner.values.release_all(pointed_files);
         Ok(raft || sm)
     }
 

@@ -49,7 +49,7 @@ impl StateTree {
     /// crash recovery see all of them or none. Later changes to the same key win. Large values
     /// are appended to the value log and synced first. No sled flush (see the module docs).
     pub fn write_batch(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        let mut separated = self.values.separate(&self.tree.name(), changes)?;
+        let mut separated = self.values.separate(&self.tree, changes)?;
         let mut batch = sled::Batch::default();
         for (key, value) in std::mem::take(&mut separated.changes) {
             match value {

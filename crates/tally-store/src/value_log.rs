@@ -117,8 +117,6 @@ struct State {
     next_file_number: u64,
     /// Pointers per file, for every file some key refers to.
     live: HashMap<FileId, u64>,
-    /// The key of every pointer, per tree: what a write that replaces or deletes a key frees.
-    pointers: HashMap<Vec<u8>, HashMap<Vec<u8>, FileId>>,
     /// Files no pointer refers to any more, to delete after the next durable flush.
     unreferenced: Vec<FileId>,
     /// Open handles for reads.
@@ -137,11 +135,11 @@ pub(crate) struct ValueLog {
 /// it the value log's lock) until sled has applied the batch, then [`Separated::applied`].
 pub(crate) struct Separated<'a> {
     state: MutexGuard<'a, State>,
-    tree_name: Vec<u8>,
     /// The changes to apply to sled, large values replaced by their pointers.
     pub(crate) changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// What each change leaves under its key, in order: a pointer into a file, or no pointer.
-    effects: Vec<(Vec<u8>, Option<FileId>)>,
+    /// The files of the pointers this write stores, and of those it replaces or deletes.
+    added: Vec<FileId>,
+    released: Vec<FileId>,
 }
 
 impl ValueLog {
@@ -191,7 +189,6 @@ impl ValueLog {
                     }
                 }
                 *state.live.entry(pointer.file).or_default() += 1;
-                state.pointers.entry(name.to_vec()).or_default().insert(key.to_vec(), pointer.file);
             }
         }
         let log = ValueLog { folder: folder.to_path_buf(), file_bytes_max, state: Mutex::new(state) };
@@ -210,16 +207,36 @@ impl ValueLog {
     }
 
     /// Appends the large values of `changes` to their streams' files and makes them durable;
-    /// the returned write holds the value log's lock until sled has applied it.
+    /// the returned write holds the value log's lock until sled has applied it to `tree`. The
+    /// pointers the write replaces or deletes are read from `tree` under that lock (sled keeps
+    /// no old value in a batch), so no other write can change them meanwhile.
     pub(crate) fn separate(
         &self,
-        tree_name: &[u8],
+        tree: &sled::Tree,
         changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<Separated<'_>, StoreError> {
         let mut state = self.lock();
+        // sled applies the last change to a key; an earlier one would store nothing.
+        let mut last_change: HashMap<&[u8], usize> = HashMap::with_capacity(changes.len());
+        for (position, (key, _)) in changes.iter().enumerate() {
+            last_change.insert(key, position);
+        }
+        let superseded: Vec<bool> = changes
+            .iter()
+            .enumerate()
+            .map(|(position, (key, _))| last_change[key.as_slice()] != position)
+            .collect();
+        drop(last_change);
+        let mut released = Vec::new();
         let mut pending: HashMap<u8, Vec<u8>> = HashMap::new();
         let mut placed = Vec::with_capacity(changes.len());
-        for (key, value) in changes {
+        for ((key, value), superseded) in changes.into_iter().zip(superseded) {
+            if superseded {
+                continue;
+            }
+            if let Some(old) = tree.get(&key)?.as_deref().and_then(Pointer::decode) {
+                released.push(old.file);
+            }
             match value {
                 Some(value) if value.len() >= SEPARATED_VALUE_BYTES_MIN => {
                     let stream = key.first().copied().unwrap_or(0);
@@ -242,22 +259,15 @@ impl ValueLog {
             appender.handle.sync_data().map_err(|error| StoreError::Io(error_at(&path, error)))?;
             starts.insert(stream, (appender.file, start));
         }
-        let mut separated = Separated {
-            state,
-            tree_name: tree_name.to_vec(),
-            changes: Vec::with_capacity(placed.len()),
-            effects: Vec::with_capacity(placed.len()),
-        };
+        let mut separated =
+            Separated { state, changes: Vec::with_capacity(placed.len()), added: Vec::new(), released };
         for (key, value) in placed {
             match value {
-                Ok(value) => {
-                    separated.effects.push((key.clone(), None));
-                    separated.changes.push((key, value));
-                }
+                Ok(value) => separated.changes.push((key, value)),
                 Err((stream, at, length_bytes, crc32)) => {
                     let (file, start) = starts[&stream];
                     let pointer = Pointer { file, offset_bytes: start + at as u64, length_bytes, crc32 };
-                    separated.effects.push((key.clone(), Some(file)));
+                    separated.added.push(file);
                     separated.changes.push((key, Some(pointer.encode())));
                 }
             }
@@ -339,13 +349,22 @@ impl ValueLog {
         Ok(value)
     }
 
-    /// Forgets every pointer of a dropped tree (its files go once no other tree needs them).
-    pub(crate) fn tree_dropped(&self, tree_name: &[u8]) {
+    /// The files of every pointer in `tree`, to [`ValueLog::release_all`] once it is dropped.
+    pub(crate) fn pointed_files(&self, tree: &sled::Tree) -> Result<Vec<FileId>, StoreError> {
+        let _writes = self.lock();
+        let mut files = Vec::new();
+        for item in tree.iter().values() {
+            files.extend(Pointer::decode(&item?).map(|pointer| pointer.file));
+        }
+        Ok(files)
+    }
+
+    /// Releases pointers of a dropped tree: their files go after the next flush, which also
+    /// makes the drop durable (a crash before it brings the tree back with its files).
+    pub(crate) fn release_all(&self, files: Vec<FileId>) {
         let mut state = self.lock();
-        if let Some(pointers) = state.pointers.remove(tree_name) {
-            for file in pointers.into_values() {
-                release(&mut state, file);
-            }
+        for file in files {
+            release(&mut state, file);
         }
     }
 
@@ -405,20 +424,13 @@ fn release(state: &mut State, file: FileId) {
 impl Separated<'_> {
     /// sled applied the batch: counts its new pointers and releases those it replaced.
     pub(crate) fn applied(self) {
-        let Separated { mut state, tree_name, changes: _, effects } = self;
+        let Separated { mut state, changes: _, added, released } = self;
         let state = &mut *state;
-        for (key, file) in effects {
-            let pointers = state.pointers.entry(tree_name.clone()).or_default();
-            let replaced = match file {
-                Some(file) => pointers.insert(key, file),
-                None => pointers.remove(&key),
-            };
-            if let Some(file) = file {
-                *state.live.entry(file).or_default() += 1;
-            }
-            if let Some(old) = replaced {
-                release(state, old);
-            }
+        for file in added {
+            *state.live.entry(file).or_default() += 1;
+        }
+        for file in released {
+            release(state, file);
         }
     }
 }
@@ -451,7 +463,7 @@ mod tests {
     }
 
     fn write(log: &ValueLog, tree: &sled::Tree, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
-        let mut separated = log.separate(b"t", changes).unwrap();
+        let mut separated = log.separate(tree, changes).unwrap();
         let mut batch = sled::Batch::default();
         for (key, value) in std::mem::take(&mut separated.changes) {
             match value {

@@ -320,6 +320,63 @@ async fn stored_groups_lists_hosted_groups_until_they_are_dropped() {
     assert_eq!(node.stored_groups(), vec![0, 12]);
 }
 
+/// Files of the value log, the home of large state values (see `value_log.rs`).
+fn value_files(dir: &Path) -> Vec<std::ffi::OsString> {
+    match std::fs::read_dir(dir.join(tally_store::VALUE_LOG_FOLDER)) {
+        Ok(entries) => entries.map(|entry| entry.unwrap().file_name()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Large values live in the value log: they read back through every read of the tree and
+/// after a reopen; a dropped group's files go after the flush that makes the drop durable, and
+/// another group's values are untouched.
+#[tokio::test]
+async fn large_values_live_in_the_value_log_and_go_with_their_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = |seed: u8| vec![seed; tally_store::SEPARATED_VALUE_BYTES_MIN * 3];
+    {
+        let node = NodeStore::open(dir.path()).unwrap();
+        for group_id in [1, 2] {
+            let tree = node.state_tree(group_id).unwrap();
+            let seed = group_id as u8;
+            tree.write_batch(vec![
+                (vec![b'j', 1], Some(large(seed))),
+                (vec![b'j', 2], Some(large(seed + 10))),
+                (b"small".to_vec(), Some(vec![seed])),
+            ])
+            .unwrap();
+        }
+        assert_eq!(value_files(dir.path()).len(), 1, "one stream ('j'), one file so far");
+        let tree = node.state_tree(2).unwrap();
+        assert_eq!(tree.get(&[b'j', 2]).unwrap(), Some(large(12)));
+        let scanned = tree.scan_prefix(b"j", None, false, 10).unwrap();
+        assert_eq!(scanned, vec![(vec![b'j', 1], large(2)), (vec![b'j', 2], large(12))]);
+        let all: Vec<_> = tree.iter_prefix(b"j").map(|item| item.unwrap().1).collect();
+        assert_eq!(all, vec![large(2), large(12)]);
+        node.flush().await.unwrap();
+    }
+    let node = NodeStore::open(dir.path()).unwrap();
+    assert_eq!(node.state_tree(1).unwrap().get(&[b'j', 1]).unwrap(), Some(large(1)));
+    // The reopened store appends to a new file; group 1's values are in both.
+    node.state_tree(1).unwrap().write_batch(vec![(vec![b'j', 3], Some(large(7)))]).unwrap();
+    assert_eq!(value_files(dir.path()).len(), 2);
+    assert!(node.drop_group(1).unwrap());
+    node.flush().await.unwrap();
+    assert_eq!(
+        value_files(dir.path()).len(),
+        2,
+        "group 2 still points into the first file; the second takes appends"
+    );
+    node.state_tree(2).unwrap().write_batch(vec![(vec![b'j', 1], None), (vec![b'j', 2], None)]).unwrap();
+    node.flush().await.unwrap();
+    assert_eq!(value_files(dir.path()).len(), 1, "nothing points into the first file any more");
+    drop(node);
+    let node = NodeStore::open(dir.path()).unwrap();
+    assert!(value_files(dir.path()).is_empty(), "the open deletes the file nothing points into");
+    assert_eq!(node.state_tree(2).unwrap().get(b"small").unwrap(), Some(vec![2]));
+}
+
 /// Copies sled's own files (not the vote files nor the flush mark) from `from` to `to`.
 fn copy_sled_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
