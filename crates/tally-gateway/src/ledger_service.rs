@@ -18,7 +18,7 @@ use tally_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth::{self, Caller};
+use crate::auth::Caller;
 use crate::backend::{Backend, BackendError};
 use crate::metrics::{observe, record_operation};
 use crate::status::{self, ApiError};
@@ -74,14 +74,14 @@ impl<B: Backend> LedgerService<B> {
     async fn begin<R>(&self, request: &Request<R>) -> Result<(Caller, Arc<MetaState>, Deadline), ApiError> {
         let deadline = Deadline::for_request(request.metadata(), self.shared.config.request_deadline_ms);
         let meta = self.backend().meta();
-        match auth::authenticate(&meta, request.metadata()) {
+        match self.shared.api_keys.index(&meta).authenticate(request.metadata()) {
             Ok(caller) => Ok((caller, meta, deadline)),
             Err(refused) => {
                 if !self.backend().refresh_meta().await {
                     return Err(refused);
                 }
                 let meta = self.backend().meta();
-                let caller = auth::authenticate(&meta, request.metadata())?;
+                let caller = self.shared.api_keys.index(&meta).authenticate(request.metadata())?;
                 Ok((caller, meta, deadline))
             }
         }

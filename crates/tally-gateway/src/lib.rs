@@ -81,6 +81,7 @@ pub(crate) struct Shared<B> {
     pub(crate) backend: Arc<B>,
     pub(crate) config: GatewayConfig,
     pub(crate) rate_limiter: rate_limit::PartnerRateLimiter,
+    pub(crate) api_keys: auth::ApiKeyCache,
 }
 
 /// The gateway: build it once, then add [`Gateway::ledger_service`] and
@@ -98,7 +99,14 @@ impl<B: Backend> Clone for Gateway<B> {
 impl<B: Backend> Gateway<B> {
     pub fn new(backend: Arc<B>, config: GatewayConfig) -> Self {
         let rate_limiter = rate_limit::PartnerRateLimiter::new(config.partner_operations_per_second_max);
-        Self { shared: Arc::new(Shared { backend, config, rate_limiter }) }
+        Self {
+            shared: Arc::new(Shared {
+                backend,
+                config,
+                rate_limiter,
+                api_keys: auth::ApiKeyCache::default(),
+            }),
+        }
     }
 
     pub fn config(&self) -> &GatewayConfig {
