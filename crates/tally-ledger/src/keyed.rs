@@ -9,17 +9,21 @@
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+
+/// foldhash, seeded per process (keys are partner-chosen ids, so the seed keeps collisions
+/// from being planned); iteration order never matters, the maps iterate in key order.
+type Seeded = foldhash::fast::RandomState;
 use std::hash::Hash;
 
 /// A map with hash lookups and key-ordered iteration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyedMap<K: Eq + Hash, V> {
-    entries: HashMap<K, V>,
+    entries: HashMap<K, V, Seeded>,
 }
 
 impl<K: Eq + Hash, V> Default for KeyedMap<K, V> {
     fn default() -> Self {
-        Self { entries: HashMap::new() }
+        Self { entries: HashMap::default() }
     }
 }
 
@@ -81,12 +85,12 @@ impl<K: Eq + Hash + Ord, V> KeyedMap<K, V> {
 /// A set with hash membership and key-ordered iteration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyedSet<K: Eq + Hash> {
-    items: HashSet<K>,
+    items: HashSet<K, Seeded>,
 }
 
 impl<K: Eq + Hash> Default for KeyedSet<K> {
     fn default() -> Self {
-        Self { items: HashSet::new() }
+        Self { items: HashSet::default() }
     }
 }
 
