@@ -17,6 +17,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::types::{GroupId, GroupRequest, GroupResponse, NodeId, Raft, TallyNode};
 
+/// How many times the proposer steps back behind the runnable tasks before it drains its
+/// queue (each lets the requests already received reach the queue).
+const RUNNABLE_YIELDS: usize = 2;
+
 /// Why a proposal did not produce outcomes. Every variant is retryable with the same keys.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
@@ -140,6 +144,13 @@ async fn run(
         }
         // Wait for room before draining, so that everything arriving meanwhile joins this batch.
         let permit = inflight.clone().acquire_owned().await.expect("semaphore is never closed");
+        // Then let the tasks already runnable go first: when an entry's answers go out, every
+        // caller sends its next request at once, and without this the first arrival left alone
+        // in the next entry while the others waited a whole entry behind it (22 commands per
+        // entry with 64 callers). It adds no wait when nothing else is runnable.
+        for _ in 0..RUNNABLE_YIELDS {
+            tokio::task::yield_now().await;
+        }
         let mut batch = vec![first];
         let mut command_count = batch[0].commands.len();
         while let Ok(next) = receiver.try_recv() {
