@@ -191,9 +191,9 @@ impl ValueLog {
                 *state.live.entry(pointer.file).or_default() += 1;
             }
         }
-        let log = ValueLog { folder: folder.to_path_buf(), file_bytes_max, state: Mutex::new(state) };
         let unreferenced: Vec<FileId> =
-            sizes.keys().filter(|file| !log.lock().live.contains_key(file)).copied().collect();
+            sizes.into_keys().filter(|file| !state.live.contains_key(file)).collect();
+        let log = ValueLog { folder: folder.to_path_buf(), file_bytes_max, state: Mutex::new(state) };
         log.delete(unreferenced)?;
         Ok(log)
     }
