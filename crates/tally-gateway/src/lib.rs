@@ -23,6 +23,7 @@
 pub mod admin_service;
 pub mod auth;
 pub mod backend;
+pub mod coalesce;
 pub mod convert;
 pub mod ledger_service;
 pub mod metrics;

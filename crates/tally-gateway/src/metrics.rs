@@ -36,6 +36,7 @@ pub fn describe_metrics() {
         Unit::Count,
         "Write operations by operation and result (ok, replay, or the error's status code)"
     );
+    crate::coalesce::describe_metrics();
 }
 
 /// Counts one write operation's result.

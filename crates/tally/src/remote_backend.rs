@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_gateway::coalesce::{ShardCoalescer, CALLS_IN_FLIGHT_PER_SHARD_DEFAULT};
 use tally_gateway::{AdminAction, Backend, BackendError, BalanceRead, Consistency, StatementPage};
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
@@ -23,12 +24,15 @@ pub const META_REFRESH_ON_DEMAND_MIN_INTERVAL_MS: u64 = 50;
 pub struct RemoteBackend {
     cluster: Arc<ClusterClient>,
     shard_count: u32,
+    /// Concurrent submissions to one shard travel in one node call.
+    coalescer: ShardCoalescer,
 }
 
 impl RemoteBackend {
     /// `shard_count` comes from the layout, read before the gateway starts serving.
     pub fn new(cluster: Arc<ClusterClient>, shard_count: u32) -> Self {
-        Self { cluster, shard_count }
+        let coalescer = ShardCoalescer::new(shard_count, CALLS_IN_FLIGHT_PER_SHARD_DEFAULT);
+        Self { cluster, shard_count, coalescer }
     }
 
     async fn call_shard(&self, shard: u32, request: NodeRequest) -> Result<NodeResponse, BackendError> {
@@ -65,10 +69,17 @@ impl Backend for RemoteBackend {
     }
 
     async fn submit(&self, shard: u32, commands: Vec<Command>) -> Result<Vec<CommandOutcome>, BackendError> {
-        match self.call_shard(shard, NodeRequest::Submit { shard, commands }).await? {
-            NodeResponse::Outcomes(outcomes) => Ok(outcomes),
-            other => Err(unexpected(other)),
-        }
+        let send = |commands: Vec<Command>| async move {
+            let request = NodeRequest::Submit { shard, commands };
+            let answer = match self.cluster.call_group(shard_group_id(shard), &request, true).await {
+                Ok(NodeResponse::Outcomes(outcomes)) => Ok(outcomes),
+                Ok(other) => Err(unexpected(other)),
+                Err(error) => Err(backend_error(error)),
+            };
+            let NodeRequest::Submit { commands, .. } = request else { unreachable!("built above") };
+            (answer, commands)
+        };
+        self.coalescer.submit(shard, commands, send).await
     }
 
     async fn balance(
