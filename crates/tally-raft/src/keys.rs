@@ -85,13 +85,14 @@ pub fn statement_key(account: &AccountKey, sequence: u64) -> Vec<u8> {
     bytes
 }
 
-/// The largest value a checkpoint writes. sled 0.34 writes a page to a `blobs/` file (one new
-/// file per page write, ~1 MiB each with 60 KiB values) when the page's serialized size passes
-/// a quarter of its 512 KiB segment, and the page is a whole leaf: up to 16 keys before it
-/// splits, a few more while a sibling merges into it. At 6 KiB, 20 values and their keys stay
-/// under 128 KiB, so leaves are written inline in sled's log and no blob file is made (a blob
-/// is a file create, write and fsync per page rewrite, and each value was rewritten many times).
-pub const VALUE_BYTES_MAX: usize = 6 * 1024;
+/// The largest value a checkpoint writes (a larger item, line or record goes in a chunk of its
+/// own). Every value of [`tally_store::SEPARATED_VALUE_BYTES_MIN`] bytes or more is appended to
+/// the value log and sled keeps a 26-byte pointer, so sled's pages stay small whatever this is
+/// (sled 0.34 writes a page past 128 KiB to a `blobs/` file it never fsyncs; it did with 60 KiB
+/// values inline). What this bounds is the number of sled keys a checkpoint inserts, each a
+/// copy-on-write of a leaf (at 6 KiB they were a fifth of the node's CPU in SubmitBatch runs),
+/// against what a read of one evicted record costs: its whole journal is read back.
+pub const VALUE_BYTES_MAX: usize = 64 * 1024;
 
 pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
     checkpoint_chunk_key(JOURNAL_PREFIX, log_index, chunk)

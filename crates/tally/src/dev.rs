@@ -18,7 +18,6 @@ use tally_node::{Node, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::local_backend::LocalBackend;
 use crate::serve::{reflection_builder, report_health, set_health};
@@ -75,8 +74,7 @@ pub async fn start(config: NodeConfig, gateway_config: GatewayConfig) -> anyhow:
         .add_service(gateway.ledger_service())
         .add_service(gateway.admin_service());
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(listener, async {
         let _ = shutdown_signal.await;
     }));
     Ok(DevCluster { addr, node, shutdown: Some(shutdown), server: Some(server), health, resolver })

@@ -12,7 +12,6 @@ use tally_gateway::Gateway;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cluster_client::ClusterClient;
 use crate::remote_backend::RemoteBackend;
@@ -76,7 +75,7 @@ pub async fn start(settings: &TallyConfig) -> anyhow::Result<GatewayProcess> {
         .add_service(gateway.ledger_service())
         .add_service(gateway.admin_service());
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(listener, async {
         let _ = shutdown_signal.await;
     }));
     tracing::info!(%addr, shards = layout.shard_count, nodes = layout.nodes.len(), "gateway serving");

@@ -18,7 +18,6 @@ use tally_raft::{GroupId, META_GROUP_ID};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cluster_client::ClusterClient;
 use crate::remote_backend::RemoteBackend;
@@ -85,7 +84,7 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
         .add_service(RaftTransportService::guarded(node.config().node_id, node.registry(), node.peers()))
         .add_service(NodeApiService::server(node.clone()));
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(listener, async {
         let _ = shutdown_signal.await;
     }));
     Ok(NodeProcess { addr, node, shutdown: Some(shutdown), server: Some(server), tasks })
