@@ -86,13 +86,13 @@ pub fn statement_key(account: &AccountKey, sequence: u64) -> Vec<u8> {
 }
 
 /// The largest value a checkpoint writes (a larger item, line or record goes in a chunk of its
-/// own). Every value of [`tally_store::SEPARATED_VALUE_BYTES_MIN`] bytes or more is appended to
-/// the value log and sled keeps a 26-byte pointer, so sled's pages stay small whatever this is
-/// (sled 0.34 writes a page past 128 KiB to a `blobs/` file it never fsyncs; it did with 60 KiB
-/// values inline). What this bounds is the number of sled keys a checkpoint inserts, each a
-/// copy-on-write of a leaf (at 6 KiB they were a fifth of the node's CPU in SubmitBatch runs),
-/// against what a read of one evicted record costs: its whole journal is read back.
-pub const VALUE_BYTES_MAX: usize = 64 * 1024;
+/// own). Values of [`tally_store::SEPARATED_VALUE_BYTES_MIN`] bytes or more live in the value
+/// log (sled keeps a pointer), so this no longer guards sled's pages (sled 0.34 writes a page
+/// past 128 KiB to a `blobs/` file it never fsyncs, which 60 KiB values inline did); it bounds
+/// what a read of one evicted record costs, since its whole journal is read back. 64 KiB
+/// measured no faster in SubmitBatch runs (1.03x) and made the state digest of
+/// `Admin/ClusterStatus`, which reads every retained record, about ten times slower.
+pub const VALUE_BYTES_MAX: usize = 6 * 1024;
 
 pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {
     checkpoint_chunk_key(JOURNAL_PREFIX, log_index, chunk)
