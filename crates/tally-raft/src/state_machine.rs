@@ -95,6 +95,9 @@ pub struct GroupShared {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
+/// Records a checkpoint lets leave memory per hold of the state's write lock.
+const EVICTED_PER_LOCK: usize = 1_024;
+
 /// The changes of applies since the last checkpoint, and the tree's journals.
 #[derive(Default)]
 struct Unwritten {
@@ -297,7 +300,14 @@ impl GroupShared {
     /// caller makes it durable (a store flush) before it relies on it.
     pub async fn checkpoint(self: &Arc<Self>) -> Result<Option<u64>, StoreError> {
         let _serial = self.checkpoint_lock.lock().await;
-        let Some(checkpoint) = self.collect_checkpoint() else { return Ok(None) };
+        // The copies and their encoding take tens to hundreds of milliseconds under load: off
+        // the runtime's workers, whose queued tasks (calls, apply) would otherwise wait behind
+        // them (a task in a busy worker's LIFO slot cannot be stolen by the other worker).
+        let this = Arc::clone(self);
+        let collected = tokio::task::spawn_blocking(move || this.collect_checkpoint())
+            .await
+            .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?;
+        let Some(checkpoint) = collected else { return Ok(None) };
         let CheckpointWrites {
             writes,
             written_lines,
@@ -313,24 +323,43 @@ impl GroupShared {
             .await
             .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))
             .and_then(|written| written);
-        let mut guard = self.unwritten.lock().expect("unwritten changes lock poisoned");
-        let unwritten = &mut *guard;
-        if let Err(error) = written {
-            // Everything is still in memory: the next checkpoint is a full one, which writes
-            // every item changed since the last full one and every line in memory.
-            unwritten.dirty.extend(retry.dirty);
-            unwritten.delta_keys.extend(retry.delta_keys);
-            unwritten.journals.extend(retry.expired_journals);
-            unwritten.meta_changed |= retry.meta_changed;
-            unwritten.full_due = true;
-            unwritten.checkpointed = None;
-            return Err(error);
+        {
+            let mut guard = self.unwritten.lock().expect("unwritten changes lock poisoned");
+            let unwritten = &mut *guard;
+            if let Err(error) = written {
+                // Everything is still in memory: the next checkpoint is a full one, which writes
+                // every item changed since the last full one and every line in memory.
+                unwritten.dirty.extend(retry.dirty);
+                unwritten.delta_keys.extend(retry.delta_keys);
+                unwritten.journals.extend(retry.expired_journals);
+                unwritten.meta_changed |= retry.meta_changed;
+                unwritten.full_due = true;
+                unwritten.checkpointed = None;
+                return Err(error);
+            }
+            if let Some(source) = &self.journal_source {
+                source.forget(&journals_deleted);
+            }
         }
-        if let Some(source) = &self.journal_source {
-            source.forget(&journals_deleted);
-        }
-        drop(guard);
-        self.evict_written(&journal_records, &journals_written);
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            this.release_written(&journal_records, &journals_written, written_lines)
+        })
+        .await
+        .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?;
+        tracing::trace!(group = self.group_id, write_count, applied_index, "checkpoint written");
+        Ok(Some(applied_index))
+    }
+
+    /// What a written checkpoint lets memory drop: the records now in journals and the lines
+    /// now in runs.
+    fn release_written(
+        &self,
+        journal_records: &[JournalRecord],
+        journals_written: &[(u32, Vec<JournalIndexEntry>)],
+        written_lines: Vec<(AccountKey, u64)>,
+    ) {
+        self.evict_written(journal_records, journals_written);
         let mut guard = self.unwritten.lock().expect("unwritten changes lock poisoned");
         let unwritten = &mut *guard;
         for (account, last_sequence) in written_lines {
@@ -343,8 +372,6 @@ impl GroupShared {
                 }
             }
         }
-        tracing::trace!(group = self.group_id, write_count, applied_index, "checkpoint written");
-        Ok(Some(applied_index))
     }
 
     /// Lets the records a checkpoint wrote to journals leave memory (those not changed since).
@@ -354,11 +381,17 @@ impl GroupShared {
         }
         let slots =
             journals.iter().flat_map(|(journal, index)| index.iter().map(move |entry| entry.slot(*journal)));
-        let written =
-            records.iter().zip(slots).map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..]));
-        let mut state = self.state.write().expect("group state lock poisoned");
-        if let GroupData::Shard(ledger) = &mut state.data {
-            ledger.evict_retained(written);
+        let mut written = records
+            .iter()
+            .zip(slots)
+            .map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..]))
+            .peekable();
+        // In slices, so that apply (which needs the write lock) waits for one slice at most,
+        // not for a whole second's records.
+        while written.peek().is_some() {
+            let mut state = self.state.write().expect("group state lock poisoned");
+            let GroupData::Shard(ledger) = &mut state.data else { return };
+            ledger.evict_retained(written.by_ref().take(EVICTED_PER_LOCK));
             metrics::gauge!("tally_retained_records_in_memory", "group" => self.group_id.to_string())
                 .set(ledger.resident_retained_records() as f64);
             metrics::gauge!("tally_retained_keys", "group" => self.group_id.to_string())
