@@ -34,6 +34,10 @@ pub const ADMIN_ACTION_DEADLINE_MS_DEFAULT: u64 = 600_000;
 pub const DISPLAY_NAME_BYTES_MAX: usize = 200;
 
 /// The operator API. Build it with [`Gateway::admin_service`](crate::Gateway::admin_service).
+/// Time budget of `ClusterStatus` unless the caller's `grpc-timeout` is shorter: every node
+/// computes its groups' state digests, which read every retained record back.
+pub const CLUSTER_STATUS_DEADLINE_MS: u64 = 60_000;
+
 pub struct AdminService<B> {
     shared: Arc<Shared<B>>,
 }
@@ -278,7 +282,8 @@ impl<B: Backend> Admin for AdminService<B> {
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
         observe("cluster_status", async move {
-            let deadline = self.deadline(&request);
+            // The state digests read every retained record back: longer than a write may take.
+            let deadline = Deadline::for_request(request.metadata(), CLUSTER_STATUS_DEADLINE_MS);
             with_retry(deadline, Purpose::Read, "the cluster", || self.shared.backend.cluster_status()).await
         })
         .await

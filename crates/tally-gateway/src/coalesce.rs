@@ -253,7 +253,7 @@ mod tests {
     fn command(number: u64) -> Command {
         Command {
             partner_id: PartnerId::parse("skyair").unwrap(),
-            idempotency_key: IdempotencyKey::parse(&format!("key-{number}")).unwrap(),
+            idempotency_key: IdempotencyKey::parse(format!("key-{number}")).unwrap(),
             operation: Operation::Earn {
                 member_id: MemberId::parse("alice").unwrap(),
                 currency: CurrencyCode::parse("SKYMILES").unwrap(),

@@ -543,14 +543,22 @@ impl Node {
                 .with_raft_state(|state| state.committed.map(|log_id| log_id.index).unwrap_or(0))
                 .await
                 .unwrap_or(0);
-            let (applied_index, state_digest, currency_totals) = {
-                let state = group.shared.read();
+            // A digest reads every retained record back (seconds on a shard holding millions):
+            // on a blocking thread, not on a runtime worker that calls are queued on.
+            let shared = group.shared.clone();
+            let read_state = move || {
+                let state = shared.read();
                 let (digest, totals) = match &state.data {
                     _ if !with_state => ([0; 32], BTreeMap::new()),
                     GroupData::Shard(ledger) => (ledger.digest(), ledger.currency_totals()),
                     GroupData::Meta(meta) => (meta_digest(meta), BTreeMap::new()),
                 };
                 (state.applied.map(|log_id| log_id.index).unwrap_or(0), digest, totals)
+            };
+            let (applied_index, state_digest, currency_totals) = if with_state {
+                tokio::task::spawn_blocking(read_state).await.expect("a state digest panicked")
+            } else {
+                read_state()
             };
             let membership = metrics.membership_config.membership();
             views.push(GroupStatusView {

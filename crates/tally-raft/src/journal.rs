@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tally_ledger::state::{KeyFingerprint, RETAINED_ITEM_TAG};
@@ -120,11 +120,20 @@ pub struct JournalSource {
     tree: StateTree,
     journals: RwLock<HashMap<u32, Vec<u8>>>,
     next_journal: AtomicU32,
+    /// The journal read last, by number: a reader that goes through records in slot order (a
+    /// state digest reads every record) reads each journal once, not once per record. Numbers
+    /// are never reused and a journal never changes, so a kept copy is never stale.
+    last_read: Mutex<Option<(u32, Arc<Vec<u8>>)>>,
 }
 
 impl JournalSource {
     pub fn new(tree: StateTree) -> Self {
-        Self { tree, journals: RwLock::new(HashMap::new()), next_journal: AtomicU32::new(0) }
+        Self {
+            tree,
+            journals: RwLock::new(HashMap::new()),
+            next_journal: AtomicU32::new(0),
+            last_read: Mutex::new(None),
+        }
     }
 
     /// Numbers a journal (by its key) so that slots can name it.
@@ -151,26 +160,36 @@ impl JournalSource {
     }
 
     fn read(&self, slot: RecordSlot) -> Result<Vec<u8>, StoreError> {
+        let value = self.journal_value(slot.journal)?;
+        let payload = framed_payload(&value, "journal")?;
+        let start = slot.offset_bytes as usize;
+        let end = start + slot.length_bytes as usize;
+        let bytes = payload.get(start..end).ok_or_else(|| StoreError::Corrupt {
+            what: format!("journal number {} has no bytes {start}..{end}", slot.journal),
+        })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The stored value of journal `number`, from the last read if it was that journal's.
+    fn journal_value(&self, number: u32) -> Result<Arc<Vec<u8>>, StoreError> {
+        if let Some((last, value)) = &*self.last_read.lock().expect("journal cache lock poisoned") {
+            if *last == number {
+                return Ok(value.clone());
+            }
+        }
         let journal_key = self
             .journals
             .read()
             .expect("journal table lock poisoned")
-            .get(&slot.journal)
+            .get(&number)
             .cloned()
-            .ok_or_else(|| StoreError::Corrupt {
-                what: format!("journal number {} is unknown", slot.journal),
-            })?;
-        let what = "journal";
+            .ok_or_else(|| StoreError::Corrupt { what: format!("journal number {number} is unknown") })?;
         let value = self.tree.get(&journal_key)?.ok_or_else(|| StoreError::Corrupt {
             what: format!("journal {journal_key:02x?} is missing from the tree"),
         })?;
-        let payload = framed_payload(&value, what)?;
-        let start = slot.offset_bytes as usize;
-        let end = start + slot.length_bytes as usize;
-        let bytes = payload.get(start..end).ok_or_else(|| StoreError::Corrupt {
-            what: format!("journal {journal_key:02x?} has no bytes {start}..{end}"),
-        })?;
-        Ok(bytes.to_vec())
+        let value = Arc::new(value);
+        *self.last_read.lock().expect("journal cache lock poisoned") = Some((number, value.clone()));
+        Ok(value)
     }
 }
 

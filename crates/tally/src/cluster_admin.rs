@@ -53,14 +53,22 @@ fn layout(cluster: &ClusterClient) -> Result<ClusterLayout, BackendError> {
     cluster.layout().ok_or_else(|| refused("the cluster is not initialized; run `tally cluster init`"))
 }
 
+/// How long a node may take to answer a status with its state: the digest reads every retained
+/// record back (seconds on a node holding a few hundred thousand), far past a write's timeout.
+pub const STATE_STATUS_CALL_TIMEOUT_MS: u64 = 30_000;
+
 /// Every layout node's own status (concurrently; unreachable nodes are reported as such);
 /// `with_state` adds digests and currency totals.
 pub async fn node_reports(cluster: &ClusterClient, with_state: bool) -> Vec<NodeReport> {
     let Some(layout) = cluster.layout() else { return Vec::new() };
+    let timeout = if with_state {
+        cluster.call_timeout().max(Duration::from_millis(STATE_STATUS_CALL_TIMEOUT_MS))
+    } else {
+        cluster.call_timeout()
+    };
     let mut calls = tokio::task::JoinSet::new();
     for node in layout.nodes.values() {
         let client = cluster.client(&node.address);
-        let timeout = cluster.call_timeout();
         let node = node.clone();
         calls.spawn(async move {
             let status = match client {

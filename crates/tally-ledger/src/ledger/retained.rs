@@ -237,10 +237,28 @@ impl RetainedKeys {
             fingerprints.extend(part.sorted().into_iter().map(|(key, _)| *key));
         }
         fingerprints.sort_unstable();
+        // Stored records are read in slot order, journal after journal, so that a source that
+        // keeps the journal it read last reads each journal once (in fingerprint order every
+        // record was a read of its whole journal).
+        let mut stored: Vec<(RecordSlot, usize)> = fingerprints
+            .iter()
+            .enumerate()
+            .filter(|(_, fingerprint)| !self.resident.contains_key(*fingerprint))
+            .filter_map(|(position, fingerprint)| self.stored_slot(fingerprint).map(|slot| (slot, position)))
+            .collect();
+        stored.sort_unstable_by_key(|(slot, _)| (slot.journal, slot.offset_bytes));
+        let mut read: Vec<Option<Vec<u8>>> = vec![None; fingerprints.len()];
+        for (slot, position) in stored {
+            read[position] = Some(self.read_stored(&fingerprints[position], slot));
+        }
         fingerprints
             .into_iter()
-            .map(|fingerprint| {
-                let bytes = self.encoded(&fingerprint).expect("listed keys are retained");
+            .zip(read)
+            .map(|(fingerprint, read)| {
+                let bytes = match read {
+                    Some(bytes) => Cow::Owned(bytes),
+                    None => self.encoded(&fingerprint).expect("listed keys are retained"),
+                };
                 (fingerprint, bytes)
             })
             .collect()
