@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Side-by-side throughput of two `tally` binaries in dev mode, alternated round by round so
 # that the machine's drift hits both alike. Each run gets a fresh data folder and a fresh
-# `tally dev`, then one tally-loadtest run (with its end-of-run proof).
+# `tally dev`, then one tally-loadtest run (with its end-of-run proof). With --cluster, each
+# run gets a fresh 3-node cluster of cluster/local.sh instead (started with that binary, wiped
+# after the run).
 #
-#   benches/baseline/ab-dev.sh --a BIN --b BIN [--loadtest BIN] [--rounds 3]
+#   benches/baseline/ab-dev.sh --a BIN --b BIN [--cluster] [--loadtest BIN] [--rounds 3]
 #       [--duration-secs 10] [--concurrency 64] [--profile gifting] [--out DIR] [-- extra loadtest flags]
 #
 # Prints, and writes to DIR/ab.md, the median ops/s, p50 and p99 (ms) of each binary and the
-# B/A ratio of the medians. Uses 127.0.0.1:50071; refuses to start if it is taken.
+# B/A ratio of the medians. Uses 127.0.0.1:50071 (dev) or the local cluster's ports (50051,
+# 7101-7103, 9101-9103, 9200); refuses to start if the port is taken or tally-cluster/ exists.
 set -euo pipefail
 
-A_BIN="" B_BIN="" LOADTEST="" ROUNDS=3 DURATION_SECS=10 CONCURRENCY=64 PROFILE=gifting OUT=""
+A_BIN="" B_BIN="" LOADTEST="" ROUNDS=3 DURATION_SECS=10 CONCURRENCY=64 PROFILE=gifting OUT="" CLUSTER=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --a) A_BIN="$2"; shift 2 ;;
         --b) B_BIN="$2"; shift 2 ;;
+        --cluster) CLUSTER=1; shift ;;
         --loadtest) LOADTEST="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --duration-secs) DURATION_SECS="$2"; shift 2 ;;
@@ -33,24 +37,42 @@ LOADTEST="${LOADTEST:-$ROOT/target/release/tally-loadtest}"
 OUT="${OUT:-$(mktemp -d /tmp/tally-ab.XXXXXX)}"
 mkdir -p "$OUT"
 PORT=50071
+if [[ "$CLUSTER" == 1 ]]; then PORT=50051; fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     echo "127.0.0.1:$PORT is in use" >&2
     exit 1
 fi
+if [[ "$CLUSTER" == 1 && -e "$ROOT/tally-cluster" ]]; then
+    echo "tally-cluster/ exists (a local cluster of yours?): run 'cluster/local.sh wipe' first" >&2
+    exit 1
+fi
 
 source "$ROOT/scripts/lib/tally-dev.sh"
-trap stop_tally_dev EXIT
+stop_all() {
+    stop_tally_dev
+    if [[ "$CLUSTER" == 1 && -e "$ROOT/tally-cluster" ]]; then "$ROOT/cluster/local.sh" wipe >/dev/null; fi
+}
+trap stop_all EXIT
 
 run_one() { # label, binary, round
     local label="$1" binary="$2" round="$3" data="$OUT/data-$1-$3"
-    rm -rf "$data"
-    start_tally_dev "$binary" "$data" "127.0.0.1:$PORT" "$OUT/dev-$label-$round.log" || exit 1
+    if [[ "$CLUSTER" == 1 ]]; then
+        TALLY_BIN="$binary" "$ROOT/cluster/local.sh" start >"$OUT/cluster-$label-$round.log" 2>&1 \
+            || { tail -n 5 "$OUT/cluster-$label-$round.log" >&2; exit 1; }
+    else
+        rm -rf "$data"
+        start_tally_dev "$binary" "$data" "127.0.0.1:$PORT" "$OUT/dev-$label-$round.log" || exit 1
+    fi
     echo "ab: round $round/$ROUNDS, $label ($binary)"
     "$LOADTEST" --target "http://127.0.0.1:$PORT" --profile "$PROFILE" --concurrency "$CONCURRENCY" \
         --duration-secs "$DURATION_SECS" --report "$OUT/$label-$round.json" "${EXTRA[@]}" >"$OUT/$label-$round.txt"
     tail -n 3 "$OUT/$label-$round.txt"
-    stop_tally_dev
-    rm -rf "$data"
+    if [[ "$CLUSTER" == 1 ]]; then
+        "$ROOT/cluster/local.sh" wipe >/dev/null
+    else
+        stop_tally_dev
+        rm -rf "$data"
+    fi
 }
 
 for round in $(seq 1 "$ROUNDS"); do
