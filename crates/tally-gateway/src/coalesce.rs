@@ -3,7 +3,8 @@
 //! A gateway in front of a multi-node cluster would otherwise make one call to a shard's leader
 //! per partner call: each call costs the gateway, the network and the node a fixed amount of
 //! work (an HTTP/2 stream, an encoding, a task on the node) that dwarfs a single command. Here
-//! at most [`ShardCoalescer::calls_in_flight_max`] calls per shard are on their way; requests that
+//! at most a fixed number of calls per shard ([`CALLS_IN_FLIGHT_PER_SHARD_DEFAULT`] in the
+//! gateway) are on their way; requests that
 //! arrive meanwhile queue and go together in the next call, in arrival order, with one outcome
 //! per command given back to each request.
 //!
@@ -78,10 +79,6 @@ impl ShardCoalescer {
             shards: (0..shard_count).map(|_| Mutex::new(ShardQueue::default())).collect(),
             calls_in_flight_max,
         }
-    }
-
-    pub fn calls_in_flight_max(&self) -> usize {
-        self.calls_in_flight_max
     }
 
     /// Submits `commands` to `shard`, merged with whatever else is queued for it. `send` makes
@@ -303,6 +300,17 @@ mod tests {
         }
     }
 
+    /// Submits `commands` to `shard` in a task of its own, as one caller of the gateway.
+    fn submit_in_task(
+        coalescer: &Arc<ShardCoalescer>,
+        node: &Arc<FakeNode>,
+        shard: u32,
+        commands: Vec<Command>,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let (coalescer, node) = (coalescer.clone(), node.clone());
+        tokio::spawn(async move { coalescer.submit(shard, commands, |c| node.send(c)).await })
+    }
+
     fn numbers(answer: &Answer) -> Vec<u64> {
         answer.as_ref().unwrap().iter().map(|outcome| outcome.log_index).collect()
     }
@@ -321,13 +329,12 @@ mod tests {
         let mut tasks = Vec::new();
         // Request 0 takes the one slot; 1..=3 (two commands each) queue behind it.
         for request in 0..4u64 {
-            let (node, coalescer) = (node.clone(), coalescer.clone());
             let commands = if request == 0 {
                 vec![command(0)]
             } else {
                 vec![command(request * 10), command(request * 10 + 1)]
             };
-            tasks.push(tokio::spawn(async move { coalescer.submit(0, commands, |c| node.send(c)).await }));
+            tasks.push(submit_in_task(&coalescer, &node, 0, commands));
             settle().await;
         }
         assert_eq!(node.calls(), vec![vec![0]], "the first call is alone; the rest wait for the slot");
@@ -350,10 +357,7 @@ mod tests {
         let coalescer = Arc::new(ShardCoalescer::new(2, 2));
         let mut tasks = Vec::new();
         for (shard, number) in [(0, 1), (0, 2), (0, 3), (0, 4), (1, 5)] {
-            let (node, coalescer) = (node.clone(), coalescer.clone());
-            tasks.push(tokio::spawn(async move {
-                coalescer.submit(shard, vec![command(number)], |c| node.send(c)).await
-            }));
+            tasks.push(submit_in_task(&coalescer, &node, shard, vec![command(number)]));
             settle().await;
         }
         assert_eq!(node.calls(), vec![vec![1], vec![2], vec![5]], "two calls on shard 0, one on shard 1");
@@ -373,10 +377,9 @@ mod tests {
         let half = (COMMANDS_PER_CALL_MAX / 2) as u64 + 1;
         let mut tasks = Vec::new();
         for request in 0..3u64 {
-            let (node, coalescer) = (node.clone(), coalescer.clone());
             let size = if request == 0 { 1 } else { half };
             let commands = (0..size).map(|index| command(request * 100_000 + index)).collect();
-            tasks.push(tokio::spawn(async move { coalescer.submit(0, commands, |c| node.send(c)).await }));
+            tasks.push(submit_in_task(&coalescer, &node, 0, commands));
             settle().await;
         }
         gate.add_permits(10);
@@ -394,10 +397,7 @@ mod tests {
         let coalescer = Arc::new(ShardCoalescer::new(1, 1));
         let mut tasks = Vec::new();
         for number in [0, 1, 2, 3] {
-            let (node, coalescer) = (node.clone(), coalescer.clone());
-            tasks.push(tokio::spawn(async move {
-                coalescer.submit(0, vec![command(number)], |c| node.send(c)).await
-            }));
+            tasks.push(submit_in_task(&coalescer, &node, 0, vec![command(number)]));
             settle().await;
         }
         gate.add_permits(10);
@@ -416,10 +416,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let node = Arc::new(FakeNode { gate: Some(gate.clone()), ..FakeNode::default() });
         let coalescer = Arc::new(ShardCoalescer::new(1, 1));
-        let spawn = |number: u64| {
-            let (node, coalescer) = (node.clone(), coalescer.clone());
-            tokio::spawn(async move { coalescer.submit(0, vec![command(number)], |c| node.send(c)).await })
-        };
+        let spawn = |number: u64| submit_in_task(&coalescer, &node, 0, vec![command(number)]);
         let sender = spawn(0);
         settle().await;
         let left_while_queued = spawn(1);
