@@ -108,6 +108,13 @@ cleanup() {
         for c in tally-init tally-gateway tally-node1 tally-node2 tally-node3; do
             docker logs --since 20s "$c" 2>&1 | tail -n 8 | sed "s/^/  $c| /" >&2 || true
         done
+        # A node that exited on its own says why in its last lines, however long ago.
+        for c in tally-node1 tally-node2 tally-node3; do
+            if [[ "$(docker inspect -f '{{.State.Status}}' "$c" 2>/dev/null)" == exited ]]; then
+                log "$c exited (code $(docker inspect -f '{{.State.ExitCode}}' "$c")); its last lines:"
+                docker logs "$c" 2>&1 | grep -v 'dns error' | tail -n 12 | sed "s/^/  $c| /" >&2 || true
+            fi
+        done
     fi
     # Stop every container first (all at once, as compose does) to check that each stops
     # cleanly on its stop signal (SIGINT) within the grace period: exit code 0, not 137.

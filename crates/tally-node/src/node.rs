@@ -537,12 +537,15 @@ impl Node {
     pub async fn status(&self, with_state: bool) -> Vec<GroupStatusView> {
         let mut views = Vec::new();
         for group in self.registry.all() {
-            let metrics = group.raft.metrics().borrow().clone();
+            // The core answers calls only after its start-up has reported the metrics read
+            // below; read before that, they can still be the initial ones (an empty log), and
+            // the start-up safety check compares this log end with what the leaders recorded.
             let committed_index = group
                 .raft
                 .with_raft_state(|state| state.committed.map(|log_id| log_id.index).unwrap_or(0))
                 .await
                 .unwrap_or(0);
+            let metrics = group.raft.metrics().borrow().clone();
             // A digest reads every retained record back (seconds on a shard holding millions):
             // on a blocking thread, not on a runtime worker that calls are queued on.
             let shared = group.shared.clone();
