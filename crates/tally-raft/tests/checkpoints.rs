@@ -223,3 +223,49 @@ async fn checkpoints_never_make_sled_write_blob_files() {
     };
     assert!(blobs.is_empty(), "sled wrote {} blob files: {blobs:?}", blobs.len());
 }
+
+/// A checkpoint whose write fails changes nothing in the tree and loses nothing: the next one
+/// (a full one) writes what the failed one held, whether that was a delta or a full one, and
+/// the tree then reloads to the state in memory.
+#[tokio::test]
+async fn a_failed_checkpoint_write_is_made_good_by_the_next_one() {
+    let store = NodeStore::temporary().unwrap();
+    let tree = store.state_tree(SHARD).unwrap();
+    let mut state_machine = GroupStateMachine::open(SHARD, tree.clone()).unwrap();
+    let shared = state_machine.shared();
+    let mut round = 0;
+    for _ in 0..3 {
+        state_machine.apply([round_entry(round)]).await.unwrap();
+        shared.checkpoint().await.unwrap().expect("something was applied");
+        round += 1;
+    }
+    assert!(count_keys(&store, keys::DELTA_PREFIX) > 0, "deltas follow the first checkpoint");
+    let keys_before = tree.iter_all().count();
+
+    // A delta fails.
+    state_machine.apply([round_entry(round)]).await.unwrap();
+    round += 1;
+    tree.fail_next_write_batches(1);
+    assert!(shared.checkpoint().await.is_err(), "the injected failure is reported");
+    assert_eq!(tree.iter_all().count(), keys_before, "a failed write changes nothing");
+
+    // The full one that follows fails too, with more applied meanwhile.
+    state_machine.apply([round_entry(round)]).await.unwrap();
+    round += 1;
+    tree.fail_next_write_batches(1);
+    assert!(shared.checkpoint().await.is_err(), "the injected failure is reported");
+    assert_eq!(tree.iter_all().count(), keys_before, "a failed write changes nothing");
+
+    state_machine.apply([round_entry(round)]).await.unwrap();
+    round += 1;
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    assert_eq!(count_keys(&store, keys::DELTA_PREFIX), 0, "a full checkpoint folded the deltas");
+    assert_eq!(count_keys(&store, keys::LINE_JOURNAL_PREFIX), 0, "a full checkpoint wrote runs");
+    assert_reload_equal(&store, &shared, "after two failed checkpoints");
+
+    // Deltas go on from it.
+    state_machine.apply([round_entry(round)]).await.unwrap();
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    assert!(count_keys(&store, keys::DELTA_PREFIX) > 0, "a delta again");
+    assert_reload_equal(&store, &shared, "after a delta that followed them");
+}

@@ -25,6 +25,9 @@ use crate::StoreError;
 pub struct StateTree {
     tree: sled::Tree,
     values: Arc<ValueLog>,
+    /// Write batches still to refuse (see [`StateTree::fail_next_write_batches`]).
+    #[cfg(feature = "test-faults")]
+    failing_write_batches: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl fmt::Debug for StateTree {
@@ -37,7 +40,19 @@ impl fmt::Debug for StateTree {
 
 impl StateTree {
     pub(crate) fn new(tree: sled::Tree, values: Arc<ValueLog>) -> Self {
-        StateTree { tree, values }
+        StateTree {
+            tree,
+            values,
+            #[cfg(feature = "test-faults")]
+            failing_write_batches: Arc::default(),
+        }
+    }
+
+    /// Makes the next `count` [`StateTree::write_batch`] calls of this tree (and its clones)
+    /// fail with an I/O error and change nothing, as a full disk would.
+    #[cfg(feature = "test-faults")]
+    pub fn fail_next_write_batches(&self, count: u32) {
+        self.failing_write_batches.store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The value stored under `key`, if any.
@@ -49,6 +64,17 @@ impl StateTree {
     /// crash recovery see all of them or none. Later changes to the same key win. Large values
     /// are appended to the value log and synced first. No sled flush (see the module docs).
     pub fn write_batch(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        #[cfg(feature = "test-faults")]
+        {
+            use std::sync::atomic::Ordering;
+            let refuse = self
+                .failing_write_batches
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+                .is_ok();
+            if refuse {
+                return Err(StoreError::Io(std::io::Error::other("injected write failure (test-faults)")));
+            }
+        }
         let mut separated = self.values.separate(&self.tree, changes)?;
         let mut batch = sled::Batch::default();
         for (key, value) in std::mem::take(&mut separated.changes) {
