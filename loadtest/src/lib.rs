@@ -203,11 +203,9 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     if config.progress {
         eprintln!("setup done in {setup_secs:.1} s; measured phase started");
     }
-    if let Some(bucket_ms) = config.timeline_bucket_ms {
-        let _ = shared.timeline.set(Timeline::start_now(bucket_ms));
-    }
-    let start = Instant::now();
-    let deadline = config.duration.map(|d| start + d);
+    // Workers (and their histograms) exist before the clock starts: with an open loop, the
+    // first calls are due from `start` on, and building a thousand workers took long enough
+    // that they were sent late and counted as slow.
     let mut workers = Vec::with_capacity(config.concurrency);
     let mut intervals = Vec::with_capacity(config.concurrency);
     for w in 0..config.concurrency {
@@ -220,10 +218,16 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         intervals.push(worker.stats.interval.clone());
         workers.push(worker);
     }
+    if let Some(bucket_ms) = config.timeline_bucket_ms {
+        let _ = shared.timeline.set(Timeline::start_now(bucket_ms));
+    }
+    let start = Instant::now();
+    let deadline = config.duration.map(|d| start + d);
     let progress_stop = Arc::new(AtomicBool::new(false));
-    let progress = config
-        .progress
-        .then(|| tokio::spawn(stats::progress(counters.clone(), intervals, start, progress_stop.clone())));
+    let progress = config.progress.then(|| {
+        let (counters, stop) = (counters.clone(), progress_stop.clone());
+        std::thread::spawn(move || stats::progress(counters, intervals, start, stop))
+    });
     let handles: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run_loop(start, deadline))).collect();
     let mut total = LocalStats::new();
     for handle in handles {
@@ -232,7 +236,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let elapsed = start.elapsed().as_secs_f64();
     progress_stop.store(true, Ordering::Relaxed);
     if let Some(progress) = progress {
-        progress.abort();
+        let _ = progress.join();
     }
 
     let mut operations = Vec::new();

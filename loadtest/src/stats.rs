@@ -130,20 +130,28 @@ pub(crate) fn ms(us: u64) -> String {
     }
 }
 
-/// Prints one line a second on stderr until `stop` is set.
-pub(crate) async fn progress(
+/// Prints a progress line every second until `stop`. On a thread of its own, not on the
+/// runtime: merging every worker's histogram takes milliseconds (hundreds with a thousand
+/// workers), and calls queued on a runtime worker would wait behind it and count as slow.
+pub(crate) fn progress(
     counters: Arc<Counters>,
     intervals: Vec<Arc<Mutex<Histogram<u64>>>>,
     start: Instant,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.tick().await;
+    const TICK: Duration = Duration::from_secs(1);
+    const POLL: Duration = Duration::from_millis(50);
     let mut last_done = counters.done();
     let mut last = Instant::now();
     let mut merged = histogram();
-    while !stop.load(Ordering::Relaxed) {
-        ticker.tick().await;
+    loop {
+        let due = last + TICK;
+        while Instant::now() < due {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(POLL.min(due.saturating_duration_since(Instant::now())));
+        }
         let done = counters.done();
         let now = Instant::now();
         let rate = (done - last_done) as f64 / now.duration_since(last).as_secs_f64().max(1e-9);
