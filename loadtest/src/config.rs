@@ -61,6 +61,10 @@ pub struct Config {
     pub duration: Option<Duration>,
     /// Stop after about this many operations.
     pub operations: Option<u64>,
+    /// Pause between the funding phase and the measured phase, so that the target has
+    /// written the funding away (its first checkpoint of tens of thousands of new accounts)
+    /// before the clock starts: the measured phase shows the workload, not the setup's tail.
+    pub settle_ms: u64,
     /// 1: single calls; N > 1: SubmitBatch of N operations.
     pub batch: usize,
     /// HTTP/2 connections to the gateway.
@@ -104,6 +108,9 @@ fn ser_duration<S: serde::Serializer>(value: &Option<Duration>, s: S) -> Result<
     }
 }
 
+/// [`Config::settle_ms`] by default: two checkpoint intervals of a Tally group.
+pub const SETTLE_MS_DEFAULT: u64 = 2_000;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -116,6 +123,7 @@ impl Default for Config {
             concurrency: 32,
             rate: None,
             duration: Some(Duration::from_secs(10)),
+            settle_ms: SETTLE_MS_DEFAULT,
             operations: None,
             batch: 1,
             connections: 4,

@@ -199,9 +199,13 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     counters.reset();
     counters.unknown.store(unknown_in_setup, Ordering::Relaxed);
 
-    // The measured phase.
+    // The measured phase, once the target has written the funding away.
+    tokio::time::sleep(Duration::from_millis(config.settle_ms)).await;
     if config.progress {
-        eprintln!("setup done in {setup_secs:.1} s; measured phase started");
+        eprintln!(
+            "setup done in {setup_secs:.1} s, settled for {} ms; measured phase started",
+            config.settle_ms
+        );
     }
     // Workers (and their histograms) exist before the clock starts: with an open loop, the
     // first calls are due from `start` on, and building a thousand workers took long enough

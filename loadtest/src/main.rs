@@ -47,6 +47,10 @@ struct Args {
     /// Stop after about this many operations.
     #[arg(long)]
     operations: Option<u64>,
+    /// Pause between the funding phase and the measured phase, in ms (the target writes the
+    /// funding away meanwhile).
+    #[arg(long, default_value_t = tally_loadtest::config::SETTLE_MS_DEFAULT)]
+    settle_ms: u64,
     /// Operations per SubmitBatch; 1 sends single calls.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         progress: !args.quiet,
         run_id: args.run_id,
         timeline_bucket_ms: args.timeline.then_some(args.timeline_bucket_ms),
+        settle_ms: args.settle_ms,
         unrecorded_earn: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
