@@ -34,7 +34,7 @@ pub use report::{AccountMismatch, CurrencyCheck, OperationStats, Proof, Report, 
 
 use exactly_once::Journal;
 use ops::{Model, Names, Op};
-use stats::{Counters, Latency, LocalStats};
+use stats::{Counters, Latency, LatencyShard, LocalStats};
 use timeline::Timeline;
 use worker::{Shared, Worker};
 use zipf::MemberPicker;
@@ -210,17 +210,17 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     // Workers (and their histograms) exist before the clock starts: with an open loop, the
     // first calls are due from `start` on, and building a thousand workers took long enough
     // that they were sent late and counted as slow.
+    let latency: Vec<Arc<LatencyShard>> =
+        (0..stats::LATENCY_SHARDS).map(|_| Arc::new(LatencyShard::new())).collect();
     let mut workers = Vec::with_capacity(config.concurrency);
-    let mut intervals = Vec::with_capacity(config.concurrency);
     for w in 0..config.concurrency {
-        let worker = Worker::new(
+        workers.push(Worker::new(
             shared.clone(),
             channels[w % channels.len()].clone(),
             config.seed.wrapping_mul(1_000_003).wrapping_add(w as u64),
             format!("{run_id}-w{w}-"),
-        );
-        intervals.push(worker.stats.interval.clone());
-        workers.push(worker);
+            latency[w % latency.len()].clone(),
+        ));
     }
     if let Some(bucket_ms) = config.timeline_bucket_ms {
         let _ = shared.timeline.set(Timeline::start_now(bucket_ms));
@@ -229,11 +229,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     let deadline = config.duration.map(|d| start + d);
     let progress_stop = Arc::new(AtomicBool::new(false));
     let progress = config.progress.then(|| {
-        let (counters, stop) = (counters.clone(), progress_stop.clone());
-        std::thread::spawn(move || stats::progress(counters, intervals, start, stop))
+        let (counters, stop, shards) = (counters.clone(), progress_stop.clone(), latency.clone());
+        std::thread::spawn(move || stats::progress(counters, shards, start, stop))
     });
     let handles: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run_loop(start, deadline))).collect();
-    let mut total = LocalStats::new();
+    let mut total = LocalStats::new(Arc::new(LatencyShard::new()));
     for handle in handles {
         total.merge(&handle.await.context("a worker panicked")?);
     }
@@ -243,11 +243,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         let _ = progress.join();
     }
 
+    let histograms = LatencyShard::merged(&latency);
     let mut operations = Vec::new();
     let mut totals = Totals::default();
     for kind in Kind::ALL {
         let k = kind.index();
-        let latency = Latency::of(&total.hist[k]);
+        let latency = Latency::of(&histograms[k]);
         if total.ok[k] + total.refused[k] + total.errors[k] + total.unknown[k] == 0 && latency.is_none() {
             continue;
         }
@@ -313,6 +314,7 @@ async fn fund(shared: &Arc<Shared>, channels: &[Channel], run_id: &str) -> anyho
             channels[t % channels.len()].clone(),
             cfg.seed ^ 0xf00d ^ t as u64,
             format!("{run_id}-f{t}-"),
+            Arc::new(LatencyShard::new()),
         );
         let next = next.clone();
         let shared = shared.clone();

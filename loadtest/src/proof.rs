@@ -15,6 +15,7 @@ use tonic::Code;
 use crate::client::{authorized, is_unknown};
 use crate::ops::Op;
 use crate::report::{AccountMismatch, CurrencyCheck, Proof};
+use crate::stats::LatencyShard;
 use crate::worker::{Resolved, Shared, Worker};
 
 const FIRST_MISMATCHES: usize = 20;
@@ -45,6 +46,7 @@ pub(crate) async fn check(
                 channels[t % channels.len()].clone(),
                 t as u64,
                 format!("{run_id}-r{t}-"),
+                Arc::new(LatencyShard::new()),
             );
             handles.push(tokio::spawn(async move {
                 let mut out = Vec::new();

@@ -1,6 +1,6 @@
-//! Counters and latency histograms. Workers record into their own histograms (merged at the
-//! end) and bump shared atomics; the progress line reads the atomics and swaps each worker's
-//! one-second histogram.
+//! Counters and latency histograms. Workers count outcomes on their own (merged at the end),
+//! record latencies into the histograms of their [`LatencyShard`] and bump shared atomics; the
+//! progress line reads the atomics and swaps each shard's one-second histogram.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,41 +53,69 @@ impl Counters {
     }
 }
 
-/// Per-kind results of one worker.
+/// Latency shards of a run: worker i records into shard i mod this.
+pub(crate) const LATENCY_SHARDS: usize = 16;
+
+/// Latency histograms shared by the workers of one shard. Shared, not one set per worker: with
+/// a thousand workers in an open loop, every worker's histograms grew at once when latencies
+/// rose (hundreds of MB for the kernel to zero), which stalled the generator itself and showed
+/// as latency.
+pub(crate) struct LatencyShard {
+    per_kind: Mutex<Vec<Histogram<u64>>>,
+    /// The current second's latencies, read by the progress line.
+    pub interval: Mutex<Histogram<u64>>,
+}
+
+impl LatencyShard {
+    pub(crate) fn new() -> Self {
+        LatencyShard {
+            per_kind: Mutex::new((0..KINDS).map(|_| histogram()).collect()),
+            interval: Mutex::new(histogram()),
+        }
+    }
+
+    /// Every shard's histograms added up, per kind.
+    pub(crate) fn merged(shards: &[Arc<LatencyShard>]) -> Vec<Histogram<u64>> {
+        let mut merged: Vec<Histogram<u64>> = (0..KINDS).map(|_| histogram()).collect();
+        for shard in shards {
+            if let Ok(per_kind) = shard.per_kind.lock() {
+                for (total, histogram) in merged.iter_mut().zip(per_kind.iter()) {
+                    let _ = total.add(histogram);
+                }
+            }
+        }
+        merged
+    }
+}
+
+/// Per-kind outcomes of one worker, and where it records latencies.
 pub(crate) struct LocalStats {
-    pub hist: Vec<Histogram<u64>>,
     pub ok: [u64; KINDS],
     pub refused: [u64; KINDS],
     pub errors: [u64; KINDS],
     pub unknown: [u64; KINDS],
-    /// The current second's latencies, read by the progress line.
-    pub interval: Arc<Mutex<Histogram<u64>>>,
+    latency: Arc<LatencyShard>,
 }
 
 impl LocalStats {
-    pub(crate) fn new() -> Self {
-        LocalStats {
-            hist: (0..KINDS).map(|_| histogram()).collect(),
-            ok: [0; KINDS],
-            refused: [0; KINDS],
-            errors: [0; KINDS],
-            unknown: [0; KINDS],
-            interval: Arc::new(Mutex::new(histogram())),
-        }
+    pub(crate) fn new(latency: Arc<LatencyShard>) -> Self {
+        LocalStats { ok: [0; KINDS], refused: [0; KINDS], errors: [0; KINDS], unknown: [0; KINDS], latency }
     }
 
     pub(crate) fn record(&mut self, kind: Kind, latency: Duration) {
         let us = (latency.as_micros() as u64).max(1);
         // `record` grows the histogram (auto-resize); `saturating_record` would clamp.
-        let _ = self.hist[kind.index()].record(us);
-        if let Ok(mut interval) = self.interval.lock() {
+        if let Ok(mut per_kind) = self.latency.per_kind.lock() {
+            let _ = per_kind[kind.index()].record(us);
+        }
+        if let Ok(mut interval) = self.latency.interval.lock() {
             let _ = interval.record(us);
         }
     }
 
+    /// Adds `other`'s outcome counts (latencies are in the shards already).
     pub(crate) fn merge(&mut self, other: &LocalStats) {
         for k in 0..KINDS {
-            let _ = self.hist[k].add(&other.hist[k]);
             self.ok[k] += other.ok[k];
             self.refused[k] += other.refused[k];
             self.errors[k] += other.errors[k];
@@ -131,11 +159,11 @@ pub(crate) fn ms(us: u64) -> String {
 }
 
 /// Prints a progress line every second until `stop`. On a thread of its own, not on the
-/// runtime: merging every worker's histogram takes milliseconds (hundreds with a thousand
-/// workers), and calls queued on a runtime worker would wait behind it and count as slow.
+/// runtime: merging histograms takes milliseconds, and calls queued on a runtime worker would
+/// wait behind it and count as slow.
 pub(crate) fn progress(
     counters: Arc<Counters>,
-    intervals: Vec<Arc<Mutex<Histogram<u64>>>>,
+    shards: Vec<Arc<LatencyShard>>,
     start: Instant,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -158,8 +186,8 @@ pub(crate) fn progress(
         last_done = done;
         last = now;
         merged.reset();
-        for interval in &intervals {
-            if let Ok(mut h) = interval.lock() {
+        for shard in &shards {
+            if let Ok(mut h) = shard.interval.lock() {
                 let _ = merged.add(&*h);
                 h.reset();
             }

@@ -17,7 +17,7 @@ use crate::client::{call_batch, call_single, Outcome};
 use crate::config::{Config, Profile};
 use crate::exactly_once::Journal;
 use crate::ops::{Kind, Model, Names, Op};
-use crate::stats::{Counters, LocalStats};
+use crate::stats::{Counters, LatencyShard, LocalStats};
 use crate::timeline::{Attempt, Timeline};
 use crate::zipf::MemberPicker;
 
@@ -140,7 +140,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(shared: Arc<Shared>, channel: Channel, seed: u64, key_prefix: String) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        channel: Channel,
+        seed: u64,
+        key_prefix: String,
+        latency: Arc<LatencyShard>,
+    ) -> Self {
         let client = LedgerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         Worker {
             shared,
@@ -148,7 +154,7 @@ impl Worker {
             rng: StdRng::seed_from_u64(seed),
             key_prefix,
             seq: 0,
-            stats: LocalStats::new(),
+            stats: LocalStats::new(latency),
         }
     }
 
