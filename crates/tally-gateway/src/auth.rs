@@ -104,7 +104,7 @@ impl ApiKeyCache {
 }
 
 /// Finds the partner whose API key the request carries (indexing `meta` for this one call; the
-/// services use an [`ApiKeyCache`]).
+/// services use an `ApiKeyCache`).
 pub fn authenticate(meta: &MetaState, metadata: &MetadataMap) -> Result<Caller, ApiError> {
     ApiKeyIndex::build(meta).authenticate(metadata)
 }
