@@ -108,7 +108,13 @@ fn describe_node_metrics() {
     );
 }
 
-/// Follows a group's Raft metrics and mirrors them into gauges labelled by group and node.
+/// How often a group's Raft metrics are copied into its gauges.
+pub const GROUP_METRICS_SAMPLE_INTERVAL_MS: u64 = 500;
+
+/// Samples a group's Raft metrics into gauges labelled by group and node. Sampled, not
+/// followed: openraft publishes new metrics several times per entry (append, commit, apply,
+/// each follower's progress), and a task woken on every change cost more wake-ups than the
+/// entry's own work on a busy node.
 pub fn spawn_group_metrics(
     node_id: u64,
     group: Arc<Group>,
@@ -117,22 +123,11 @@ pub fn spawn_group_metrics(
     let mut receiver = group.raft.metrics();
     let labels = [("group", group_name(group.group_id)), ("node", node_id.to_string())];
     tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(GROUP_METRICS_SAMPLE_INTERVAL_MS));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            {
-                let metrics = receiver.borrow_and_update();
-                gauge!("tally_raft_term", &labels).set(metrics.current_term as f64);
-                gauge!("tally_raft_last_log_index", &labels).set(metrics.last_log_index.unwrap_or(0) as f64);
-                let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
-                gauge!("tally_raft_applied_index", &labels).set(applied as f64);
-                let snapshot = metrics.snapshot.map(|log_id| log_id.index).unwrap_or(0);
-                gauge!("tally_raft_snapshot_index", &labels).set(snapshot as f64);
-                let is_leader = metrics.state == ServerState::Leader;
-                gauge!("tally_raft_is_leader", &labels).set(if is_leader { 1.0 } else { 0.0 });
-                let healthy = metrics.running_state.is_ok();
-                gauge!("tally_raft_healthy", &labels).set(if healthy { 1.0 } else { 0.0 });
-            }
             let ended = tokio::select! {
-                changed = receiver.changed() => changed.is_err(),
+                _ = interval.tick() => receiver.has_changed().is_err(),
                 _ = stop.changed() => true,
             };
             if ended {
@@ -141,6 +136,17 @@ pub fn spawn_group_metrics(
                 gauge!("tally_raft_healthy", &labels).set(0.0);
                 return;
             }
+            let metrics = receiver.borrow_and_update();
+            gauge!("tally_raft_term", &labels).set(metrics.current_term as f64);
+            gauge!("tally_raft_last_log_index", &labels).set(metrics.last_log_index.unwrap_or(0) as f64);
+            let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
+            gauge!("tally_raft_applied_index", &labels).set(applied as f64);
+            let snapshot = metrics.snapshot.map(|log_id| log_id.index).unwrap_or(0);
+            gauge!("tally_raft_snapshot_index", &labels).set(snapshot as f64);
+            let is_leader = metrics.state == ServerState::Leader;
+            gauge!("tally_raft_is_leader", &labels).set(if is_leader { 1.0 } else { 0.0 });
+            let healthy = metrics.running_state.is_ok();
+            gauge!("tally_raft_healthy", &labels).set(if healthy { 1.0 } else { 0.0 });
         }
     })
 }

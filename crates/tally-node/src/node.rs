@@ -284,7 +284,7 @@ impl Node {
                 let _ = task.await;
             }
         }
-        if let Err(error) = group.raft.shutdown().await {
+        if let Err(error) = group.shutdown().await {
             tracing::warn!(group = group_id, %error, "removed replica did not shut down cleanly");
         }
         drop(group);
@@ -767,7 +767,7 @@ impl Node {
     /// last `Arc<Node>`, the database is closed and the folder can be opened again.
     pub async fn shutdown(&self) {
         for group in self.registry.all() {
-            if let Err(error) = group.raft.shutdown().await {
+            if let Err(error) = group.shutdown().await {
                 tracing::warn!(group = group.group_id, %error, "group did not shut down cleanly");
                 continue;
             }

@@ -97,6 +97,9 @@ pub struct Group {
     pub purge_floor: PurgeFloor,
     /// Shards only; meta changes are proposed one by one (they are rare).
     pub proposer: Option<Proposer>,
+    /// Ends the group's periodic tasks (checkpoints, the log-size snapshot trigger) when sent
+    /// or dropped.
+    periodic_tasks_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Group {
@@ -138,22 +141,41 @@ impl Group {
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|error| GroupError::Start(error.to_string()))?;
-        tokio::spawn(snapshot_by_log_size(raft.clone(), appended_bytes, tuning.snapshot_log_bytes));
-        tokio::spawn(checkpoint_regularly(raft.clone(), shared.clone(), store.clone(), purge_floor.clone()));
+        let (periodic_tasks_stop, stop) = tokio::sync::watch::channel(false);
+        let life = || GroupLife { metrics: raft.metrics(), stop: stop.clone() };
+        tokio::spawn(snapshot_by_log_size(raft.clone(), life(), appended_bytes, tuning.snapshot_log_bytes));
+        tokio::spawn(checkpoint_regularly(life(), shared.clone(), store.clone(), purge_floor.clone()));
         let proposer =
             (group_id != META_GROUP_ID).then(|| Proposer::start(group_id, raft.clone(), proposer_config));
-        Ok(Group { group_id, raft, shared, purge_floor, proposer })
+        Ok(Group { group_id, raft, shared, purge_floor, proposer, periodic_tasks_stop })
     }
+
+    /// Stops the group's periodic tasks and its Raft core (the data stays).
+    pub async fn shutdown(&self) -> Result<(), tokio::task::JoinError> {
+        let _ = self.periodic_tasks_stop.send(true);
+        self.raft.shutdown().await
+    }
+}
+
+/// What a group's periodic task watches to end with the group: the group's stop signal, and
+/// its Raft metrics channel (closed when the Raft core stops, for example on a fatal error).
+struct GroupLife {
+    metrics: tokio::sync::watch::Receiver<crate::types::RaftMetrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// openraft's own policy counts entries; this task bounds the log's size too: once
 /// `snapshot_log_bytes` have been appended since its last trigger, it asks for a snapshot
 /// (after which openraft purges the log behind it). Ends when the group stops.
-async fn snapshot_by_log_size(raft: Raft, appended_bytes: Arc<AtomicU64>, snapshot_log_bytes: u64) {
-    let mut metrics = raft.metrics();
+async fn snapshot_by_log_size(
+    raft: Raft,
+    mut life: GroupLife,
+    appended_bytes: Arc<AtomicU64>,
+    snapshot_log_bytes: u64,
+) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut bytes_at_last_trigger = 0u64;
-    while next_tick(&mut interval, &mut metrics).await {
+    while next_tick(&mut interval, &mut life).await {
         let bytes = appended_bytes.load(Ordering::Relaxed);
         if bytes.saturating_sub(bytes_at_last_trigger) < snapshot_log_bytes {
             continue;
@@ -176,12 +198,11 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 /// in sled. Ends when the group stops (a node's orderly shutdown writes a last checkpoint
 /// itself; a crash leaves the log to re-apply).
 async fn checkpoint_regularly(
-    raft: Raft,
+    mut life: GroupLife,
     shared: Arc<GroupShared>,
     store: NodeStore,
     purge_floor: PurgeFloor,
 ) {
-    let mut metrics = raft.metrics();
     // Groups start together; spreading their first checkpoint over the interval (by group id)
     // keeps a node's groups from all encoding and flushing in the same moment.
     let period = std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS);
@@ -189,28 +210,22 @@ async fn checkpoint_regularly(
     let start = tokio::time::Instant::now() + std::time::Duration::from_millis(phase_ms);
     let mut interval = tokio::time::interval_at(start, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while next_tick(&mut interval, &mut metrics).await {
+    while next_tick(&mut interval, &mut life).await {
         if let Err(error) = checkpoint_durably(&shared, &store, &purge_floor).await {
             tracing::warn!(group = shared.group_id, %error, "checkpoint failed; the next one retries");
         }
     }
 }
 
-/// Waits for the next tick of `interval`; false once the group has stopped (its metrics
-/// channel closed), for the periodic tasks of a group to end with it.
-async fn next_tick(
-    interval: &mut tokio::time::Interval,
-    metrics: &mut tokio::sync::watch::Receiver<crate::types::RaftMetrics>,
-) -> bool {
-    loop {
-        tokio::select! {
-            _ = interval.tick() => return true,
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
-            }
-        }
+/// Waits for the next tick of `interval`; false once the group has stopped, for the periodic
+/// tasks of a group to end with it. The metrics channel is only checked for closing at each
+/// tick, not awaited: openraft publishes metrics several times per entry, and a task woken on
+/// every change costs a busy node a wake-up per change for nothing.
+async fn next_tick(interval: &mut tokio::time::Interval, life: &mut GroupLife) -> bool {
+    tokio::select! {
+        _ = interval.tick() => life.metrics.has_changed().is_ok() && !*life.stop.borrow(),
+        // Sent or dropped: the group is stopping either way.
+        _ = life.stop.changed() => false,
     }
 }
 
