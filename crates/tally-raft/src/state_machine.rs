@@ -738,6 +738,12 @@ fn snapshot_writes(meta: &SnapshotMeta, data: &[u8], old_chunk_count: u32) -> Tr
     writes
 }
 
+/// The meta of the current snapshot stored in `tree`, if any, without its data.
+fn read_snapshot_meta(tree: &StateTree) -> Result<Option<SnapshotMeta>, StoreError> {
+    let Some(head) = tree.get(keys::SNAPSHOT_KEY)? else { return Ok(None) };
+    Ok(Some(decode_value::<StoredSnapshot>(&head, "snapshot")?.meta))
+}
+
 /// The current snapshot stored in `tree`, if any.
 fn read_snapshot(tree: &StateTree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
     let Some(head) = tree.get(keys::SNAPSHOT_KEY)? else { return Ok(None) };
@@ -766,6 +772,13 @@ pub struct GroupStateMachine {
     /// durable state (see `with_purge_floor`).
     durability: Option<(NodeStore, PurgeFloor)>,
     changes: ChangeSet,
+    /// Set by `open`, cleared by the first `get_current_snapshot` and by anything that builds,
+    /// receives or installs a snapshot. openraft 0.9 reads the current snapshot once when the
+    /// group starts (`StorageHelper::get_initial_state`, before any other snapshot call) and
+    /// keeps only its meta; reading the data there would load a whole shard's snapshot (hundreds
+    /// of MB for millions of retained keys) into memory to throw it away. That first read
+    /// answers the meta with empty data; every later one reads the data.
+    startup_snapshot_read_pending: bool,
 }
 
 fn read_error(error: impl std::error::Error + 'static) -> StorageError {
@@ -896,7 +909,12 @@ impl GroupStateMachine {
             checkpoint_lock: Arc::new(tokio::sync::Mutex::new(())),
             journal_source,
         };
-        Ok(Self { shared: Arc::new(shared), durability: None, changes: ChangeSet::default() })
+        Ok(Self {
+            shared: Arc::new(shared),
+            durability: None,
+            changes: ChangeSet::default(),
+            startup_snapshot_read_pending: true,
+        })
     }
 
     /// Makes a snapshot install durable before it returns and raises `floor` to it, so that
@@ -1002,6 +1020,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> GroupSnapshotBuilder {
+        self.startup_snapshot_read_pending = false;
         // This runs inside the state-machine worker, so no apply is running: the clone is a
         // consistent cut of state, applied id and membership. Statement lines are not in
         // memory; the builder reads those up to each account's line count at the cut, and lines
@@ -1019,6 +1038,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        self.startup_snapshot_read_pending = false;
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -1027,6 +1047,7 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        self.startup_snapshot_read_pending = false;
         let data = snapshot.into_inner();
         let new_state = install_writes(self.shared.group_id, meta, &data).map_err(read_error)?;
         let Installed { mut state, content, journals, journal_records, journal_indexes } = new_state;
@@ -1065,6 +1086,11 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        if std::mem::take(&mut self.startup_snapshot_read_pending) {
+            // openraft's start-up read: the meta is all it uses (see the field's comment).
+            let meta = read_snapshot_meta(&self.shared.tree).map_err(read_error)?;
+            return Ok(meta.map(|meta| Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) }));
+        }
         // Under the lock that builds and installs hold while they write the snapshot: its head
         // and chunks are read in several calls, and must all be of one snapshot.
         let stored = {

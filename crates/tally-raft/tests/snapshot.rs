@@ -557,3 +557,34 @@ async fn a_snapshot_is_built_once_the_log_reaches_its_size_limit() {
     assert!(waited.is_ok(), "no snapshot after {} log bytes", 20_000);
     group.raft.shutdown().await.unwrap();
 }
+
+/// openraft reads the current snapshot once when a group starts and keeps only its meta: that
+/// first read after opening skips the data, and every later read (a snapshot sent to a
+/// follower) carries all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_snapshot_read_after_opening_carries_the_meta_and_later_reads_the_data() {
+    const SHARD: u32 = 1;
+    const T: u64 = 1_700_000_000_000;
+    let entries: Vec<Entry> = (1..=3)
+        .map(|index| {
+            let commands = vec![command(
+                &format!("e{index}"),
+                Operation::Earn { member_id: member(0), currency: currency_of(0), amount_points: index },
+            )];
+            entry_at(index, T + index, HOUR_MS, commands)
+        })
+        .collect();
+    let (store, mut state_machine) = fresh_state_machine(SHARD);
+    state_machine.apply(entries).await.unwrap();
+    let built = state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert!(!built.snapshot.get_ref().is_empty());
+    drop(state_machine);
+
+    let mut reopened = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+    let first = reopened.get_current_snapshot().await.unwrap().expect("the stored snapshot");
+    assert_eq!(first.meta, built.meta);
+    assert!(first.snapshot.get_ref().is_empty(), "the start-up read leaves the data on disk");
+    let second = reopened.get_current_snapshot().await.unwrap().expect("the stored snapshot");
+    assert_eq!(second.meta, built.meta);
+    assert_eq!(second.snapshot.get_ref(), built.snapshot.get_ref(), "later reads carry the whole snapshot");
+}
