@@ -798,7 +798,6 @@ impl GroupStateMachine {
         let mut membership = StoredMembership::default();
         let mut current_snapshot = None;
         // Later journals and deltas hold later versions: each kind is read in log index order.
-        let mut journal_indexes: Vec<(Vec<u8>, Vec<JournalIndexEntry>)> = Vec::new();
         let mut deltas: Vec<Vec<(ItemKey, Option<StateItem>)>> = Vec::new();
         let mut unwritten = Unwritten::default();
         let mut state_format = None;
@@ -807,13 +806,9 @@ impl GroupStateMachine {
         let holds_shard_state = [keys::ITEM_PREFIX, keys::DELTA_PREFIX, keys::JOURNAL_PREFIX]
             .into_iter()
             .any(|prefix| tree.iter_prefix(&[prefix]).next().is_some());
-        let loaded_prefixes = [
-            keys::ITEM_PREFIX,
-            keys::DELTA_PREFIX,
-            keys::LINE_JOURNAL_PREFIX,
-            keys::JOURNAL_INDEX_PREFIX,
-            b'm',
-        ];
+        // The journal indexes (one entry per retained key, millions of them) are read last, one
+        // at a time into the ledger, not collected first.
+        let loaded_prefixes = [keys::ITEM_PREFIX, keys::DELTA_PREFIX, keys::LINE_JOURNAL_PREFIX, b'm'];
         for row in loaded_prefixes.into_iter().flat_map(|prefix| tree.iter_prefix(&[prefix])) {
             let (key, value) = row?;
             if key == keys::STATE_FORMAT_KEY {
@@ -830,10 +825,6 @@ impl GroupStateMachine {
                     let lines: Vec<(AccountKey, StatementLine)> = decode_value(&value, "line journal")?;
                     unwritten.add_lines(lines.into_iter(), true);
                     unwritten.delta_keys.push(key);
-                }
-                Some(&keys::JOURNAL_INDEX_PREFIX) => {
-                    journal_indexes
-                        .push((keys::journal_of_index(&key), decode_value(&value, "journal index")?));
                 }
                 _ if key == keys::APPLIED_KEY => applied = decode_value(&value, "applied log id")?,
                 _ if key == keys::MEMBERSHIP_KEY => membership = decode_value(&value, "membership")?,
@@ -886,7 +877,10 @@ impl GroupStateMachine {
             let source = Arc::new(JournalSource::new(tree.clone()));
             let mut ledger = Ledger::from_items(items);
             ledger.set_record_source(source.clone());
-            for (journal_key, index) in journal_indexes {
+            for row in tree.iter_prefix(&[keys::JOURNAL_INDEX_PREFIX]) {
+                let (key, value) = row?;
+                let journal_key = keys::journal_of_index(&key);
+                let index: Vec<JournalIndexEntry> = decode_value(&value, "journal index")?;
                 let expires_at_ms = index.iter().map(|entry| entry.expires_at_ms).max().unwrap_or(0);
                 let journal = source.register(journal_key.clone());
                 unwritten.journals.insert((expires_at_ms, journal_key));
