@@ -738,16 +738,15 @@ fn snapshot_writes(meta: &SnapshotMeta, data: &[u8], old_chunk_count: u32) -> Tr
     writes
 }
 
-/// The meta of the current snapshot stored in `tree`, if any, without its data.
-fn read_snapshot_meta(tree: &StateTree) -> Result<Option<SnapshotMeta>, StoreError> {
+/// The head of the current snapshot stored in `tree` (its meta and chunk count), if any.
+fn read_stored_snapshot(tree: &StateTree) -> Result<Option<StoredSnapshot>, StoreError> {
     let Some(head) = tree.get(keys::SNAPSHOT_KEY)? else { return Ok(None) };
-    Ok(Some(decode_value::<StoredSnapshot>(&head, "snapshot")?.meta))
+    Ok(Some(decode_value(&head, "snapshot")?))
 }
 
 /// The current snapshot stored in `tree`, if any.
 fn read_snapshot(tree: &StateTree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
-    let Some(head) = tree.get(keys::SNAPSHOT_KEY)? else { return Ok(None) };
-    let stored: StoredSnapshot = decode_value(&head, "snapshot")?;
+    let Some(stored) = read_stored_snapshot(tree)? else { return Ok(None) };
     let mut data = Vec::new();
     for chunk in 0..stored.chunk_count {
         let bytes = tree.get(&keys::snapshot_chunk_key(chunk))?.ok_or_else(|| StoreError::Corrupt {
@@ -760,10 +759,7 @@ fn read_snapshot(tree: &StateTree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, St
 
 /// How many chunks the current snapshot in `tree` has.
 fn stored_snapshot_chunks(tree: &StateTree) -> Result<u32, StoreError> {
-    Ok(match tree.get(keys::SNAPSHOT_KEY)? {
-        Some(head) => decode_value::<StoredSnapshot>(&head, "snapshot")?.chunk_count,
-        None => 0,
-    })
+    Ok(read_stored_snapshot(tree)?.map_or(0, |stored| stored.chunk_count))
 }
 
 pub struct GroupStateMachine {
@@ -1082,8 +1078,9 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         if std::mem::take(&mut self.startup_snapshot_read_pending) {
             // openraft's start-up read: the meta is all it uses (see the field's comment).
-            let meta = read_snapshot_meta(&self.shared.tree).map_err(read_error)?;
-            return Ok(meta.map(|meta| Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) }));
+            let stored = read_stored_snapshot(&self.shared.tree).map_err(read_error)?;
+            return Ok(stored
+                .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(Vec::new())) }));
         }
         // Under the lock that builds and installs hold while they write the snapshot: its head
         // and chunks are read in several calls, and must all be of one snapshot.

@@ -362,6 +362,19 @@ fn entry_at(index: u64, log_time_ms: u64, retention_ms: u64, commands: Vec<Comma
 /// Records expire with log time and are deleted from the tree. A replica still at an older
 /// state (which has them) that installs a newer snapshot must end up with exactly the
 /// snapshot's content: nothing forgotten comes back, nothing stale stays in its tree.
+/// `count` entries of one earn each for member 0, at indexes 1.. and log times `t + index`.
+fn earn_entries(count: u64, t: u64) -> Vec<Entry> {
+    (1..=count)
+        .map(|index| {
+            let commands = vec![command(
+                &format!("e{index}"),
+                Operation::Earn { member_id: member(0), currency: currency_of(0), amount_points: index },
+            )];
+            entry_at(index, t + index, HOUR_MS, commands)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
     const T: u64 = 1_700_000_000_000;
@@ -467,15 +480,7 @@ async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_finishing_after_an_install_keeps_the_installed_snapshot_current() {
     const T: u64 = 1_700_000_000_000;
-    let entries: Vec<Entry> = (1..=4)
-        .map(|index| {
-            let commands = vec![command(
-                &format!("e{index}"),
-                Operation::Earn { member_id: member(0), currency: currency_of(0), amount_points: index },
-            )];
-            entry_at(index, T + index, HOUR_MS, commands)
-        })
-        .collect();
+    let entries = earn_entries(4, T);
     // The leader is at entry 4 and has a snapshot there.
     let (_leader_store, mut leader) = fresh_state_machine(SHARD);
     leader.apply(entries.clone()).await.unwrap();
@@ -565,15 +570,7 @@ async fn a_snapshot_is_built_once_the_log_reaches_its_size_limit() {
 async fn the_first_snapshot_read_after_opening_carries_the_meta_and_later_reads_the_data() {
     const SHARD: u32 = 1;
     const T: u64 = 1_700_000_000_000;
-    let entries: Vec<Entry> = (1..=3)
-        .map(|index| {
-            let commands = vec![command(
-                &format!("e{index}"),
-                Operation::Earn { member_id: member(0), currency: currency_of(0), amount_points: index },
-            )];
-            entry_at(index, T + index, HOUR_MS, commands)
-        })
-        .collect();
+    let entries = earn_entries(3, T);
     let (store, mut state_machine) = fresh_state_machine(SHARD);
     state_machine.apply(entries).await.unwrap();
     let built = state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
