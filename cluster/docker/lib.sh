@@ -73,7 +73,7 @@ shard_of() {
 # Status
 
 status_out=""
-get_status() { status_out="$(cli 20 status)"; }
+get_status() { status_out="$(cli 20 status --digests)"; }
 
 # Prints what keeps the status from "converged" (nothing when it is): every node reachable and
 # healthy, every shard with a leader, every group with a leader and all replicas whose applied
@@ -98,8 +98,8 @@ status_problems() {
         }
         sec == "groups" {
             g = $1; count[g]++
-            applied[g, count[g]] = $8; digest[g, count[g]] = $10; node[g, count[g]] = $2
-            if ($3 == "leader") { lapplied[g] = $8; ldigest[g] = $10; lnode[g] = $2 }
+            applied[g, count[g]] = $8; digest[g, count[g]] = $11; node[g, count[g]] = $2
+            if ($3 == "leader") { lapplied[g] = $8; ldigest[g] = $11; lnode[g] = $2 }
         }
         END {
             if (nodes != want_nodes) bad = bad "; " nodes + 0 " nodes listed, want " want_nodes

@@ -102,8 +102,11 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     }
     let admin_target = config.admin_target.clone().unwrap_or_else(|| config.target.clone());
     let mut admin = AdminClient::new(connect(&admin_target).await?);
-    let status =
-        admin.cluster_status(ClusterStatusRequest {}).await.context("Admin/ClusterStatus")?.into_inner();
+    let status = admin
+        .cluster_status(ClusterStatusRequest::default())
+        .await
+        .context("Admin/ClusterStatus")?
+        .into_inner();
     let shard_count = status.shard_count.max(1);
 
     // Partners, one currency each.

@@ -175,8 +175,11 @@ pub(crate) async fn check(
     proof.first_mismatches = mismatches.into_iter().take(FIRST_MISMATCHES).map(|(_, m)| m).collect();
 
     // 3. Conservation: per currency, debits == credits over every shard.
-    let status =
-        admin.cluster_status(ClusterStatusRequest {}).await.context("Admin/ClusterStatus")?.into_inner();
+    let status = admin
+        .cluster_status(ClusterStatusRequest::default())
+        .await
+        .context("Admin/ClusterStatus")?
+        .into_inner();
     for total in &status.currency_totals {
         let debits: Option<u128> = total.debits_points.parse().ok();
         let credits: Option<u128> = total.credits_points.parse().ok();

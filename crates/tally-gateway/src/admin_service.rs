@@ -284,7 +284,11 @@ impl<B: Backend> Admin for AdminService<B> {
         observe("cluster_status", async move {
             // The state digests read every retained record back: longer than a write may take.
             let deadline = Deadline::for_request(request.metadata(), CLUSTER_STATUS_DEADLINE_MS);
-            with_retry(deadline, Purpose::Read, "the cluster", || self.shared.backend.cluster_status()).await
+            let include_state_digests = request.get_ref().include_state_digests;
+            with_retry(deadline, Purpose::Read, "the cluster", || {
+                self.shared.backend.cluster_status(include_state_digests)
+            })
+            .await
         })
         .await
     }

@@ -131,7 +131,12 @@ pub trait Backend: Send + Sync + 'static {
         command: MetaCommand,
     ) -> impl Future<Output = Result<Result<MetaResult, MetaError>, BackendError>> + Send;
 
-    fn cluster_status(&self) -> impl Future<Output = Result<ClusterStatusReply, BackendError>> + Send;
+    /// Every node's and replica's status with per-currency totals; with each replica's state
+    /// digest when `include_state_digests` (see `ClusterStatusRequest`).
+    fn cluster_status(
+        &self,
+        include_state_digests: bool,
+    ) -> impl Future<Output = Result<ClusterStatusReply, BackendError>> + Send;
 
     /// Runs an operator action and returns the steps it took. Backends without several nodes
     /// refuse the actions that need them.

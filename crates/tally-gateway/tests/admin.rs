@@ -135,9 +135,15 @@ async fn agreements() {
 async fn cluster_status_is_the_backends() {
     let gateway = TestGateway::start(3).await;
     gateway.ledger().earn(authed(SKY_KEY, earn("e1"))).await.unwrap();
-    let status = gateway.admin().cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
+    let status = gateway.admin().cluster_status(ClusterStatusRequest::default()).await.unwrap().into_inner();
     assert_eq!(status.shard_count, 3);
     assert_eq!(status.groups.len(), 3);
     let sky = status.currency_totals.iter().find(|total| total.currency == "SKYMILES").unwrap();
     assert_eq!(sky.debits_points, sky.credits_points);
+    assert!(status.groups.iter().all(|group| group.state_digest.is_empty()), "digests only when asked");
+
+    let request = ClusterStatusRequest { include_state_digests: true };
+    let with_digests = gateway.admin().cluster_status(request).await.unwrap().into_inner();
+    assert!(with_digests.groups.iter().all(|group| group.state_digest.len() == 64), "hex SHA-256 each");
+    assert_eq!(with_digests.currency_totals, status.currency_totals);
 }

@@ -308,15 +308,11 @@ impl Ledger {
         self.retained.evict(written)
     }
 
-    /// Adds a retained key whose record is in storage at `slot` (loading a checkpoint; a later
-    /// slot for the same key replaces an earlier one). Needs a record source to read it.
-    pub fn load_stored_retained(
-        &mut self,
-        fingerprint: KeyFingerprint,
-        expires_at_ms: u64,
-        slot: RecordSlot,
-    ) {
-        self.retained.load_stored(fingerprint, expires_at_ms, slot);
+    /// Adds retained keys whose records are in storage at their slots (loading a checkpoint),
+    /// in the order given: a later slot for the same key replaces an earlier one. Needs a
+    /// record source to read them.
+    pub fn load_stored_retained_batch(&mut self, keys: Vec<(KeyFingerprint, u64, RecordSlot)>) {
+        self.retained.load_stored_batch(keys);
     }
 
     pub fn hold(&self, partner_id: &PartnerId, hold_key: &IdempotencyKey) -> Option<HoldView> {

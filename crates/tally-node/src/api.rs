@@ -23,7 +23,7 @@ use tally_raft::{ClusterToken, GroupId, NodeId, ProposeError};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::node::{BalanceReadout, GroupStatusView, Node, RaftSwitches};
+use crate::node::{BalanceReadout, GroupStatusView, Node, RaftSwitches, StatusDetail};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeRequest {
@@ -56,10 +56,8 @@ pub enum NodeRequest {
     ProposeMeta {
         command: MetaCommand,
     },
-    /// `with_state`: include every replica's state digest and currency totals (costly: they
-    /// walk the whole state).
     Status {
-        with_state: bool,
+        detail: StatusDetail,
     },
     HostGroup {
         group_id: GroupId,
@@ -260,12 +258,12 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
         NodeRequest::ProposeMeta { command } => {
             node.propose_meta(command).await.map(NodeResponse::MetaResult).map_err(propose)
         }
-        NodeRequest::Status { with_state } => Ok(NodeResponse::Status(NodeStatusView {
+        NodeRequest::Status { detail } => Ok(NodeResponse::Status(NodeStatusView {
             node_id,
             address: node.config().advertised(),
             healthy: node.is_healthy(),
             election_timeout_max_ms: node.config().raft.election_timeout_max_ms,
-            groups: node.status(with_state).await,
+            groups: node.status(detail).await,
             incarnation: node.incarnation(),
             incarnation_conflicts: node.incarnation_conflicts(),
         })),

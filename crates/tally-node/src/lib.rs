@@ -13,4 +13,6 @@ pub mod metrics;
 pub mod node;
 
 pub use config::NodeConfig;
-pub use node::{stored_shard_count, BalanceReadout, GroupStatusView, Node, NodeError, RaftSwitches};
+pub use node::{
+    stored_shard_count, BalanceReadout, GroupStatusView, Node, NodeError, RaftSwitches, StatusDetail,
+};

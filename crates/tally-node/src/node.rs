@@ -76,14 +76,28 @@ pub struct GroupStatusView {
     pub committed_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
-    /// Zero unless the status was asked `with_state`.
-    pub state_digest: [u8; 32],
+    /// Only when the status was asked for [`StatusDetail::Digests`].
+    pub state_digest: Option<[u8; 32]>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     /// On the leader: the last log index each replica has matched.
     pub matched_index: BTreeMap<NodeId, u64>,
-    /// Per-currency sums over this replica's accounts (shard groups, `with_state` only).
+    /// Per-currency sums over this replica's accounts (shard groups, from
+    /// [`StatusDetail::Totals`] up).
     pub currency_totals: BTreeMap<CurrencyCode, CurrencyTotals>,
+}
+
+/// How much of each replica's state a status reads, besides its Raft progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StatusDetail {
+    /// Raft progress only: what pollers following leaders and lag need.
+    Raft,
+    /// Also per-currency totals (a walk over the accounts).
+    Totals,
+    /// Also the state digest, which reads the whole state back (every retained record of a
+    /// shard: seconds and hundreds of MB for millions of keys, while the replica's applies
+    /// wait on its state lock).
+    Digests,
 }
 
 /// Runtime switches of one replica (see [`Node::set_raft_switches`]).
@@ -532,9 +546,8 @@ impl Node {
         }
     }
 
-    /// Raft view of every hosted replica and, with `with_state`, its state digest and currency
-    /// totals (both walk the whole state: pollers that only follow Raft progress skip them).
-    pub async fn status(&self, with_state: bool) -> Vec<GroupStatusView> {
+    /// Raft view of every hosted replica and as much of its state as `detail` asks for.
+    pub async fn status(&self, detail: StatusDetail) -> Vec<GroupStatusView> {
         let mut views = Vec::new();
         for group in self.registry.all() {
             // The core answers calls only after its start-up has reported the metrics read
@@ -551,14 +564,18 @@ impl Node {
             let shared = group.shared.clone();
             let read_state = move || {
                 let state = shared.read();
-                let (digest, totals) = match &state.data {
-                    _ if !with_state => ([0; 32], BTreeMap::new()),
-                    GroupData::Shard(ledger) => (ledger.digest(), ledger.currency_totals()),
-                    GroupData::Meta(meta) => (meta_digest(meta), BTreeMap::new()),
+                let digest = match &state.data {
+                    _ if detail < StatusDetail::Digests => None,
+                    GroupData::Shard(ledger) => Some(ledger.digest()),
+                    GroupData::Meta(meta) => Some(meta_digest(meta)),
+                };
+                let totals = match &state.data {
+                    GroupData::Shard(ledger) if detail >= StatusDetail::Totals => ledger.currency_totals(),
+                    _ => BTreeMap::new(),
                 };
                 (state.applied.map(|log_id| log_id.index).unwrap_or(0), digest, totals)
             };
-            let (applied_index, state_digest, currency_totals) = if with_state {
+            let (applied_index, state_digest, currency_totals) = if detail > StatusDetail::Raft {
                 tokio::task::spawn_blocking(read_state).await.expect("a state digest panicked")
             } else {
                 read_state()

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tally_node::{Node, NodeConfig};
+use tally_node::{Node, NodeConfig, StatusDetail};
 
 fn config(data_dir: &std::path::Path) -> NodeConfig {
     NodeConfig {
@@ -25,8 +25,12 @@ async fn the_first_status_after_a_restart_reports_the_stored_log() {
     let node = Node::start(config(folder.path())).await.expect("first start");
     node.initialize_alone().await.expect("initialized alone");
     assert!(node.wait_until_ready(Duration::from_secs(30)).await, "every group elects its leader");
-    let before: Vec<_> =
-        node.status(false).await.iter().map(|view| (view.group_id, view.last_log_index)).collect();
+    let before: Vec<_> = node
+        .status(StatusDetail::Raft)
+        .await
+        .iter()
+        .map(|view| (view.group_id, view.last_log_index))
+        .collect();
     assert!(
         before.iter().all(|(_, last)| *last > 0),
         "every group logged its initial membership: {before:?}"
@@ -35,8 +39,12 @@ async fn the_first_status_after_a_restart_reports_the_stored_log() {
     drop(node);
 
     let node = Node::start(config(folder.path())).await.expect("second start");
-    let after: Vec<_> =
-        node.status(false).await.iter().map(|view| (view.group_id, view.last_log_index)).collect();
+    let after: Vec<_> = node
+        .status(StatusDetail::Raft)
+        .await
+        .iter()
+        .map(|view| (view.group_id, view.last_log_index))
+        .collect();
     assert_eq!(after, before, "the log ends where it ended before the stop");
     node.shutdown().await;
 }

@@ -82,9 +82,7 @@ pub struct GroupShared {
     current_snapshot: Mutex<Option<LogId>>,
     /// What apply changed that no checkpoint has written yet.
     unwritten: Mutex<Unwritten>,
-    /// Orders checkpoints and snapshot installs (both write the tree from what memory holds);
-    /// a snapshot build holds it while it reads records from journals, so that none is
-    /// deleted under it.
+    /// Orders checkpoints and snapshot installs (both write the tree from what memory holds).
     checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
     /// Reads a shard's retained records back from their journals (`None` for the meta group).
     journal_source: Option<Arc<JournalSource>>,
@@ -93,6 +91,10 @@ pub struct GroupShared {
 /// Hash maps and sets of the apply path: a seeded foldhash, several times cheaper than std's
 /// SipHash on member ids (SipHash was 2-3 % of the node's CPU in batch runs).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Retained keys a restart reads from the journal indexes before it adds them to the ledger,
+/// grouped by the ledger's maps (see `Ledger::load_stored_retained_batch`); 28 MiB at a time.
+const LOADED_KEYS_PER_BATCH: usize = 1 << 20;
 
 /// Records a checkpoint lets leave memory per hold of the state's write lock.
 const EVICTED_PER_LOCK: usize = 1_024;
@@ -713,27 +715,22 @@ enum SnapshotPayload {
     Meta(MetaState),
 }
 
-/// The current snapshot's record in the tree; its data is in `chunk_count` chunks of at most
-/// [`keys::VALUE_BYTES_MAX`] bytes under [`keys::snapshot_chunk_key`].
+/// The current snapshot's head in the tree: its meta. A snapshot keeps no data on disk (the
+/// checkpointed state is the data, encoded when a follower needs it); `chunk_count` is 0 for
+/// every head written now and counts the chunks that heads written by earlier versions kept
+/// under [`keys::snapshot_chunk_key`], which the next build deletes.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     chunk_count: u32,
 }
 
-/// The tree writes that make `data` the current snapshot, replacing one of `old_chunk_count`
-/// chunks.
-fn snapshot_writes(meta: &SnapshotMeta, data: &[u8], old_chunk_count: u32) -> TreeWrites {
-    let chunk_bytes = keys::VALUE_BYTES_MAX - 64;
-    let chunks: Vec<&[u8]> = data.chunks(chunk_bytes).collect();
-    let chunk_count = chunks.len() as u32;
-    let mut writes: TreeWrites = chunks
-        .into_iter()
-        .enumerate()
-        .map(|(chunk, bytes)| (keys::snapshot_chunk_key(chunk as u32), Some(encode(&bytes))))
-        .collect();
-    writes.extend((chunk_count..old_chunk_count).map(|chunk| (keys::snapshot_chunk_key(chunk), None)));
-    let stored = StoredSnapshot { meta: meta.clone(), chunk_count };
+/// The tree writes that make `meta` the current snapshot's head, deleting the
+/// `old_chunk_count` data chunks an earlier version kept.
+fn snapshot_writes(meta: &SnapshotMeta, old_chunk_count: u32) -> TreeWrites {
+    let mut writes: TreeWrites =
+        (0..old_chunk_count).map(|chunk| (keys::snapshot_chunk_key(chunk), None)).collect();
+    let stored = StoredSnapshot { meta: meta.clone(), chunk_count: 0 };
     writes.push((keys::SNAPSHOT_KEY.to_vec(), Some(encode(&stored))));
     writes
 }
@@ -742,19 +739,6 @@ fn snapshot_writes(meta: &SnapshotMeta, data: &[u8], old_chunk_count: u32) -> Tr
 fn read_stored_snapshot(tree: &StateTree) -> Result<Option<StoredSnapshot>, StoreError> {
     let Some(head) = tree.get(keys::SNAPSHOT_KEY)? else { return Ok(None) };
     Ok(Some(decode_value(&head, "snapshot")?))
-}
-
-/// The current snapshot stored in `tree`, if any.
-fn read_snapshot(tree: &StateTree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
-    let Some(stored) = read_stored_snapshot(tree)? else { return Ok(None) };
-    let mut data = Vec::new();
-    for chunk in 0..stored.chunk_count {
-        let bytes = tree.get(&keys::snapshot_chunk_key(chunk))?.ok_or_else(|| StoreError::Corrupt {
-            what: format!("snapshot chunk {chunk} of {} is missing", stored.chunk_count),
-        })?;
-        data.extend(decode_value::<Vec<u8>>(&bytes, "snapshot chunk")?);
-    }
-    Ok(Some((stored.meta, data)))
 }
 
 /// How many chunks the current snapshot in `tree` has.
@@ -771,9 +755,10 @@ pub struct GroupStateMachine {
     /// Set by `open`, cleared by the first `get_current_snapshot` and by anything that builds,
     /// receives or installs a snapshot. openraft 0.9 reads the current snapshot once when the
     /// group starts (`StorageHelper::get_initial_state`, before any other snapshot call) and
-    /// keeps only its meta; reading the data there would load a whole shard's snapshot (hundreds
-    /// of MB for millions of retained keys) into memory to throw it away. That first read
-    /// answers the meta with empty data; every later one reads the data.
+    /// keeps only its meta; encoding the data there would read a whole shard (hundreds of MB
+    /// for millions of retained keys) into memory to throw it away. That first read answers
+    /// the meta with empty data; every later one (a snapshot sent to a follower) encodes the
+    /// state.
     startup_snapshot_read_pending: bool,
 }
 
@@ -873,6 +858,7 @@ impl GroupStateMachine {
             let source = Arc::new(JournalSource::new(tree.clone()));
             let mut ledger = Ledger::from_items(items);
             ledger.set_record_source(source.clone());
+            let mut batch = Vec::with_capacity(LOADED_KEYS_PER_BATCH);
             for row in tree.iter_prefix(&[keys::JOURNAL_INDEX_PREFIX]) {
                 let (key, value) = row?;
                 let journal_key = keys::journal_of_index(&key);
@@ -881,9 +867,14 @@ impl GroupStateMachine {
                 let journal = source.register(journal_key.clone());
                 unwritten.journals.insert((expires_at_ms, journal_key));
                 for entry in index.into_iter().filter(|entry| entry.expires_at_ms > clock_ms) {
-                    ledger.load_stored_retained(entry.fingerprint, entry.expires_at_ms, entry.slot(journal));
+                    batch.push((entry.fingerprint, entry.expires_at_ms, entry.slot(journal)));
+                }
+                if batch.len() >= LOADED_KEYS_PER_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOADED_KEYS_PER_BATCH));
+                    ledger.load_stored_retained_batch(full);
                 }
             }
+            ledger.load_stored_retained_batch(batch);
             journal_source = Some(source);
             GroupData::Shard(ledger)
         };
@@ -1011,19 +1002,15 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
 
     async fn get_snapshot_builder(&mut self) -> GroupSnapshotBuilder {
         self.startup_snapshot_read_pending = false;
-        // This runs inside the state-machine worker, so no apply is running: the clone is a
-        // consistent cut of state, applied id and membership. Statement lines are not in
-        // memory; the builder reads those up to each account's line count at the cut, and lines
-        // are never rewritten, so later applies cannot tear the snapshot. Records that left
-        // memory are read from their journals: no checkpoint deletes one (nor an install
-        // replaces them) until the build has read them.
-        let journals_held = self.shared.checkpoint_lock.clone().lock_owned().await;
-        let cut = self.shared.read().clone();
+        // This runs inside the state-machine worker, so no apply is running: applied id and
+        // membership are a consistent cut. The build copies nothing else (see
+        // `GroupSnapshotBuilder`).
+        let state = self.shared.read();
         GroupSnapshotBuilder {
             shared: self.shared.clone(),
-            cut,
+            applied: state.applied,
+            membership: state.membership.clone(),
             durability: self.durability.clone(),
-            journals_held: Some(journals_held),
         }
     }
 
@@ -1076,19 +1063,35 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = {
+            // Builds and installs write the head under this lock.
+            let _current = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
+            read_stored_snapshot(&self.shared.tree).map_err(read_error)?
+        };
+        let Some(stored) = stored else { return Ok(None) };
         if std::mem::take(&mut self.startup_snapshot_read_pending) {
             // openraft's start-up read: the meta is all it uses (see the field's comment).
-            let stored = read_stored_snapshot(&self.shared.tree).map_err(read_error)?;
-            return Ok(stored
-                .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(Vec::new())) }));
+            return Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(Vec::new())) }));
         }
-        // Under the lock that builds and installs hold while they write the snapshot: its head
-        // and chunks are read in several calls, and must all be of one snapshot.
-        let stored = {
-            let _current = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
-            read_snapshot(&self.shared.tree).map_err(read_error)?
+        // A follower needs a snapshot: the state as it is now, which covers at least the
+        // stored head's cut once the log is re-applied after a restart, so it is never older
+        // than the log its leader purged. This
+        // runs inside the state-machine worker, so no apply changes the state while it is
+        // encoded; checkpoints running meanwhile move lines and records from memory to the tree
+        // without ever leaving one in neither, and delete only journals whose records have all
+        // expired, which the state no longer names.
+        let state = self.shared.read();
+        let meta = if state.applied == stored.meta.last_log_id {
+            stored.meta
+        } else {
+            SnapshotMeta {
+                last_log_id: state.applied,
+                last_membership: state.membership.clone(),
+                snapshot_id: self.shared.next_snapshot_id(state.applied),
+            }
         };
-        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let data = encode_snapshot(&self.shared, &state).map_err(read_error)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -1162,64 +1165,73 @@ fn install_writes(
     writes.push((keys::APPLIED_KEY.to_vec(), encode(&state.applied)));
     writes.push((keys::STATE_FORMAT_KEY.to_vec(), encode(&keys::STATE_FORMAT)));
     writes.push((keys::MEMBERSHIP_KEY.to_vec(), encode(&state.membership)));
-    // The installed snapshot becomes the current one, so this node can send it on.
-    for (key, value) in snapshot_writes(meta, snapshot_bytes, 0) {
+    // The installed snapshot becomes the current one; its state is what this node sends on.
+    for (key, value) in snapshot_writes(meta, 0) {
         writes.extend(value.map(|value| (key, value)));
     }
     Ok(Installed { state, content: writes, journals, journal_records, journal_indexes })
 }
 
+/// Builds a snapshot as openraft asks for one (every so many entries or log bytes): the cut's
+/// meta becomes the current snapshot's head and a checkpoint covering it is made durable, so
+/// that openraft may purge the log behind it. openraft keeps only the meta of what a build
+/// returns; the data is encoded from the state when a follower needs it
+/// (`get_current_snapshot`), so a build copies, reads and encodes nothing of the state.
 pub struct GroupSnapshotBuilder {
     shared: Arc<GroupShared>,
-    cut: GroupState,
+    applied: Option<LogId>,
+    membership: StoredMembership,
     durability: Option<(NodeStore, PurgeFloor)>,
-    /// The checkpoint lock, held from the cut until the payload is read.
-    journals_held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl GroupSnapshotBuilder {
-    fn payload(&self) -> Result<SnapshotPayload, StoreError> {
-        match &self.cut.data {
-            GroupData::Meta(meta) => Ok(SnapshotPayload::Meta(meta.as_ref().clone())),
-            GroupData::Shard(ledger) => {
-                let items = ledger.items();
-                let mut statement_lines = Vec::new();
-                for item in &items {
-                    let StateItem::Account(account @ AccountKey::Member { .. }, record) = item else {
-                        continue;
-                    };
-                    if record.statement_lines == 0 {
-                        continue;
-                    }
-                    let limit = usize::try_from(record.statement_lines).unwrap_or(usize::MAX);
-                    let lines = self.shared.statement_lines(account, Some(0), false, limit)?;
-                    assert_eq!(
-                        lines.len() as u64,
-                        record.statement_lines,
-                        "statement lines missing for {account:?}"
-                    );
-                    statement_lines.extend(lines.into_iter().map(|line| (account.clone(), line)));
+/// What a snapshot of `state` carries, encoded: the format version, then the payload. Reads
+/// every statement line and retained record of a shard.
+fn encode_snapshot(shared: &GroupShared, state: &GroupState) -> Result<Vec<u8>, StoreError> {
+    let payload = match &state.data {
+        GroupData::Meta(meta) => SnapshotPayload::Meta(meta.as_ref().clone()),
+        GroupData::Shard(ledger) => {
+            let items = ledger.items();
+            let mut statement_lines = Vec::new();
+            for item in &items {
+                let StateItem::Account(account @ AccountKey::Member { .. }, record) = item else {
+                    continue;
+                };
+                if record.statement_lines == 0 {
+                    continue;
                 }
-                Ok(SnapshotPayload::Shard { items, statement_lines })
+                let limit = usize::try_from(record.statement_lines).unwrap_or(usize::MAX);
+                let lines = shared.statement_lines(account, Some(0), false, limit)?;
+                assert_eq!(
+                    lines.len() as u64,
+                    record.statement_lines,
+                    "statement lines missing for {account:?}"
+                );
+                statement_lines.extend(lines.into_iter().map(|line| (account.clone(), line)));
             }
+            SnapshotPayload::Shard { items, statement_lines }
         }
+    };
+    let mut data = vec![SNAPSHOT_FORMAT_VERSION];
+    bincode::serialize_into(&mut data, &payload).map_err(|error| StoreError::Encode(error.to_string()))?;
+    Ok(data)
+}
+
+impl GroupShared {
+    /// A snapshot id no other snapshot of this group in this process has: two snapshots of the
+    /// same last log id must be told apart.
+    fn next_snapshot_id(&self, applied: Option<LogId>) -> String {
+        let counter = self.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        let index = applied.map(|log_id| log_id.index).unwrap_or(0);
+        format!("g{}-{}-{}", self.group_id, index, counter)
     }
 }
 
 impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let payload = self.payload().map_err(read_error);
-        self.journals_held = None;
-        let payload = payload?;
-        let mut data = vec![SNAPSHOT_FORMAT_VERSION];
-        bincode::serialize_into(&mut data, &payload)
-            .map_err(|error| write_error(StoreError::Encode(error.to_string())))?;
-        let counter = self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
-        let index = self.cut.applied.map(|log_id| log_id.index).unwrap_or(0);
         let meta = SnapshotMeta {
-            last_log_id: self.cut.applied,
-            last_membership: self.cut.membership.clone(),
-            snapshot_id: format!("g{}-{}-{}", self.shared.group_id, index, counter),
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: self.shared.next_snapshot_id(self.applied),
         };
         {
             let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
@@ -1228,15 +1240,14 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
             // drops this older build's result itself.
             if *current_snapshot <= meta.last_log_id {
                 let old_chunks = stored_snapshot_chunks(&self.shared.tree).map_err(read_error)?;
-                self.shared
-                    .tree
-                    .write_batch(snapshot_writes(&meta, &data, old_chunks))
-                    .map_err(write_error)?;
+                self.shared.tree.write_batch(snapshot_writes(&meta, old_chunks)).map_err(write_error)?;
                 *current_snapshot = meta.last_log_id;
             }
         }
-        // openraft purges the log behind a snapshot as soon as it is built: a checkpoint (which
-        // holds at least the cut) is made durable first, so that the purge can go ahead.
+        // openraft purges the log behind a snapshot as soon as it is built, and a restart finds
+        // the snapshot's meta in the tree (openraft refuses to start with a log purged past
+        // its snapshot): a checkpoint, which holds at least the cut, is written after the meta
+        // and both are made durable by one flush before the build returns.
         if let Some((store, floor)) = &self.durability {
             let checkpointed = self.shared.checkpoint().await.map_err(write_error)?;
             store.flush().await.map_err(write_error)?;
@@ -1245,12 +1256,7 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
             }
         }
         metrics::counter!("tally_snapshots_built_total").increment(1);
-        tracing::info!(
-            group = self.shared.group_id,
-            snapshot = %meta.snapshot_id,
-            size_bytes = data.len(),
-            "built snapshot"
-        );
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        tracing::info!(group = self.shared.group_id, snapshot = %meta.snapshot_id, "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }

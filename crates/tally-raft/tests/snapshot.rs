@@ -38,6 +38,18 @@ async fn snapshot_now(group: &Group) -> Snapshot<TallyRaft> {
     group.raft.get_snapshot().await.expect("read the snapshot").expect("a current snapshot")
 }
 
+/// What a leader sends a lagging follower: a snapshot built (its meta becomes the current
+/// snapshot; a build returns no data, openraft keeps only the meta), then read the way openraft
+/// reads it to send it (the data, encoded from the state).
+async fn built_snapshot(state_machine: &mut GroupStateMachine) -> Snapshot<TallyRaft> {
+    let built = state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert!(built.snapshot.get_ref().is_empty(), "a build returns the meta alone");
+    let current = state_machine.get_current_snapshot().await.unwrap().expect("the built snapshot is current");
+    assert_eq!(current.meta, built.meta, "nothing was applied since the build");
+    assert!(!current.snapshot.get_ref().is_empty(), "a read carries the data");
+    current
+}
+
 /// A fresh state machine of `group_id` on its own temporary store, as a new replica has.
 fn fresh_state_machine(group_id: u32) -> (NodeStore, GroupStateMachine) {
     let store = NodeStore::temporary().unwrap();
@@ -438,7 +450,7 @@ async fn install_over_an_older_replica_state_leaves_exactly_the_snapshot() {
     let m0 = newest.balance(&member(0), &currency_of(0)).unwrap();
     assert_eq!((m0.balance_points, m0.held_points), (200, 0), "the expired hold released its points");
 
-    let snapshot = newer.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = built_snapshot(&mut newer).await;
     assert_eq!(snapshot.meta.last_log_id, Some(openraft::testing::log_id(1, 1, 4)));
 
     // An older replica: it applied entries 1 and 2 only, so it still has entry 1's records.
@@ -484,12 +496,11 @@ async fn a_build_finishing_after_an_install_keeps_the_installed_snapshot_current
     // The leader is at entry 4 and has a snapshot there.
     let (_leader_store, mut leader) = fresh_state_machine(SHARD);
     leader.apply(entries.clone()).await.unwrap();
-    let newer = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let newer = built_snapshot(&mut leader).await;
 
     // The follower, at entry 2, starts building its own snapshot in a task of its own (as
-    // openraft does) while the worker installs the leader's snapshot. The install waits until
-    // the build has read what it needs (records in journals the install replaces), then both
-    // finish in either order.
+    // openraft does) while the worker installs the leader's snapshot; both finish in either
+    // order.
     let (_follower_store, mut follower) = fresh_state_machine(SHARD);
     follower.apply(entries[..2].to_vec()).await.unwrap();
     let mut builder = follower.get_snapshot_builder().await;
@@ -565,7 +576,7 @@ async fn a_snapshot_is_built_once_the_log_reaches_its_size_limit() {
 
 /// openraft reads the current snapshot once when a group starts and keeps only its meta: that
 /// first read after opening skips the data, and every later read (a snapshot sent to a
-/// follower) carries all of it.
+/// follower) carries the whole state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_snapshot_read_after_opening_carries_the_meta_and_later_reads_the_data() {
     const SHARD: u32 = 1;
@@ -573,15 +584,41 @@ async fn the_first_snapshot_read_after_opening_carries_the_meta_and_later_reads_
     let entries = earn_entries(3, T);
     let (store, mut state_machine) = fresh_state_machine(SHARD);
     state_machine.apply(entries).await.unwrap();
-    let built = state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    assert!(!built.snapshot.get_ref().is_empty());
+    let built = built_snapshot(&mut state_machine).await;
+    // What a node's checkpoint task would have written before a restart.
+    state_machine.shared().checkpoint().await.unwrap();
     drop(state_machine);
 
     let mut reopened = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
     let first = reopened.get_current_snapshot().await.unwrap().expect("the stored snapshot");
     assert_eq!(first.meta, built.meta);
-    assert!(first.snapshot.get_ref().is_empty(), "the start-up read leaves the data on disk");
+    assert!(first.snapshot.get_ref().is_empty(), "the start-up read encodes nothing");
     let second = reopened.get_current_snapshot().await.unwrap().expect("the stored snapshot");
     assert_eq!(second.meta, built.meta);
-    assert_eq!(second.snapshot.get_ref(), built.snapshot.get_ref(), "later reads carry the whole snapshot");
+    assert_eq!(second.snapshot.get_ref(), built.snapshot.get_ref(), "later reads carry the whole state");
+}
+
+/// A snapshot is the state as it stands when a follower needs it: read after more entries
+/// were applied than its build saw, it carries them too, under a meta of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_read_after_later_applies_carries_the_state_at_that_time() {
+    const T: u64 = 1_700_000_000_000;
+    let entries = earn_entries(5, T);
+    let (_store, mut leader) = fresh_state_machine(SHARD);
+    leader.apply(entries[..3].to_vec()).await.unwrap();
+    let built = built_snapshot(&mut leader).await;
+    leader.apply(entries[3..].to_vec()).await.unwrap();
+    let later = leader.get_current_snapshot().await.unwrap().expect("a current snapshot");
+    assert_eq!(later.meta.last_log_id, entries[4].log_id.into(), "the state's applied id");
+    assert_ne!(later.meta.snapshot_id, built.meta.snapshot_id);
+    assert_eq!(later.meta.last_membership, leader.applied_state().await.unwrap().1);
+
+    let (_follower_store, mut follower) = fresh_state_machine(SHARD);
+    install(&mut follower, &later).await;
+    assert_eq!(
+        fingerprint(&follower.shared()),
+        fingerprint(&leader.shared()),
+        "applied id, digest, membership"
+    );
+    assert_eq!(ledger(&follower.shared()), ledger(&leader.shared()));
 }

@@ -171,7 +171,7 @@ impl Backend for SimCluster {
         Err(BackendError::Refused(format!("the simulation has no meta group ({command:?})")))
     }
 
-    async fn cluster_status(&self) -> Result<ClusterStatusReply, BackendError> {
+    async fn cluster_status(&self, _include_state_digests: bool) -> Result<ClusterStatusReply, BackendError> {
         Err(BackendError::Refused("the simulation has no cluster status".into()))
     }
 }

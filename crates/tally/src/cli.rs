@@ -298,9 +298,12 @@ pub async fn statement(
     Ok(())
 }
 
-pub async fn status(connection: &Connection) -> anyhow::Result<()> {
+/// `tally status`: the cluster's status, with each replica's state digest when
+/// `include_state_digests`.
+pub async fn status(connection: &Connection, include_state_digests: bool) -> anyhow::Result<()> {
     let mut admin = AdminClient::new(channel(connection).await?);
-    let reply = admin.cluster_status(ClusterStatusRequest {}).await.map_err(status_error)?.into_inner();
+    let request = ClusterStatusRequest { include_state_digests };
+    let reply = admin.cluster_status(request).await.map_err(status_error)?.into_inner();
     // Written at once, and a closed pipe (`tally status | head`) is not an error.
     let mut out = String::new();
     writeln!(
@@ -354,7 +357,11 @@ pub async fn status(connection: &Connection) -> anyhow::Result<()> {
             group.applied_index,
             group.lag_entries,
             group.snapshot_index,
-            &group.state_digest[..16.min(group.state_digest.len())]
+            if group.state_digest.is_empty() {
+                "-"
+            } else {
+                &group.state_digest[..16.min(group.state_digest.len())]
+            }
         )?;
     }
     for total in &reply.currency_totals {

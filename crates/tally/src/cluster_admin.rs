@@ -8,7 +8,7 @@ use std::time::Duration;
 use tally_gateway::{AdminAction, BackendError};
 use tally_ledger::meta::{replaced_folder_message, ClusterLayout, MetaCommand, MetaResult, NodeInfo};
 use tally_node::api::{NodeApiError, NodeIdentityView, NodeRequest, NodeResponse, NodeStatusView};
-use tally_node::{GroupStatusView, RaftSwitches};
+use tally_node::{GroupStatusView, RaftSwitches, StatusDetail};
 use tally_raft::group::group_name;
 use tally_raft::{shard_group_id, GroupId, NodeId, META_GROUP_ID};
 use tokio::time::{sleep, Instant};
@@ -57,11 +57,11 @@ fn layout(cluster: &ClusterClient) -> Result<ClusterLayout, BackendError> {
 /// record back (seconds on a node holding a few hundred thousand), far past a write's timeout.
 pub const STATE_STATUS_CALL_TIMEOUT_MS: u64 = 30_000;
 
-/// Every layout node's own status (concurrently; unreachable nodes are reported as such);
-/// `with_state` adds digests and currency totals.
-pub async fn node_reports(cluster: &ClusterClient, with_state: bool) -> Vec<NodeReport> {
+/// Every layout node's own status (concurrently; unreachable nodes are reported as such), with
+/// as much of each replica's state as `detail` asks for.
+pub async fn node_reports(cluster: &ClusterClient, detail: StatusDetail) -> Vec<NodeReport> {
     let Some(layout) = cluster.layout() else { return Vec::new() };
-    let timeout = if with_state {
+    let timeout = if detail > StatusDetail::Raft {
         cluster.call_timeout().max(Duration::from_millis(STATE_STATUS_CALL_TIMEOUT_MS))
     } else {
         cluster.call_timeout()
@@ -72,7 +72,7 @@ pub async fn node_reports(cluster: &ClusterClient, with_state: bool) -> Vec<Node
         let node = node.clone();
         calls.spawn(async move {
             let status = match client {
-                Ok(client) => match client.call(&NodeRequest::Status { with_state }, timeout).await {
+                Ok(client) => match client.call(&NodeRequest::Status { detail }, timeout).await {
                     Ok(NodeResponse::Status(status)) => Ok(status),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     Err(error) => Err(error.to_string()),
@@ -89,7 +89,7 @@ pub async fn node_reports(cluster: &ClusterClient, with_state: bool) -> Vec<Node
 
 async fn node_status(cluster: &ClusterClient, node_id: NodeId) -> Result<NodeStatusView, BackendError> {
     match cluster
-        .call_node(node_id, &NodeRequest::Status { with_state: false })
+        .call_node(node_id, &NodeRequest::Status { detail: StatusDetail::Raft })
         .await
         .map_err(backend_error)?
     {
@@ -266,7 +266,7 @@ pub async fn init_cluster(
     let deadline = Instant::now() + Duration::from_millis(LEADERS_TIMEOUT_MS);
     loop {
         cluster.refresh().await;
-        let reports = node_reports(cluster, false).await;
+        let reports = node_reports(cluster, StatusDetail::Raft).await;
         let led: BTreeSet<GroupId> = reports
             .iter()
             .filter_map(|report| report.status.as_ref().ok())

@@ -59,7 +59,7 @@ pub fn status_reply(
                 last_log_index: view.last_log_index,
                 committed_index: view.committed_index,
                 applied_index: view.applied_index,
-                state_digest: hex::encode(view.state_digest),
+                state_digest: view.state_digest.map(hex::encode).unwrap_or_default(),
                 voters: view.voters.clone(),
                 learners: view.learners.clone(),
                 lag_entries: leader_last_log_index.saturating_sub(view.applied_index),

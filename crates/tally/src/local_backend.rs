@@ -7,7 +7,7 @@ use tally_gateway::{AdminAction, Backend, BackendError, BalanceRead, Consistency
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_node::api::{NodeRequest, NodeResponse};
-use tally_node::Node;
+use tally_node::{Node, StatusDetail};
 use tally_proto::v1::ClusterStatusReply;
 use tally_raft::group::group_name;
 use tally_raft::{shard_group_id, ProposeError};
@@ -103,9 +103,9 @@ impl Backend for LocalBackend {
         self.node.propose_meta(command).await.map_err(backend_error)
     }
 
-    async fn cluster_status(&self) -> Result<ClusterStatusReply, BackendError> {
-        let status = match tally_node::api::handle(&self.node, NodeRequest::Status { with_state: true }).await
-        {
+    async fn cluster_status(&self, include_state_digests: bool) -> Result<ClusterStatusReply, BackendError> {
+        let detail = if include_state_digests { StatusDetail::Digests } else { StatusDetail::Totals };
+        let status = match tally_node::api::handle(&self.node, NodeRequest::Status { detail }).await {
             Ok(NodeResponse::Status(status)) => status,
             other => return Err(BackendError::Unavailable(format!("node status: {other:?}"))),
         };

@@ -64,9 +64,15 @@ enum Command {
     /// Manage exchange agreements (admin API).
     #[command(subcommand)]
     Agreement(AgreementCommand),
-    /// Show nodes and their health, shard placement, every replica's Raft state, lag and state
-    /// digest, and per-currency totals.
-    Status,
+    /// Show nodes and their health, shard placement, every replica's Raft state and lag, and
+    /// per-currency totals.
+    Status {
+        /// Also every replica's state digest (equal on replicas at the same applied index). A
+        /// digest reads the replica's whole state back, every retained record included:
+        /// seconds on a shard holding millions of keys, while its writes wait.
+        #[arg(long)]
+        digests: bool,
+    },
     #[command(flatten)]
     Write(Write),
     /// The stored result of the partner's idempotency key given with --key.
@@ -139,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => cli::cluster(&connection, command).await,
         Command::Partner(command) => cli::partner(&connection, command).await,
         Command::Agreement(command) => cli::agreement(&connection, command).await,
-        Command::Status => cli::status(&connection).await,
+        Command::Status { digests } => cli::status(&connection, digests).await,
         Command::Write(write) => operations::send(&connection, &auth, write).await,
         Command::Operation { member } => operations::operation(&connection, &auth, member).await,
         Command::Balance { member, stale } => cli::balance(&connection, auth.api_key()?, member, stale).await,

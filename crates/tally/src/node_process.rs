@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use tally_node::api::{NodeApiService, NodeRequest, NodeResponse};
-use tally_node::{Node, NodeConfig, RaftSwitches};
+use tally_node::{Node, NodeConfig, RaftSwitches, StatusDetail};
 use tally_raft::group::group_name;
 use tally_raft::transport::RaftTransportService;
 use tally_raft::{GroupId, META_GROUP_ID};
@@ -101,15 +101,19 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
 async fn check_acknowledged_logs(node: &Node, call_timeout: Duration) -> anyhow::Result<()> {
     let node_id = node.config().node_id;
     let Some(layout) = node.meta_state().layout.clone() else { return Ok(()) };
-    let own_last_index: BTreeMap<GroupId, u64> =
-        node.status(false).await.iter().map(|view| (view.group_id, view.last_log_index)).collect();
+    let own_last_index: BTreeMap<GroupId, u64> = node
+        .status(StatusDetail::Raft)
+        .await
+        .iter()
+        .map(|view| (view.group_id, view.last_log_index))
+        .collect();
     let peers = ClusterClient::new(Vec::new(), call_timeout, node.config().cluster_token.clone());
     let mut calls = tokio::task::JoinSet::new();
     for peer in layout.nodes.values().filter(|peer| peer.node_id != node_id) {
         let (peers, address) = (peers.clone(), peer.address.clone());
-        calls.spawn(
-            async move { peers.call_address(&address, &NodeRequest::Status { with_state: false }).await },
-        );
+        calls.spawn(async move {
+            peers.call_address(&address, &NodeRequest::Status { detail: StatusDetail::Raft }).await
+        });
     }
     for answer in calls.join_all().await {
         let Ok(NodeResponse::Status(status)) = answer else { continue };

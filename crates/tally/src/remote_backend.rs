@@ -10,6 +10,7 @@ use tally_gateway::{AdminAction, Backend, BackendError, BalanceRead, Consistency
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_node::api::{NodeApiError, NodeRequest, NodeResponse};
+use tally_node::StatusDetail;
 use tally_proto::v1::ClusterStatusReply;
 use tally_raft::{shard_group_id, GroupId, META_GROUP_ID};
 
@@ -159,13 +160,14 @@ impl Backend for RemoteBackend {
         }
     }
 
-    async fn cluster_status(&self) -> Result<ClusterStatusReply, BackendError> {
+    async fn cluster_status(&self, include_state_digests: bool) -> Result<ClusterStatusReply, BackendError> {
         self.cluster.refresh().await;
         let view = self
             .cluster
             .meta_view()
             .ok_or_else(|| BackendError::Unavailable("no node answered a meta read".to_string()))?;
-        let reports = cluster_admin::node_reports(&self.cluster, true).await;
+        let detail = if include_state_digests { StatusDetail::Digests } else { StatusDetail::Totals };
+        let reports = cluster_admin::node_reports(&self.cluster, detail).await;
         Ok(status_reply(self.shard_count, view.meta.layout.as_ref(), view.leader_node_id, reports))
     }
 

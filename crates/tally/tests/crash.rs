@@ -149,7 +149,7 @@ async fn acknowledged_writes_survive_sigkill() {
         );
     }
     let status =
-        AdminClient::new(channel).cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
+        AdminClient::new(channel).cluster_status(ClusterStatusRequest::default()).await.unwrap().into_inner();
     for total in status.currency_totals {
         assert_eq!(total.debits_points, total.credits_points, "{} conserved", total.currency);
     }

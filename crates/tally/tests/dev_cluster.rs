@@ -315,7 +315,7 @@ pub async fn assert_conserved(cluster: &TestCluster) {
     let status = cluster
         .admin()
         .await
-        .cluster_status(tally_proto::v1::ClusterStatusRequest {})
+        .cluster_status(tally_proto::v1::ClusterStatusRequest::default())
         .await
         .unwrap()
         .into_inner();

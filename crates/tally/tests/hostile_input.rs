@@ -294,7 +294,7 @@ impl World {
             Call::MoveLeader(message) => admin!(move_leader, message),
             Call::TriggerSnapshot(message) => admin!(trigger_snapshot, message),
             Call::ListPartners => admin!(list_partners, ListPartnersRequest {}),
-            Call::ClusterStatus => admin!(cluster_status, ClusterStatusRequest {}),
+            Call::ClusterStatus => admin!(cluster_status, ClusterStatusRequest::default()),
             Call::Raw(path, body) => {
                 let request = self.request(caller, body, timeout);
                 common::raw::unary_plain(&self.client, self.origin.clone(), path, request)
@@ -346,7 +346,8 @@ async fn snapshot(world: &World) -> Snapshot {
         }
     }
     let mut admin = world.admin();
-    let status = admin.cluster_status(ClusterStatusRequest {}).await.expect("cluster status").into_inner();
+    let request = ClusterStatusRequest { include_state_digests: true };
+    let status = admin.cluster_status(request).await.expect("cluster status").into_inner();
     let mut groups: Vec<_> = status
         .groups
         .iter()

@@ -212,6 +212,18 @@ impl RetainedKeys {
         }
     }
 
+    /// [`RetainedKeys::load_stored`] for many keys, in the order given (a later slot of a key
+    /// still wins). Fingerprints are random, so keys loaded one by one in journal order would
+    /// each land in a random one of the stored maps, a cache and TLB miss per key over tables
+    /// of a gigabyte and more; grouped by map first (a stable sort, which keeps each key's
+    /// slots in order), the inserts into each map follow one another.
+    pub fn load_stored_batch(&mut self, mut keys: Vec<(KeyFingerprint, u64, RecordSlot)>) {
+        keys.sort_by_key(|(fingerprint, _, _)| partition(fingerprint));
+        for (fingerprint, expires_at_ms, slot) in keys {
+            self.load_stored(fingerprint, expires_at_ms, slot);
+        }
+    }
+
     /// Drops every key whose expiry is at or before `now_ms`, in expiry then fingerprint order,
     /// and hands each to `forgotten`.
     pub fn expire_due(&mut self, now_ms: u64, mut forgotten: impl FnMut(KeyFingerprint)) {

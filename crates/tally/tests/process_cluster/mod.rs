@@ -347,7 +347,7 @@ pub async fn writer(
 }
 
 pub async fn status(admin: &mut AdminClient<Channel>) -> ClusterStatusReply {
-    let mut request = Request::new(ClusterStatusRequest {});
+    let mut request = Request::new(ClusterStatusRequest { include_state_digests: true });
     request.set_timeout(Duration::from_secs(10));
     admin.cluster_status(request).await.unwrap().into_inner()
 }
