@@ -93,8 +93,8 @@ pub struct GroupShared {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Retained keys a restart reads from the journal indexes before it adds them to the ledger,
-/// grouped by the ledger's maps (see `Ledger::load_stored_retained_batch`); 28 MiB at a time.
-const LOADED_KEYS_PER_BATCH: usize = 1 << 20;
+/// grouped by the ledger's maps (see `Ledger::load_stored_retained_batch`); 7 MiB at a time.
+const LOADED_KEYS_PER_BATCH: usize = 1 << 18;
 
 /// Records a checkpoint lets leave memory per hold of the state's write lock.
 const EVICTED_PER_LOCK: usize = 1_024;
