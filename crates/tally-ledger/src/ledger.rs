@@ -24,10 +24,12 @@ mod records;
 mod request_diff;
 mod retained;
 mod reversal;
+mod stored_index;
 mod transfer;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::command::{
     BalanceView, BatchHeader, Command, CommandOutcome, HoldView, Operation, OperationKind, OperationResult,
@@ -295,7 +297,7 @@ impl Ledger {
 
     /// The expiry and canonical bytes of a retained key's record while it is held in memory
     /// (what a checkpoint writes to its journal).
-    pub fn resident_retained(&self, fingerprint: &KeyFingerprint) -> Option<(u64, &[u8])> {
+    pub fn resident_retained(&self, fingerprint: &KeyFingerprint) -> Option<(u64, &Arc<[u8]>)> {
         self.retained.resident(fingerprint)
     }
 
@@ -310,9 +312,18 @@ impl Ledger {
 
     /// Adds retained keys whose records are in storage at their slots (loading a checkpoint),
     /// in the order given: a later slot for the same key replaces an earlier one. Needs a
-    /// record source to read them.
-    pub fn load_stored_retained_batch(&mut self, keys: Vec<(KeyFingerprint, u64, RecordSlot)>) {
-        self.retained.load_stored_batch(keys);
+    /// record source to read them, and [`Ledger::finish_loading_retained`] after the last
+    /// key, before any other use of the ledger.
+    pub fn load_stored_retained(
+        &mut self,
+        keys: impl IntoIterator<Item = (KeyFingerprint, u64, RecordSlot)>,
+    ) {
+        self.retained.load_stored(keys);
+    }
+
+    /// Ends [`Ledger::load_stored_retained`]: sorts what was loaded.
+    pub fn finish_loading_retained(&mut self) {
+        self.retained.finish_loading();
     }
 
     pub fn hold(&self, partner_id: &PartnerId, hold_key: &IdempotencyKey) -> Option<HoldView> {
@@ -464,7 +475,7 @@ mod tests {
                     let slot = RecordSlot {
                         journal: records.len() as u32 - 1,
                         offset_bytes: 0,
-                        length_bytes: bytes.len() as u32,
+                        length_bytes: bytes.len() as u16,
                     };
                     (fingerprint, slot, bytes.to_vec())
                 })

@@ -3,7 +3,7 @@
 //! A checkpoint writes the records that changed since the previous one as a few journal values
 //! (`j` ‖ log index ‖ chunk, see `keys`), each with an index value beside it (`x` ‖ the same
 //! suffix) listing every record's fingerprint, expiry and byte range in the journal. Once the
-//! write is done the ledger drops those records from memory and keeps a 12-byte
+//! write is done the ledger drops those records from memory and keeps an 8-byte
 //! [`RecordSlot`] per key; [`JournalSource`] reads a record back when its key returns. Loading
 //! a shard reads the index values only, so a restart does not decode millions of records.
 //!
@@ -27,8 +27,8 @@ use crate::keys;
 pub struct JournalRecord {
     pub fingerprint: KeyFingerprint,
     pub expires_at_ms: u64,
-    /// The record's canonical bytes.
-    pub bytes: Vec<u8>,
+    /// The record's canonical bytes (shared with the ledger's copy while it is in memory).
+    pub bytes: Arc<[u8]>,
 }
 
 /// Where one record sits in its journal (the index value holds these).
@@ -42,9 +42,16 @@ pub struct JournalIndexEntry {
 }
 
 impl JournalIndexEntry {
-    /// The record's slot, in the journal the source numbered `journal`.
+    /// The record's slot, in the journal the source numbered `journal`. A slot has 16 bits for
+    /// each: a journal holds at most [`keys::VALUE_BYTES_MAX`] bytes beside its one larger
+    /// record, and a record's fields are bounded far below 64 KiB (see `tally_ledger::limits`).
     pub fn slot(&self, journal: u32) -> RecordSlot {
-        RecordSlot { journal, offset_bytes: self.offset_bytes, length_bytes: self.length_bytes }
+        RecordSlot {
+            journal,
+            offset_bytes: u16::try_from(self.offset_bytes)
+                .expect("a record starts within a journal's first 64 KiB"),
+            length_bytes: u16::try_from(self.length_bytes).expect("a retained record is below 64 KiB"),
+        }
     }
 }
 
@@ -114,7 +121,7 @@ fn encode_journal(journal_key: Vec<u8>, records: &[JournalRecord], size_bytes: u
 }
 
 /// Reads records back from the journals of one group's tree. Journals are named in slots by a
-/// number this source hands out (a slot stays 12 bytes): the numbers live in memory only and
+/// number this source hands out (a slot stays 8 bytes): the numbers live in memory only and
 /// are handed out afresh when a shard loads.
 pub struct JournalSource {
     tree: StateTree,
@@ -210,7 +217,7 @@ mod tests {
         JournalRecord {
             fingerprint: KeyFingerprint([seed; 16]),
             expires_at_ms: u64::from(seed),
-            bytes: vec![seed; length],
+            bytes: vec![seed; length].into(),
         }
     }
 
@@ -264,7 +271,7 @@ mod tests {
         let journal = JournalRecord {
             fingerprint: retained.fingerprint(),
             expires_at_ms: 9,
-            bytes: bincode::serialize(&retained).unwrap(),
+            bytes: bincode::serialize(&retained).unwrap().into(),
         };
         let journals = encode_journals(7, &[journal.clone(), journal]);
         let items: Vec<StateItem> = decode_value(&journals[0].journal_value, "journal").unwrap();

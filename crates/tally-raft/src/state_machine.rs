@@ -92,10 +92,6 @@ pub struct GroupShared {
 /// SipHash on member ids (SipHash was 2-3 % of the node's CPU in batch runs).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Retained keys a restart reads from the journal indexes before it adds them to the ledger,
-/// grouped by the ledger's maps (see `Ledger::load_stored_retained_batch`); 7 MiB at a time.
-const LOADED_KEYS_PER_BATCH: usize = 1 << 18;
-
 /// Records a checkpoint lets leave memory per hold of the state's write lock.
 const EVICTED_PER_LOCK: usize = 1_024;
 /// Accounts whose written lines a full checkpoint lets leave memory per hold of the lock of
@@ -109,7 +105,7 @@ enum Captured {
     Item(Option<StateItem>),
     /// A retained record's expiry and bytes; `None` once it was deleted (it expired, and so
     /// will its journal).
-    Record(Option<(u64, Vec<u8>)>),
+    Record(Option<(u64, Arc<[u8]>)>),
 }
 
 /// The changes of applies since the last checkpoint, and the tree's journals.
@@ -773,6 +769,7 @@ fn write_error(error: impl std::error::Error + 'static) -> StorageError {
 impl GroupStateMachine {
     /// Loads the group's state from its tree (empty state for a new group).
     pub fn open(group_id: GroupId, tree: StateTree) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         let mut items = Vec::new();
         let mut meta_state = MetaState::default();
         let mut applied = None;
@@ -857,8 +854,8 @@ impl GroupStateMachine {
         } else {
             let source = Arc::new(JournalSource::new(tree.clone()));
             let mut ledger = Ledger::from_items(items);
+            let items_loaded_ms = started.elapsed().as_millis();
             ledger.set_record_source(source.clone());
-            let mut batch = Vec::with_capacity(LOADED_KEYS_PER_BATCH);
             for row in tree.iter_prefix(&[keys::JOURNAL_INDEX_PREFIX]) {
                 let (key, value) = row?;
                 let journal_key = keys::journal_of_index(&key);
@@ -866,15 +863,21 @@ impl GroupStateMachine {
                 let expires_at_ms = index.iter().map(|entry| entry.expires_at_ms).max().unwrap_or(0);
                 let journal = source.register(journal_key.clone());
                 unwritten.journals.insert((expires_at_ms, journal_key));
-                for entry in index.into_iter().filter(|entry| entry.expires_at_ms > clock_ms) {
-                    batch.push((entry.fingerprint, entry.expires_at_ms, entry.slot(journal)));
-                }
-                if batch.len() >= LOADED_KEYS_PER_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOADED_KEYS_PER_BATCH));
-                    ledger.load_stored_retained_batch(full);
-                }
+                ledger.load_stored_retained(
+                    index
+                        .into_iter()
+                        .filter(|entry| entry.expires_at_ms > clock_ms)
+                        .map(|entry| (entry.fingerprint, entry.expires_at_ms, entry.slot(journal))),
+                );
             }
-            ledger.load_stored_retained_batch(batch);
+            ledger.finish_loading_retained();
+            tracing::info!(
+                group = group_id,
+                accounts_and_items_ms = items_loaded_ms,
+                retained_keys = ledger.retained_keys(),
+                loaded_ms = started.elapsed().as_millis(),
+                "loaded the shard's checkpoint"
+            );
             journal_source = Some(source);
             GroupData::Shard(ledger)
         };
@@ -957,7 +960,7 @@ impl GroupStateMachine {
                         ItemKey::Retained(fingerprint) => Captured::Record(
                             ledger
                                 .resident_retained(fingerprint)
-                                .map(|(expires_at_ms, bytes)| (expires_at_ms, bytes.to_vec())),
+                                .map(|(expires_at_ms, bytes)| (expires_at_ms, Arc::clone(bytes))),
                         ),
                         key => Captured::Item(ledger.item(key)),
                     };
@@ -1132,7 +1135,7 @@ fn install_writes(
                     StateItem::Retained(record) => journal_records.push(JournalRecord {
                         fingerprint: record.fingerprint(),
                         expires_at_ms: record.expires_at_ms(),
-                        bytes: bincode::serialize(record).expect("a retained record always encodes"),
+                        bytes: bincode::serialize(record).expect("a retained record always encodes").into(),
                     }),
                     item => writes.push((keys::item_key(&item.key()), encode(item))),
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::flush_mark::{self, FlushMark, FlushRecords};
 use crate::flusher::{FlushCallback, FlushStats, FlushWatchdog, Flusher, SledFiles};
 use crate::log_engine::{LogEngine, LogWriteStats};
-use crate::value_log::{ValueLog, VALUE_LOG_FOLDER};
+use crate::value_log::{PointerCensus, ValueLog, VALUE_LOG_FOLDER};
 use crate::{LogStore, PowerCutFileSystem, StateTree, StoreConfig, StoreError};
 
 /// The storage of one node: a single sled `Db` shared by every Raft group the node hosts, plus
@@ -160,6 +160,7 @@ impl NodeStore {
         let db = open_waiting_for_the_lock(&sled_config)?;
         // The checks run before the flusher and the mark start, so that a refused database is
         // not written to (the flusher's last flush would store one more sequence number).
+        let mut census = None;
         let mark = match &checked_with_mark {
             None => None,
             Some(folder) => {
@@ -169,7 +170,7 @@ impl NodeStore {
                 };
                 flush_mark::check(records, &folder.join(flush_mark::MARK_FILE_NAME))
                     .map_err(|detail| StoreError::Damaged { path: data_folder.to_string(), detail })?;
-                check_values(&db)?;
+                census = Some(check_values(&db)?);
                 if let Some(old) = db.tree_names().iter().find(|name| name.ends_with(b"/raft")) {
                     return Err(StoreError::Damaged {
                         path: data_folder.to_string(),
@@ -198,7 +199,11 @@ impl NodeStore {
             Some(folder) => folder.path().join(VALUE_LOG_FOLDER),
             None => sled_config.path.join(VALUE_LOG_FOLDER),
         };
-        let values = Arc::new(ValueLog::open(&value_folder, &db)?);
+        let census = match census {
+            Some(census) => census,
+            None => PointerCensus::of_db(&db)?,
+        };
+        let values = Arc::new(ValueLog::open_counted(&value_folder, census)?);
         let sled_files = (!sled_config.temporary).then(|| SledFiles::new(&sled_config.path));
         let flusher = Flusher::start_for_db(
             db.clone(),
@@ -327,16 +332,20 @@ fn is_lock_error(error: &sled::Error) -> bool {
 /// serving), checks the framing of every value of every group's Raft tree (the log decodes what
 /// it reads; the state-machine trees are decoded whole when their group starts, statement lines
 /// excepted, which are checked when read), and checks that each log has no hole. Every failure,
-/// sled's errors included, is `Corrupt`.
-fn check_values(db: &sled::Db) -> Result<(), StoreError> {
+/// sled's errors included, is `Corrupt`. Counts the value log's pointers on the way (the value
+/// log checks them against its files), so that opening reads every tree once, not twice.
+fn check_values(db: &sled::Db) -> Result<PointerCensus, StoreError> {
     let sled_error = |error: sled::Error| StoreError::Corrupt { what: format!("sled: {error}") };
+    let mut census = PointerCensus::default();
     for name in db.tree_names() {
         let tree_name = String::from_utf8_lossy(&name).to_string();
         for item in db.open_tree(&name).map_err(sled_error)?.iter() {
-            item.map_err(|error| StoreError::Corrupt { what: format!("tree {tree_name}: sled: {error}") })?;
+            let (key, value) = item
+                .map_err(|error| StoreError::Corrupt { what: format!("tree {tree_name}: sled: {error}") })?;
+            census.note(&name, &key, &value);
         }
     }
-    Ok(())
+    Ok(census)
 }
 
 /// Runs `work`, turning a panic inside it into the panic's message. sled 0.34 panics on some

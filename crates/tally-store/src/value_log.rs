@@ -104,6 +104,61 @@ impl Pointer {
     }
 }
 
+/// The value-log pointers that a pass over every tree of a store found, per file: how many
+/// there are and the furthest byte one of them reaches. Opening the log checks those against
+/// the files; the store's opening pass over every tree counts them as it goes, so that a
+/// restart reads the trees once for both, not twice.
+#[derive(Default)]
+pub(crate) struct PointerCensus {
+    files: HashMap<FileId, FileCensus>,
+}
+
+struct FileCensus {
+    pointers: u64,
+    end_bytes: u64,
+    /// The pointer reaching furthest, for the message if the file is too short.
+    furthest_offset_bytes: u64,
+    furthest_tree: String,
+    furthest_key: Vec<u8>,
+}
+
+impl PointerCensus {
+    /// Counts `value` if it is a pointer.
+    pub(crate) fn note(&mut self, tree_name: &[u8], key: &[u8], value: &[u8]) {
+        let Some(pointer) = Pointer::decode(value) else { return };
+        let end_bytes = pointer.offset_bytes + u64::from(pointer.length_bytes);
+        let found = self.files.entry(pointer.file).or_insert_with(|| FileCensus {
+            pointers: 0,
+            end_bytes: 0,
+            furthest_offset_bytes: 0,
+            furthest_tree: String::new(),
+            furthest_key: Vec::new(),
+        });
+        found.pointers += 1;
+        if end_bytes > found.end_bytes {
+            found.end_bytes = end_bytes;
+            found.furthest_offset_bytes = pointer.offset_bytes;
+            if found.furthest_tree.as_bytes() != tree_name {
+                found.furthest_tree = String::from_utf8_lossy(tree_name).into_owned();
+            }
+            found.furthest_key.clear();
+            found.furthest_key.extend_from_slice(key);
+        }
+    }
+
+    /// Counts the pointers of every tree of `db`.
+    pub(crate) fn of_db(db: &sled::Db) -> Result<PointerCensus, StoreError> {
+        let mut census = PointerCensus::default();
+        for name in db.tree_names() {
+            for item in db.open_tree(&name)?.iter() {
+                let (key, value) = item?;
+                census.note(&name, &key, &value);
+            }
+        }
+        Ok(census)
+    }
+}
+
 /// The file a stream appends to.
 struct Appender {
     file: FileId,
@@ -146,11 +201,17 @@ impl ValueLog {
     /// Opens the value log in `folder` (created when missing) for a sled `Db` whose trees are
     /// `trees`: counts every pointer, checks that it lies within its file, and deletes the files
     /// no pointer refers to.
+    #[cfg(test)]
     pub(crate) fn open(folder: &Path, db: &sled::Db) -> Result<ValueLog, StoreError> {
-        Self::open_with(folder, db, FILE_BYTES_MAX)
+        Self::open_counted(folder, PointerCensus::of_db(db)?)
     }
 
-    fn open_with(folder: &Path, db: &sled::Db, file_bytes_max: u64) -> Result<ValueLog, StoreError> {
+    /// Opens the log with the pointers a pass over every tree already counted.
+    pub(crate) fn open_counted(folder: &Path, census: PointerCensus) -> Result<ValueLog, StoreError> {
+        Self::open_with(folder, census, FILE_BYTES_MAX)
+    }
+
+    fn open_with(folder: &Path, census: PointerCensus, file_bytes_max: u64) -> Result<ValueLog, StoreError> {
         std::fs::create_dir_all(folder).map_err(|error| StoreError::Io(error_at(folder, error)))?;
         let mut sizes = HashMap::new();
         let mut next_file_number = 0;
@@ -163,33 +224,30 @@ impl ValueLog {
             sizes.insert(file, size_bytes);
         }
         let mut state = State { next_file_number, ..State::default() };
-        for name in db.tree_names() {
-            let tree = db.open_tree(&name)?;
-            for item in tree.iter() {
-                let (key, value) = item?;
-                let Some(pointer) = Pointer::decode(&value) else { continue };
-                let end = pointer.offset_bytes + u64::from(pointer.length_bytes);
-                match sizes.get(&pointer.file) {
-                    Some(size_bytes) if end <= *size_bytes => {}
-                    found => {
-                        return Err(StoreError::Corrupt {
-                            what: format!(
-                                "tree {}: key {:02x?} points at bytes {}..{end} of {} in {}, which {}",
-                                String::from_utf8_lossy(&name),
-                                &key[..key.len().min(16)],
-                                pointer.offset_bytes,
-                                pointer.file.name(),
-                                folder.display(),
-                                match found {
-                                    Some(size_bytes) => format!("is {size_bytes} bytes long"),
-                                    None => "does not exist".to_string(),
-                                }
-                            ),
-                        })
-                    }
+        let mut counted: Vec<(FileId, FileCensus)> = census.files.into_iter().collect();
+        counted.sort_by_key(|(file, _)| *file);
+        for (file, found) in counted {
+            match sizes.get(&file) {
+                Some(size_bytes) if found.end_bytes <= *size_bytes => {}
+                size => {
+                    return Err(StoreError::Corrupt {
+                        what: format!(
+                            "tree {}: key {:02x?} points at bytes {}..{} of {} in {}, which {}",
+                            found.furthest_tree,
+                            &found.furthest_key[..found.furthest_key.len().min(16)],
+                            found.furthest_offset_bytes,
+                            found.end_bytes,
+                            file.name(),
+                            folder.display(),
+                            match size {
+                                Some(size_bytes) => format!("is {size_bytes} bytes long"),
+                                None => "does not exist".to_string(),
+                            }
+                        ),
+                    })
                 }
-                *state.live.entry(pointer.file).or_default() += 1;
             }
+            state.live.insert(file, found.pointers);
         }
         let unreferenced: Vec<FileId> =
             sizes.into_keys().filter(|file| !state.live.contains_key(file)).collect();
@@ -457,7 +515,8 @@ mod tests {
     /// A sled tree with the value log in `folder`, files rolled every 8 KiB.
     fn open(folder: &Path, db: &sled::Db) -> (ValueLog, sled::Tree) {
         (
-            ValueLog::open_with(&folder.join(VALUE_LOG_FOLDER), db, 8 * 1024).unwrap(),
+            ValueLog::open_with(&folder.join(VALUE_LOG_FOLDER), PointerCensus::of_db(db).unwrap(), 8 * 1024)
+                .unwrap(),
             db.open_tree("t").unwrap(),
         )
     }

@@ -5,11 +5,16 @@ use std::process::ExitCode;
 /// mimalloc instead of glibc's malloc: the state machine allocates many small strings and
 /// records per command, and glibc's malloc/free took about a third of apply's CPU time
 /// (measured: `Ledger::apply_batch` 13 µs per earn with glibc, 6.5 µs with mimalloc).
+///
+/// The `system-allocator` feature keeps glibc's, for heap profilers (heaptrack) that follow
+/// malloc and not mimalloc (benches/README.md, "Heap profiles").
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `purge_delay` option (its position in `mi_option_e`, the same in mimalloc 2 and
 /// in mimalloc 3, which libmimalloc-sys 0.1.49 builds by default).
+#[cfg(not(feature = "system-allocator"))]
 const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps freed memory before giving it back to the OS. Its default (10 ms)
@@ -18,15 +23,20 @@ const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// `tally dev` at 64 callers); a second keeps the steady-state churn in the process
 /// (measured: 10,600 → 14,000 earns/s on one shard) and still returns memory after a burst.
 /// mimalloc 3's own default is this second already; the call keeps it whichever is linked.
+#[cfg(not(feature = "system-allocator"))]
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
 
 /// Sets mimalloc's purge delay. Runs first in `main`, before any other thread exists.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(unsafe_code)] // The one call into mimalloc's C API; it only stores an integer option.
 fn tune_allocator() {
     // SAFETY: `mi_option_set` stores a value in mimalloc's option table; no other thread runs
     // yet, and the option is a valid member of mimalloc's enum (index 15 in v2 and v3).
     unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
 }
+
+#[cfg(feature = "system-allocator")]
+fn tune_allocator() {}
 
 use clap::{Parser, Subcommand};
 use tally::cli::{self, AgreementCommand, ClusterCommand, Connection, PartnerAuth, PartnerCommand};

@@ -22,14 +22,17 @@ use std::sync::Arc;
 use crate::keyed::KeyedMap;
 use crate::state::{KeyFingerprint, RetainedRecord};
 
+use super::stored_index::StoredIndex;
+
 /// Where the storage layer keeps a record that left memory: which journal, and the record's
-/// bytes within it. Opaque to the ledger; 12 bytes, because a shard holds millions of them.
+/// bytes within it. Opaque to the ledger; 8 bytes, because a shard holds millions of them
+/// (journals are a few KiB, and a record's fields are bounded far below 64 KiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordSlot {
     /// The storage layer's number for the journal holding the record.
     pub journal: u32,
-    pub offset_bytes: u32,
-    pub length_bytes: u32,
+    pub offset_bytes: u16,
+    pub length_bytes: u16,
 }
 
 /// Reads records back from where a storage layer wrote them. A read that fails stops the
@@ -40,16 +43,12 @@ pub trait RecordSource: Send + Sync {
     fn read_record(&self, slot: RecordSlot) -> Result<Vec<u8>, String>;
 }
 
-/// The stored records are split by their fingerprint's first byte: a map of tens of millions of
-/// slots grows by doubling, and 256 smaller maps each double at a different time, so memory
-/// never holds two copies of the whole table at once.
-const STORED_PARTITIONS: usize = 256;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ResidentRecord {
     expires_at_ms: u64,
-    /// `bincode` (default options) of the [`RetainedRecord`].
-    bytes: Box<[u8]>,
+    /// `bincode` (default options) of the [`RetainedRecord`]. Shared: a checkpoint takes the
+    /// record by reference, not by copy, from apply to its journal.
+    bytes: Arc<[u8]>,
 }
 
 /// The retained keys of one shard and their expiry index.
@@ -58,8 +57,7 @@ pub(super) struct RetainedKeys {
     /// Records not written to a journal yet (or changed since): a checkpoint's worth of keys.
     resident: KeyedMap<KeyFingerprint, ResidentRecord>,
     /// Records a checkpoint has written; a key is either here or in `resident`, never both.
-    stored: Vec<KeyedMap<KeyFingerprint, RecordSlot>>,
-    stored_count: usize,
+    stored: StoredIndex,
     /// Keys by expiry log time, so that expiry reads only what is due. Each time's keys are in
     /// the order they were first stored (a push, not a sorted insert, per command); expiry
     /// sorts them.
@@ -71,7 +69,7 @@ impl fmt::Debug for RetainedKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetainedKeys")
             .field("resident", &self.resident.len())
-            .field("stored", &self.stored_count)
+            .field("stored", &self.stored.len())
             .finish()
     }
 }
@@ -92,10 +90,6 @@ fn decode(bytes: &[u8]) -> RetainedRecord {
     bincode::deserialize(bytes).expect("a retained record decodes: it is read back as it was encoded")
 }
 
-fn partition(fingerprint: &KeyFingerprint) -> usize {
-    usize::from(fingerprint.0[0])
-}
-
 impl RetainedKeys {
     /// Records that left memory are read back through `source` from now on.
     pub fn set_source(&mut self, source: Arc<dyn RecordSource>) {
@@ -103,7 +97,7 @@ impl RetainedKeys {
     }
 
     fn stored_slot(&self, fingerprint: &KeyFingerprint) -> Option<RecordSlot> {
-        self.stored.get(partition(fingerprint))?.get(fingerprint).copied()
+        self.stored.get(fingerprint)
     }
 
     fn read_stored(&self, fingerprint: &KeyFingerprint, slot: RecordSlot) -> Vec<u8> {
@@ -130,8 +124,8 @@ impl RetainedKeys {
     }
 
     /// The record under `fingerprint` as its expiry and encoded bytes, while it is in memory.
-    pub fn resident(&self, fingerprint: &KeyFingerprint) -> Option<(u64, &[u8])> {
-        self.resident.get(fingerprint).map(|record| (record.expires_at_ms, &*record.bytes))
+    pub fn resident(&self, fingerprint: &KeyFingerprint) -> Option<(u64, &Arc<[u8]>)> {
+        self.resident.get(fingerprint).map(|record| (record.expires_at_ms, &record.bytes))
     }
 
     pub fn contains(&self, fingerprint: &KeyFingerprint) -> bool {
@@ -139,7 +133,7 @@ impl RetainedKeys {
     }
 
     pub fn len(&self) -> usize {
-        self.resident.len() + self.stored_count
+        self.resident.len() + self.stored.len()
     }
 
     /// How many records are held in memory (the others are in journals).
@@ -153,33 +147,30 @@ impl RetainedKeys {
         let fingerprint = record.fingerprint();
         let expires_at_ms = record.expires_at_ms();
         let bytes = bincode::serialize(record).expect("a retained record always encodes");
-        let resident = ResidentRecord { expires_at_ms, bytes: bytes.into_boxed_slice() };
+        let resident = ResidentRecord { expires_at_ms, bytes: bytes.into() };
         let was_stored = self.remove_stored(&fingerprint).is_some();
         match self.resident.insert(fingerprint, resident) {
             Some(old) => assert_eq!(old.expires_at_ms, expires_at_ms, "a retained key keeps its expiry"),
             None if was_stored => {}
-            None => self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint),
+            None => self.index_expiry(expires_at_ms, fingerprint),
         }
         fingerprint
     }
 
-    fn remove_stored(&mut self, fingerprint: &KeyFingerprint) -> Option<RecordSlot> {
-        let removed = self.stored.get_mut(partition(fingerprint))?.remove(fingerprint);
-        if removed.is_some() {
-            self.stored_count -= 1;
+    /// Lists a new key at its expiry. Keys arrive in log time, so a time later than every
+    /// listed one starts a new list: the previous last list is complete and gives back its
+    /// spare capacity (up to half of a vector that doubles; millions of keys).
+    fn index_expiry(&mut self, expires_at_ms: u64, fingerprint: KeyFingerprint) {
+        if let Some(mut last) = self.by_expiry.last_entry() {
+            if *last.key() < expires_at_ms {
+                last.get_mut().shrink_to_fit();
+            }
         }
-        removed
+        self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
     }
 
-    fn insert_stored(&mut self, fingerprint: KeyFingerprint, slot: RecordSlot) -> Option<RecordSlot> {
-        if self.stored.is_empty() {
-            self.stored = vec![KeyedMap::default(); STORED_PARTITIONS];
-        }
-        let replaced = self.stored[partition(&fingerprint)].insert(fingerprint, slot);
-        if replaced.is_none() {
-            self.stored_count += 1;
-        }
-        replaced
+    fn remove_stored(&mut self, fingerprint: &KeyFingerprint) -> Option<RecordSlot> {
+        self.stored.remove(fingerprint)
     }
 
     /// Lets records leave memory once they are written: each `(fingerprint, slot, bytes)` names
@@ -196,31 +187,34 @@ impl RetainedKeys {
         for (fingerprint, slot, bytes) in written {
             if self.resident.get(&fingerprint).is_some_and(|record| *record.bytes == *bytes) {
                 self.resident.remove(&fingerprint);
-                self.insert_stored(fingerprint, slot);
+                self.stored.insert(fingerprint, slot);
                 evicted += 1;
             }
         }
         evicted
     }
 
-    /// Adds a key whose record is in storage already (a shard loading its checkpoint): the
-    /// latest slot of a key wins.
-    pub fn load_stored(&mut self, fingerprint: KeyFingerprint, expires_at_ms: u64, slot: RecordSlot) {
-        assert!(!self.resident.contains_key(&fingerprint), "a loaded key is not in memory");
-        if self.insert_stored(fingerprint, slot).is_none() {
+    /// Adds keys whose records are in storage already (a shard loading its checkpoint), in
+    /// journal order: of a key loaded more than once (its record changed and went in a later
+    /// journal), the slot loaded last wins. Call [`RetainedKeys::finish_loading`] after the
+    /// last key; nothing else may touch the keys in between.
+    pub fn load_stored(&mut self, keys: impl IntoIterator<Item = (KeyFingerprint, u64, RecordSlot)>) {
+        for (fingerprint, expires_at_ms, slot) in keys {
+            assert!(!self.resident.contains_key(&fingerprint), "a loaded key is not in memory");
+            self.stored.load(fingerprint, slot);
+            // A key loaded twice is listed twice here until `finish_loading`: it keeps its
+            // expiry, so both are at the same time.
             self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
         }
     }
 
-    /// [`RetainedKeys::load_stored`] for many keys, in the order given (a later slot of a key
-    /// still wins). Fingerprints are random, so keys loaded one by one in journal order would
-    /// each land in a random one of the stored maps, a cache and TLB miss per key over tables
-    /// of a gigabyte and more; grouped by map first (a stable sort, which keeps each key's
-    /// slots in order), the inserts into each map follow one another.
-    pub fn load_stored_batch(&mut self, mut keys: Vec<(KeyFingerprint, u64, RecordSlot)>) {
-        keys.sort_by_key(|(fingerprint, _, _)| partition(fingerprint));
-        for (fingerprint, expires_at_ms, slot) in keys {
-            self.load_stored(fingerprint, expires_at_ms, slot);
+    /// Ends loading: sorts the stored index and lists each key once in the expiry index.
+    pub fn finish_loading(&mut self) {
+        self.stored.finish_loading();
+        for due in self.by_expiry.values_mut() {
+            due.sort_unstable();
+            due.dedup();
+            due.shrink_to_fit();
         }
     }
 
@@ -245,9 +239,7 @@ impl RetainedKeys {
     pub fn sorted_encoded(&self) -> Vec<(KeyFingerprint, Cow<'_, [u8]>)> {
         let mut fingerprints: Vec<KeyFingerprint> =
             self.resident.sorted().into_iter().map(|(key, _)| *key).collect();
-        for part in &self.stored {
-            fingerprints.extend(part.sorted().into_iter().map(|(key, _)| *key));
-        }
+        fingerprints.extend(self.stored.iter().map(|(key, _)| *key));
         fingerprints.sort_unstable();
         // Stored records are read in slot order, journal after journal, so that a source that
         // keeps the journal it read last reads each journal once (in fingerprint order every
@@ -282,7 +274,7 @@ impl RetainedKeys {
         let mut copy = RetainedKeys { by_expiry: self.by_expiry.clone(), ..RetainedKeys::default() };
         for (fingerprint, bytes) in self.sorted_encoded() {
             let expires_at_ms = decode(&bytes).expires_at_ms();
-            copy.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: bytes.into() });
+            copy.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: Arc::from(&*bytes) });
         }
         copy
     }
@@ -302,10 +294,7 @@ impl RetainedKeys {
     /// kept in one place only, and the expiry index names exactly the retained keys, each once,
     /// at their expiry.
     pub fn check(&self) -> Result<(), String> {
-        let stored: usize = self.stored.iter().map(KeyedMap::len).sum();
-        if stored != self.stored_count {
-            return Err(format!("{stored} records are stored but {} are counted", self.stored_count));
-        }
+        self.stored.check()?;
         let mut expected: BTreeMap<u64, Vec<KeyFingerprint>> = BTreeMap::new();
         for (fingerprint, bytes) in self.sorted_encoded() {
             let record = decode(&bytes);
@@ -341,7 +330,7 @@ impl RetainedKeys {
     pub fn put_under(&mut self, fingerprint: KeyFingerprint, record: &RetainedRecord) {
         let bytes = bincode::serialize(record).expect("a retained record always encodes");
         let expires_at_ms = record.expires_at_ms();
-        self.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: bytes.into_boxed_slice() });
+        self.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: bytes.into() });
         self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
     }
 }
