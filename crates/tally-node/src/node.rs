@@ -463,8 +463,21 @@ impl Node {
 
     /// Confirms leadership with a quorum and waits until the state reflects every write
     /// acknowledged before the call (openraft's read index).
+    ///
+    /// Bounded by two election timeouts: a leader cut off from its followers can wait on them
+    /// for longer than a caller's deadline, and the caller should then hear that the shard is
+    /// unavailable (retry later), not that its deadline passed.
     async fn linearize(&self, group: &Group) -> Result<(), ProposeError> {
-        group.raft.ensure_linearizable().await.map(|_| ()).map_err(|error| read_error(group.group_id, error))
+        let bound_ms = 2 * self.config.raft.election_timeout_max_ms;
+        match tokio::time::timeout(Duration::from_millis(bound_ms), group.raft.ensure_linearizable()).await {
+            Ok(confirmed) => confirmed.map(|_| ()).map_err(|error| read_error(group.group_id, error)),
+            Err(_elapsed) => Err(ProposeError::Unavailable {
+                group_id: group.group_id,
+                reason: format!(
+                    "the leader could not confirm its leadership with a quorum within {bound_ms} ms"
+                ),
+            }),
+        }
     }
 
     pub async fn balance(
