@@ -89,7 +89,7 @@ def figures(label):
         report = json.load(open(f"{out}/{label}-{round}.json"))
         if not report["proof"]["passed"]:
             sys.exit(f"{label} round {round}: the load generator's proof failed")
-        latency = [op["latency"] for op in report["operations"] if op["latency"]["count"]]
+        latency = [op["latency"] for op in report["operations"] if op["latency"] and op["latency"]["count"]]
         weight = sum(l["count"] for l in latency)
         p50 = sum(l["p50_us"] * l["count"] for l in latency) / weight / 1000
         p99 = max(l["p99_us"] for l in latency) / 1000

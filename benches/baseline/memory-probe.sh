@@ -26,7 +26,10 @@ node_pid=""
 sampler_pid=""
 cleanup() {
     [[ -n "$sampler_pid" ]] && kill "$sampler_pid" 2>/dev/null || true
-    [[ -n "$node_pid" ]] && kill "$node_pid" 2>/dev/null || true
+    if [[ -n "$node_pid" ]]; then
+        kill "$node_pid" 2>/dev/null || true
+        wait "$node_pid" 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
 
