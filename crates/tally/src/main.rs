@@ -26,10 +26,16 @@ const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 #[cfg(not(feature = "system-allocator"))]
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1_000;
 
-/// Sets mimalloc's purge delay. Runs first in `main`, before any other thread exists.
+/// Sets mimalloc's purge delay, unless `MIMALLOC_PURGE_DELAY` is set in the environment
+/// (mimalloc reads it itself): an operator trading throughput for resident memory, or a
+/// measurement of that trade (docs/benchmarks.md). Runs first in `main`, before any other
+/// thread exists.
 #[cfg(not(feature = "system-allocator"))]
 #[allow(unsafe_code)] // The one call into mimalloc's C API; it only stores an integer option.
 fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: `mi_option_set` stores a value in mimalloc's option table; no other thread runs
     // yet, and the option is a valid member of mimalloc's enum (index 15 in v2 and v3).
     unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
