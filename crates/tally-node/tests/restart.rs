@@ -17,6 +17,11 @@ fn config(data_dir: &std::path::Path) -> NodeConfig {
     }
 }
 
+/// Each group's id and last log index, as the node's status reports them.
+async fn log_ends(node: &Node) -> Vec<(tally_raft::GroupId, u64)> {
+    node.status(StatusDetail::Raft).await.iter().map(|view| (view.group_id, view.last_log_index)).collect()
+}
+
 // A current-thread runtime: the groups' Raft cores get no turn between `Node::start` returning
 // and the first status call unless the status call itself waits for them.
 #[tokio::test(flavor = "current_thread")]
@@ -25,12 +30,7 @@ async fn the_first_status_after_a_restart_reports_the_stored_log() {
     let node = Node::start(config(folder.path())).await.expect("first start");
     node.initialize_alone().await.expect("initialized alone");
     assert!(node.wait_until_ready(Duration::from_secs(30)).await, "every group elects its leader");
-    let before: Vec<_> = node
-        .status(StatusDetail::Raft)
-        .await
-        .iter()
-        .map(|view| (view.group_id, view.last_log_index))
-        .collect();
+    let before = log_ends(&node).await;
     assert!(
         before.iter().all(|(_, last)| *last > 0),
         "every group logged its initial membership: {before:?}"
@@ -39,12 +39,7 @@ async fn the_first_status_after_a_restart_reports_the_stored_log() {
     drop(node);
 
     let node = Node::start(config(folder.path())).await.expect("second start");
-    let after: Vec<_> = node
-        .status(StatusDetail::Raft)
-        .await
-        .iter()
-        .map(|view| (view.group_id, view.last_log_index))
-        .collect();
+    let after = log_ends(&node).await;
     assert_eq!(after, before, "the log ends where it ended before the stop");
     node.shutdown().await;
 }

@@ -199,8 +199,8 @@ impl RetainedKeys {
     /// journal), the slot loaded last wins. Call [`RetainedKeys::finish_loading`] after the
     /// last key; nothing else may touch the keys in between.
     pub fn load_stored(&mut self, keys: impl IntoIterator<Item = (KeyFingerprint, u64, RecordSlot)>) {
+        assert!(self.resident.is_empty(), "keys are loaded before any record is in memory");
         for (fingerprint, expires_at_ms, slot) in keys {
-            assert!(!self.resident.contains_key(&fingerprint), "a loaded key is not in memory");
             self.stored.load(fingerprint, slot);
             // A key loaded twice is listed twice here until `finish_loading`: it keeps its
             // expiry, so both are at the same time.
