@@ -310,6 +310,14 @@ impl Ledger {
         self.retained.evict(written)
     }
 
+    /// After records left memory: lists by prefix, in the expiry index, the keys whose records
+    /// left, looking at up to `entries_max` listed keys; returns whether it got through them
+    /// all (see `retained`). Call it in slices under the state lock after
+    /// [`Ledger::evict_retained`], until it returns true.
+    pub fn compact_retained_expiry(&mut self, entries_max: usize) -> bool {
+        self.retained.compact_expiry(entries_max)
+    }
+
     /// Adds retained keys whose records are in storage at their slots (loading a checkpoint),
     /// in the order given: a later slot for the same key replaces an earlier one. Needs a
     /// record source to read them, and [`Ledger::finish_loading_retained`] after the last
@@ -472,11 +480,7 @@ mod tests {
                 .map(|(fingerprint, bytes)| {
                     let mut records = self.records.lock().unwrap();
                     records.push(bytes.to_vec());
-                    let slot = RecordSlot {
-                        journal: records.len() as u32 - 1,
-                        offset_bytes: 0,
-                        length_bytes: bytes.len() as u16,
-                    };
+                    let slot = RecordSlot { journal: records.len() as u32 - 1, offset_bytes: 0 };
                     (fingerprint, slot, bytes.to_vec())
                 })
                 .collect();
@@ -495,6 +499,82 @@ mod tests {
                 amount_points,
             },
         }
+    }
+
+    /// Two keys whose fingerprints share their first four bytes, found by trying keys.
+    fn keys_sharing_a_prefix() -> (String, String) {
+        let partner = PartnerId::parse("skyair").unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        for number in 0.. {
+            let key = format!("c{number}");
+            let fingerprint = KeyFingerprint::of(&partner, &IdempotencyKey::parse(&key).unwrap());
+            let prefix = u32::from_be_bytes(fingerprint.0[..4].try_into().unwrap());
+            if let Some(first) = seen.insert(prefix, key.clone()) {
+                return (first, key);
+            }
+        }
+        unreachable!("a 32-bit prefix repeats within a few hundred thousand keys")
+    }
+
+    fn apply_at(ledger: &mut Ledger, log_index: u64, log_time_ms: u64, commands: Vec<Command>) {
+        let header = BatchHeader { log_time_ms, idempotency_retention_ms: 3_600_000 };
+        let outcomes =
+            ledger.apply_batch(log_index, &ShardBatch { header, commands }, &mut ChangeSet::default());
+        assert!(outcomes.iter().all(|outcome| outcome.result.is_ok()), "{outcomes:?}");
+    }
+
+    /// Keys whose records left memory are listed by a 4-byte prefix in the expiry index; two
+    /// stored keys sharing a prefix but not an expiry each expire at their own time, and the
+    /// ledger stays equal to one that kept everything in memory.
+    #[test]
+    fn stored_keys_sharing_a_prefix_expire_each_at_its_own_time() {
+        let (first, second) = keys_sharing_a_prefix();
+        let source = std::sync::Arc::new(MemorySource::default());
+        let mut evicting = Ledger::new();
+        evicting.set_record_source(source.clone());
+        let mut resident = Ledger::new();
+        let start_ms = 1_700_000_000_000;
+        for ledger in [&mut evicting, &mut resident] {
+            apply_at(ledger, 1, start_ms, vec![earn_command(&first, 10), earn_command("other-a", 1)]);
+            apply_at(
+                ledger,
+                2,
+                start_ms + 1_000,
+                vec![earn_command(&second, 20), earn_command("other-b", 2)],
+            );
+        }
+        assert_eq!(source.evict_all(&mut evicting), 4);
+        assert!(!evicting.compact_retained_expiry(1), "one list per call at most");
+        while !evicting.compact_retained_expiry(1) {}
+        evicting.check_invariants().unwrap();
+        assert_eq!(evicting.retained.listed_by_prefix(), 4);
+
+        // A reversal brings `first` back into memory, listed whole again; written again, by prefix.
+        for ledger in [&mut evicting, &mut resident] {
+            apply_at(ledger, 3, start_ms + 2_000, vec![reverse_command("r1", &first, 3)]);
+        }
+        evicting.check_invariants().unwrap();
+        source.evict_all(&mut evicting);
+        while !evicting.compact_retained_expiry(1_024) {}
+        evicting.check_invariants().unwrap();
+
+        // Past the first expiry only: `first` and `other-a` go, `second` stays.
+        let partner = PartnerId::parse("skyair").unwrap();
+        for ledger in [&mut evicting, &mut resident] {
+            apply_at(ledger, 4, start_ms + 3_600_000, vec![]);
+            assert_eq!(ledger.retained_keys(), 3, "first and other-a expired");
+            assert!(ledger.operation(&partner, &IdempotencyKey::parse(&first).unwrap()).is_none());
+            assert!(ledger.operation(&partner, &IdempotencyKey::parse(&second).unwrap()).is_some());
+        }
+        evicting.check_invariants().unwrap();
+        assert_eq!(evicting, resident);
+        assert_eq!(evicting.digest(), resident.digest());
+        for ledger in [&mut evicting, &mut resident] {
+            apply_at(ledger, 5, start_ms + 3_601_000, vec![]);
+            assert!(ledger.operation(&partner, &IdempotencyKey::parse(&second).unwrap()).is_none());
+            assert_eq!(ledger.retained_keys(), 1, "only r1 is left");
+        }
+        assert_eq!(evicting, resident);
     }
 
     /// Records that left memory answer replays and reversals exactly as before, the state and
@@ -539,7 +619,7 @@ mod tests {
 
         // An eviction naming bytes that are no longer the record's leaves the record in memory.
         let e1_fingerprint = KeyFingerprint::of(&partner, &e1);
-        let stale_slot = RecordSlot { journal: 0, offset_bytes: 0, length_bytes: 1 };
+        let stale_slot = RecordSlot { journal: 0, offset_bytes: 1 };
         assert_eq!(evicting.evict_retained([(e1_fingerprint, stale_slot, &b"old bytes"[..])]), 0);
         assert_eq!(evicting.earn_record(&partner, &e1).unwrap().reversed_points, 40);
 

@@ -35,8 +35,8 @@
 //! journals: a record is read from its journal only when its key comes back, see `journal`).
 //! Retained keys' records are never changed in place except an earn's reversed amount (the
 //! changed record goes in a later journal, whose index entry wins), so they stay in their
-//! journals until every record in one has expired. No value exceeds
-//! [`VALUE_BYTES_MAX`]: larger ones are split into chunks. A record is deleted only when its
+//! journals until every record in one has expired. No value but a journal (see
+//! `journal::JOURNAL_BYTES_MAX`) exceeds [`VALUE_BYTES_MAX`]: larger ones are split into chunks. A record is deleted only when its
 //! retention has passed in log time; a journal is deleted once every record in it has expired,
 //! and loading skips records that expired before the stored clock, so a restarted replica
 //! holds exactly what a running one holds.
@@ -60,12 +60,14 @@ pub const META_STATE_KEY: &[u8] = b"mmeta_state";
 pub const SNAPSHOT_KEY: &[u8] = b"msnapshot";
 pub const STATE_FORMAT_KEY: &[u8] = b"mstate_format";
 
-/// The encoding of a shard's items, deltas and journals. 3: every journal has an index value
+/// The encoding of a shard's items, deltas and journals. 4: journals of up to 1 MiB whose
+/// records are framed each with their length and crc32 (3 held records as a bincode
+/// `Vec<StateItem>` in journals of 6 KiB). 3: every journal has an index value
 /// (loading reads indexes, not journals). 2: an idempotency key's request, answer and earn are
 /// one `StateItem::Retained`, named by its fingerprint (1 held them as separate idempotency and
 /// earn items, under other enum tags). A tree of another format is refused when opened, never
 /// misread.
-pub const STATE_FORMAT: u32 = 3;
+pub const STATE_FORMAT: u32 = 4;
 
 pub fn item_key(key: &ItemKey) -> Vec<u8> {
     let mut bytes = vec![ITEM_PREFIX];
@@ -89,9 +91,8 @@ pub fn statement_key(account: &AccountKey, sequence: u64) -> Vec<u8> {
 /// own). Values of [`tally_store::SEPARATED_VALUE_BYTES_MIN`] bytes or more live in the value
 /// log (sled keeps a pointer), so this no longer guards sled's pages (sled 0.34 writes a page
 /// past 128 KiB to a `blobs/` file it never fsyncs, which 60 KiB values inline did); it bounds
-/// what a read of one evicted record costs, since its whole journal is read back. 64 KiB
-/// measured no faster in SubmitBatch runs (1.03x) and made the state digest of
-/// `Admin/ClusterStatus`, which reads every retained record, about ten times slower.
+/// what a read of a delta or line journal costs. Journals have their own, larger bound (a
+/// record is read back alone).
 pub const VALUE_BYTES_MAX: usize = 6 * 1024;
 
 pub fn journal_key(log_index: u64, chunk: u32) -> Vec<u8> {

@@ -455,6 +455,14 @@ impl GroupShared {
             metrics::gauge!("tally_retained_keys", "group" => self.group_id.to_string())
                 .set(ledger.retained_keys() as f64);
         }
+        // The keys that left memory are listed by prefix from now on, in slices likewise.
+        loop {
+            let mut state = self.state.write().expect("group state lock poisoned");
+            let GroupData::Shard(ledger) = &mut state.data else { return };
+            if ledger.compact_retained_expiry(EVICTED_PER_LOCK) {
+                break;
+            }
+        }
     }
 
     /// Takes what the next checkpoint writes, consistent with the applied log id (what apply

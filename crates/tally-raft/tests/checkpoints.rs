@@ -159,7 +159,7 @@ async fn a_tree_of_another_state_format_is_refused_when_opened() {
     let older = tally_store::encode_value(&2u32).unwrap();
     tree.write_batch(vec![(keys::STATE_FORMAT_KEY.to_vec(), Some(older))]).unwrap();
     let refused = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).err().expect("format 2");
-    assert!(refused.to_string().contains("format 2, this release reads format 3"), "{refused}");
+    assert!(refused.to_string().contains("format 2, this release reads format 4"), "{refused}");
     tree.write_batch(vec![(keys::STATE_FORMAT_KEY.to_vec(), None)]).unwrap();
     let refused = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).err().expect("no format");
     assert!(refused.to_string().contains("format 1"), "a tree without the key predates it: {refused}");

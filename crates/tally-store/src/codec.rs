@@ -14,8 +14,9 @@ use crate::StoreError;
 /// The only framing version this crate writes and reads.
 pub const VALUE_FORMAT_VERSION: u8 = 1;
 
-/// Length of the `[version][crc32]` header.
-const HEADER_LEN: usize = 5;
+/// Length of the `[version][crc32]` header: a framed value's payload starts this far in.
+pub const FRAME_HEADER_BYTES: usize = 5;
+const HEADER_LEN: usize = FRAME_HEADER_BYTES;
 
 /// Serializes `value` with bincode 1 and frames it as `[1][crc32 be][payload]`.
 pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

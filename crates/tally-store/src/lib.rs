@@ -49,7 +49,8 @@ mod state_tree;
 mod value_log;
 
 pub use codec::{
-    check_frame, decode_value, encode_framed, encode_value, framed_payload, VALUE_FORMAT_VERSION,
+    check_frame, decode_value, encode_framed, encode_value, framed_payload, FRAME_HEADER_BYTES,
+    VALUE_FORMAT_VERSION,
 };
 pub use config::{
     StoreConfig, FLUSH_STALL_ABORT_MS_DEFAULT, FLUSH_STALL_ABORT_MS_MIN, SLED_CACHE_BYTES_DEFAULT,

@@ -60,6 +60,19 @@ impl StateTree {
         self.tree.get(key)?.map(|value| self.values.resolve(value)).transpose()
     }
 
+    /// Up to `length_bytes` bytes of the value under `key` from byte `start` on (fewer where
+    /// the value ends first), without reading the rest: one record out of a large journal.
+    /// Unlike [`StateTree::get`], nothing checks these bytes against the value's crc32 (that
+    /// covers the whole value); the caller frames what it reads back with its own check.
+    pub fn get_range(
+        &self,
+        key: &[u8],
+        start: usize,
+        length_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tree.get(key)?.map(|value| self.values.resolve_range(value, start, length_bytes)).transpose()
+    }
+
     /// Applies all puts (`Some`) and deletes (`None`) atomically (one sled `Batch`): readers and
     /// crash recovery see all of them or none. Later changes to the same key win. Large values
     /// are appended to the value log and synced first. No sled flush (see the module docs).

@@ -366,24 +366,58 @@ impl ValueLog {
         Ok(state.appenders.get_mut(&stream).expect("inserted above"))
     }
 
+    /// The open file a pointer points into.
+    fn reader(&self, pointer: &Pointer) -> Result<Arc<File>, StoreError> {
+        let mut state = self.lock();
+        match state.readers.get(&pointer.file) {
+            Some(reader) => Ok(reader.clone()),
+            None => {
+                let path = self.path(pointer.file);
+                let file = File::open(&path).map_err(|error| StoreError::Corrupt {
+                    what: format!("a value in {}: {}", path.display(), error),
+                })?;
+                let reader = Arc::new(file);
+                state.readers.insert(pointer.file, reader.clone());
+                Ok(reader)
+            }
+        }
+    }
+
+    /// Bytes `start..start + length_bytes` (cut at the value's end) of the value `stored`
+    /// stands for, reading only those. No crc check: the pointer's crc covers the whole value.
+    pub(crate) fn resolve_range(
+        &self,
+        stored: sled::IVec,
+        start: usize,
+        length_bytes: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let Some(pointer) = Pointer::decode(&stored) else {
+            let end = start.saturating_add(length_bytes).min(stored.len());
+            return Ok(stored.get(start..end).unwrap_or_default().to_vec());
+        };
+        let value_bytes = pointer.length_bytes as usize;
+        let end = start.saturating_add(length_bytes).min(value_bytes);
+        let mut bytes = vec![0; end.saturating_sub(start)];
+        if bytes.is_empty() {
+            return Ok(bytes);
+        }
+        self.reader(&pointer)?.read_exact_at(&mut bytes, pointer.offset_bytes + start as u64).map_err(
+            |error| StoreError::Corrupt {
+                what: format!(
+                    "bytes {} (+{}) of {}: {error}",
+                    pointer.offset_bytes + start as u64,
+                    bytes.len(),
+                    pointer.file.name()
+                ),
+            },
+        )?;
+        Ok(bytes)
+    }
+
     /// The value `stored` in sled stands for: itself, or the bytes its pointer points at.
     pub(crate) fn resolve(&self, stored: sled::IVec) -> Result<Vec<u8>, StoreError> {
         let Some(pointer) = Pointer::decode(&stored) else { return Ok(stored.to_vec()) };
-        let reader = {
-            let mut state = self.lock();
-            match state.readers.get(&pointer.file) {
-                Some(reader) => reader.clone(),
-                None => {
-                    let path = self.path(pointer.file);
-                    let file = File::open(&path).map_err(|error| StoreError::Corrupt {
-                        what: format!("a value in {}: {}", path.display(), error),
-                    })?;
-                    let reader = Arc::new(file);
-                    state.readers.insert(pointer.file, reader.clone());
-                    reader
-                }
-            }
-        };
+        let reader = self.reader(&pointer)?;
         let mut value = vec![0; pointer.length_bytes as usize];
         reader.read_exact_at(&mut value, pointer.offset_bytes).map_err(|error| StoreError::Corrupt {
             what: format!(

@@ -15,24 +15,23 @@
 //! their digests agree, whichever of them keeps which record in memory.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use crate::keyed::KeyedMap;
 use crate::state::{KeyFingerprint, RetainedRecord};
 
-use super::stored_index::StoredIndex;
+use super::stored_index::{fingerprint_prefix, StoredIndex};
 
-/// Where the storage layer keeps a record that left memory: which journal, and the record's
-/// bytes within it. Opaque to the ledger; 8 bytes, because a shard holds millions of them
-/// (journals are a few KiB, and a record's fields are bounded far below 64 KiB).
+/// Where the storage layer keeps a record that left memory: which journal, and where in it
+/// the record starts (the storage layer frames each record with its length). Opaque to the
+/// ledger; 8 bytes, because a shard holds millions of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordSlot {
     /// The storage layer's number for the journal holding the record.
     pub journal: u32,
-    pub offset_bytes: u16,
-    pub length_bytes: u16,
+    pub offset_bytes: u32,
 }
 
 /// Reads records back from where a storage layer wrote them. A read that fails stops the
@@ -51,6 +50,20 @@ struct ResidentRecord {
     bytes: Arc<[u8]>,
 }
 
+/// The keys that expire at one log time.
+///
+/// Every retained key is listed once, at its expiry: by its whole fingerprint while its record
+/// is in memory (and until the next [`RetainedKeys::compact_expiry`] after it left), then by
+/// its fingerprint's first four bytes alone. At tens of millions of keys the expiry index was
+/// 16 bytes per key, the largest structure after the stored index; it is 4 now. A prefix is
+/// enough to find the key among the stored ones (they are sorted by fingerprint); when other
+/// stored keys share it, their expiry tells them apart (see [`RetainedKeys::expire_due`]).
+#[derive(Clone, Debug, Default)]
+struct ExpiryList {
+    whole: Vec<KeyFingerprint>,
+    prefixes: Vec<u32>,
+}
+
 /// The retained keys of one shard and their expiry index.
 #[derive(Clone, Default)]
 pub(super) struct RetainedKeys {
@@ -59,9 +72,13 @@ pub(super) struct RetainedKeys {
     /// Records a checkpoint has written; a key is either here or in `resident`, never both.
     stored: StoredIndex,
     /// Keys by expiry log time, so that expiry reads only what is due. Each time's keys are in
-    /// the order they were first stored (a push, not a sorted insert, per command); expiry
-    /// sorts them.
-    by_expiry: BTreeMap<u64, Vec<KeyFingerprint>>,
+    /// the order they were listed (a push, not a sorted insert, per command).
+    by_expiry: BTreeMap<u64, ExpiryList>,
+    /// The times whose lists name keys by whole fingerprint that may have left memory.
+    uncompacted: BTreeSet<u64>,
+    /// The times the compaction under way has yet to look at, latest first (see
+    /// [`RetainedKeys::compact_expiry`]).
+    compacting: Vec<u64>,
     source: Option<Arc<dyn RecordSource>>,
 }
 
@@ -74,13 +91,11 @@ impl fmt::Debug for RetainedKeys {
     }
 }
 
-/// Equal when the same keys hold the same records: neither where a record is kept nor the
-/// order in which a time's keys were stored is state.
+/// Equal when the same keys hold the same records: neither where a record is kept nor how
+/// the expiry index names it is state (a record holds its expiry; `check` audits the index).
 impl PartialEq for RetainedKeys {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len()
-            && self.sorted_index() == other.sorted_index()
-            && self.sorted_encoded().into_iter().eq(other.sorted_encoded())
+        self.len() == other.len() && self.sorted_encoded().into_iter().eq(other.sorted_encoded())
     }
 }
 
@@ -151,22 +166,71 @@ impl RetainedKeys {
         let was_stored = self.remove_stored(&fingerprint).is_some();
         match self.resident.insert(fingerprint, resident) {
             Some(old) => assert_eq!(old.expires_at_ms, expires_at_ms, "a retained key keeps its expiry"),
-            None if was_stored => {}
+            None if was_stored => self.relist_whole(expires_at_ms, fingerprint),
             None => self.index_expiry(expires_at_ms, fingerprint),
         }
         fingerprint
     }
 
-    /// Lists a new key at its expiry. Keys arrive in log time, so a time later than every
-    /// listed one starts a new list: the previous last list is complete and gives back its
-    /// spare capacity (up to half of a vector that doubles; millions of keys).
+    /// Lists a new key at its expiry.
     fn index_expiry(&mut self, expires_at_ms: u64, fingerprint: KeyFingerprint) {
-        if let Some(mut last) = self.by_expiry.last_entry() {
-            if *last.key() < expires_at_ms {
-                last.get_mut().shrink_to_fit();
+        self.by_expiry.entry(expires_at_ms).or_default().whole.push(fingerprint);
+        self.uncompacted.insert(expires_at_ms);
+    }
+
+    /// A stored key came back into memory (its record changed): it is listed by its whole
+    /// fingerprint again, since expiry finds only stored keys by prefix. Rare (a reversal of
+    /// an earn written before), so a scan of one time's list is fine.
+    fn relist_whole(&mut self, expires_at_ms: u64, fingerprint: KeyFingerprint) {
+        let list = self.by_expiry.get_mut(&expires_at_ms).expect("a retained key is listed at its expiry");
+        if list.whole.contains(&fingerprint) {
+            // Not compacted yet: still listed whole.
+            return;
+        }
+        let prefix = fingerprint_prefix(&fingerprint);
+        let position = list
+            .prefixes
+            .iter()
+            .position(|listed| *listed == prefix)
+            .expect("a stored key is listed by prefix at its expiry");
+        list.prefixes.swap_remove(position);
+        list.whole.push(fingerprint);
+        self.uncompacted.insert(expires_at_ms);
+    }
+
+    /// Lists by prefix the keys listed whole whose records left memory. One pass looks at
+    /// every time listed whole when it started, `entries_max` listed keys per call; returns
+    /// whether the pass is over. A checkpoint calls it after its records left memory, in
+    /// slices under the state lock, until it returns true.
+    pub fn compact_expiry(&mut self, entries_max: usize) -> bool {
+        if self.compacting.is_empty() {
+            self.compacting = std::mem::take(&mut self.uncompacted).into_iter().rev().collect();
+        }
+        let mut visited = 0;
+        while visited < entries_max {
+            let Some(expires_at_ms) = self.compacting.pop() else { break };
+            let Some(list) = self.by_expiry.get_mut(&expires_at_ms) else { continue };
+            visited += list.whole.len();
+            let resident = &self.resident;
+            let before = list.prefixes.len();
+            list.whole.retain(|fingerprint| {
+                let in_memory = resident.contains_key(fingerprint);
+                if !in_memory {
+                    list.prefixes.push(fingerprint_prefix(fingerprint));
+                }
+                in_memory
+            });
+            if list.whole.is_empty() {
+                list.whole = Vec::new();
+            } else {
+                // Not written yet, or changed since: looked at again by the next pass.
+                self.uncompacted.insert(expires_at_ms);
+            }
+            if list.prefixes.len() != before {
+                list.prefixes.shrink_to_fit();
             }
         }
-        self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
+        self.compacting.is_empty()
     }
 
     fn remove_stored(&mut self, fingerprint: &KeyFingerprint) -> Option<RecordSlot> {
@@ -204,34 +268,81 @@ impl RetainedKeys {
             self.stored.load(fingerprint, slot);
             // A key loaded twice is listed twice here until `finish_loading`: it keeps its
             // expiry, so both are at the same time.
-            self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
+            self.by_expiry.entry(expires_at_ms).or_default().prefixes.push(fingerprint_prefix(&fingerprint));
         }
     }
 
-    /// Ends loading: sorts the stored index and lists each key once in the expiry index.
+    /// Ends loading: sorts the stored index and lists each key once in the expiry index (a
+    /// key loaded twice, rare, is read back for the time it is listed at).
     pub fn finish_loading(&mut self) {
-        self.stored.finish_loading();
-        for due in self.by_expiry.values_mut() {
-            due.sort_unstable();
-            due.dedup();
-            due.shrink_to_fit();
+        for fingerprint in self.stored.finish_loading() {
+            let slot = self.stored_slot(&fingerprint).expect("a key loaded twice is stored");
+            let expires_at_ms = decode(&self.read_stored(&fingerprint, slot)).expires_at_ms();
+            let list = self.by_expiry.get_mut(&expires_at_ms).expect("a loaded key is listed at its expiry");
+            let prefix = fingerprint_prefix(&fingerprint);
+            let position =
+                list.prefixes.iter().position(|listed| *listed == prefix).expect("listed when loaded");
+            list.prefixes.swap_remove(position);
+        }
+        for list in self.by_expiry.values_mut() {
+            list.prefixes.shrink_to_fit();
         }
     }
 
-    /// Drops every key whose expiry is at or before `now_ms`, in expiry then fingerprint order,
-    /// and hands each to `forgotten`.
+    /// Drops every key whose expiry is at or before `now_ms` and hands each to `forgotten`, in
+    /// fingerprint order.
+    ///
+    /// A key listed by prefix is a stored one with that prefix. When the stored keys with a
+    /// due prefix are exactly as many as the due listings of it, they are the due keys; when
+    /// more share it (about one prefix in 200 at 20 million keys), each one's record is read
+    /// for its expiry. Either way the outcome follows from the state alone.
     pub fn expire_due(&mut self, now_ms: u64, mut forgotten: impl FnMut(KeyFingerprint)) {
+        let mut due_whole = Vec::new();
+        let mut due_prefixes = Vec::new();
         while self.by_expiry.first_key_value().is_some_and(|(expires_at_ms, _)| *expires_at_ms <= now_ms) {
-            let Some((_, mut due)) = self.by_expiry.pop_first() else {
+            let Some((expires_at_ms, list)) = self.by_expiry.pop_first() else {
                 break;
             };
-            due.sort_unstable();
-            for fingerprint in due {
-                let removed = self.resident.remove(&fingerprint).is_some()
-                    || self.remove_stored(&fingerprint).is_some();
-                assert!(removed, "the expiry index names only retained keys");
-                forgotten(fingerprint);
+            self.uncompacted.remove(&expires_at_ms);
+            // A time still in `compacting` is skipped there once its list is gone.
+            due_whole.extend(list.whole);
+            due_prefixes.extend(list.prefixes);
+        }
+        if due_whole.is_empty() && due_prefixes.is_empty() {
+            return;
+        }
+        let mut expired = Vec::with_capacity(due_whole.len() + due_prefixes.len());
+        // Keys listed whole first: a stored one among them is not a prefix candidate after.
+        for fingerprint in due_whole {
+            let removed =
+                self.resident.remove(&fingerprint).is_some() || self.remove_stored(&fingerprint).is_some();
+            assert!(removed, "the expiry index names only retained keys");
+            expired.push(fingerprint);
+        }
+        due_prefixes.sort_unstable();
+        for run in due_prefixes.chunk_by(|a, b| a == b) {
+            let (prefix, due) = (run[0], run.len());
+            let candidates = self.stored.with_prefix(prefix);
+            let due_keys: Vec<KeyFingerprint> = if candidates.len() == due {
+                candidates.into_iter().map(|(fingerprint, _)| fingerprint).collect()
+            } else {
+                candidates
+                    .into_iter()
+                    .filter(|(fingerprint, slot)| {
+                        decode(&self.read_stored(fingerprint, *slot)).expires_at_ms() <= now_ms
+                    })
+                    .map(|(fingerprint, _)| fingerprint)
+                    .collect()
+            };
+            assert_eq!(due_keys.len(), due, "the expiry index lists each retained key once, at its expiry");
+            for fingerprint in due_keys {
+                self.remove_stored(&fingerprint);
+                expired.push(fingerprint);
             }
+        }
+        expired.sort_unstable();
+        for fingerprint in expired {
+            forgotten(fingerprint);
         }
     }
 
@@ -271,10 +382,11 @@ impl RetainedKeys {
     /// A copy holding every record in memory (stored ones read back), with no source: it stays
     /// readable whatever happens to the storage afterwards.
     pub fn in_memory_copy(&self) -> RetainedKeys {
-        let mut copy = RetainedKeys { by_expiry: self.by_expiry.clone(), ..RetainedKeys::default() };
+        let mut copy = RetainedKeys::default();
         for (fingerprint, bytes) in self.sorted_encoded() {
             let expires_at_ms = decode(&bytes).expires_at_ms();
             copy.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: Arc::from(&*bytes) });
+            copy.by_expiry.entry(expires_at_ms).or_default().whole.push(fingerprint);
         }
         copy
     }
@@ -284,10 +396,35 @@ impl RetainedKeys {
         self.sorted_encoded().into_iter().map(|(_, bytes)| decode(&bytes)).collect()
     }
 
-    fn sorted_index(&self) -> BTreeMap<u64, Vec<KeyFingerprint>> {
-        let mut indexed = self.by_expiry.clone();
-        indexed.values_mut().for_each(|due| due.sort_unstable());
-        indexed
+    /// The expiry index as `(time, prefix)` listings, sorted, checking on the way that every
+    /// key listed whole is retained with that expiry, once, and every record in memory is
+    /// listed whole.
+    fn checked_listings(&self) -> Result<Vec<(u64, u32)>, String> {
+        let mut listings = Vec::with_capacity(self.len());
+        let mut listed_whole = BTreeSet::new();
+        for (expires_at_ms, list) in &self.by_expiry {
+            for fingerprint in &list.whole {
+                if !listed_whole.insert(*fingerprint) {
+                    return Err(format!("retained key {fingerprint} is listed twice"));
+                }
+                match self.get(fingerprint) {
+                    Some(record) if record.expires_at_ms() == *expires_at_ms => {}
+                    Some(_) => return Err(format!("retained key {fingerprint} is listed at another time")),
+                    None => {
+                        return Err(format!("the expiry index lists {fingerprint}, which is not retained"))
+                    }
+                }
+                listings.push((*expires_at_ms, fingerprint_prefix(fingerprint)));
+            }
+            listings.extend(list.prefixes.iter().map(|prefix| (*expires_at_ms, *prefix)));
+        }
+        if let Some((fingerprint, _)) =
+            self.resident.sorted().into_iter().find(|(key, _)| !listed_whole.contains(*key))
+        {
+            return Err(format!("retained key {fingerprint} is in memory but not listed whole"));
+        }
+        listings.sort_unstable();
+        Ok(listings)
     }
 
     /// The audit: each record is stored under its own fingerprint with its own expiry, a key is
@@ -295,7 +432,7 @@ impl RetainedKeys {
     /// at their expiry.
     pub fn check(&self) -> Result<(), String> {
         self.stored.check()?;
-        let mut expected: BTreeMap<u64, Vec<KeyFingerprint>> = BTreeMap::new();
+        let mut expected = Vec::with_capacity(self.len());
         for (fingerprint, bytes) in self.sorted_encoded() {
             let record = decode(&bytes);
             if record.fingerprint() != fingerprint {
@@ -315,9 +452,10 @@ impl RetainedKeys {
                     ));
                 }
             }
-            expected.entry(record.expires_at_ms()).or_default().push(fingerprint);
+            expected.push((record.expires_at_ms(), fingerprint_prefix(&fingerprint)));
         }
-        if self.sorted_index() != expected {
+        expected.sort_unstable();
+        if self.checked_listings()? != expected {
             return Err("the retained keys' expiry index does not match the keys".to_string());
         }
         Ok(())
@@ -326,11 +464,16 @@ impl RetainedKeys {
 
 #[cfg(test)]
 impl RetainedKeys {
+    /// How many keys the expiry index lists by prefix only.
+    pub fn listed_by_prefix(&self) -> usize {
+        self.by_expiry.values().map(|list| list.prefixes.len()).sum()
+    }
+
     /// Stores `record` under a fingerprint of the test's choosing: a collision on demand.
     pub fn put_under(&mut self, fingerprint: KeyFingerprint, record: &RetainedRecord) {
         let bytes = bincode::serialize(record).expect("a retained record always encodes");
         let expires_at_ms = record.expires_at_ms();
         self.resident.insert(fingerprint, ResidentRecord { expires_at_ms, bytes: bytes.into() });
-        self.by_expiry.entry(expires_at_ms).or_default().push(fingerprint);
+        self.by_expiry.entry(expires_at_ms).or_default().whole.push(fingerprint);
     }
 }

@@ -45,10 +45,20 @@ pub(super) struct StoredIndex {
     loading: Option<Vec<Vec<StoredEntry>>>,
 }
 
+/// A fingerprint's first four bytes: what the expiry index keeps of a stored key.
+pub(super) fn fingerprint_prefix(fingerprint: &KeyFingerprint) -> u32 {
+    let [a, b, c, d, ..] = fingerprint.0;
+    u32::from_be_bytes([a, b, c, d])
+}
+
+/// The bucket of the keys starting with `prefix` among `1 << bits` (`bits` from 1 to 32).
+fn prefix_bucket(prefix: u32, bits: u32) -> usize {
+    (u64::from(prefix) >> (32 - bits)) as usize
+}
+
 /// The bucket of `fingerprint` among `1 << bits` (`bits` from 1 to 32).
 fn leading_bits(fingerprint: &KeyFingerprint, bits: u32) -> usize {
-    let [a, b, c, d, ..] = fingerprint.0;
-    (u64::from(u32::from_be_bytes([a, b, c, d])) >> (32 - bits)) as usize
+    prefix_bucket(fingerprint_prefix(fingerprint), bits)
 }
 
 /// Room for one more entry, growing by an eighth rather than doubling: tens of millions of
@@ -83,6 +93,21 @@ impl StoredIndex {
         let bucket = self.bucket(fingerprint)?;
         let position = bucket.binary_search_by(|entry| entry.fingerprint.cmp(fingerprint)).ok()?;
         Some(bucket[position].slot)
+    }
+
+    /// The keys whose fingerprint starts with `prefix` (see [`fingerprint_prefix`]), in
+    /// fingerprint order: all in one bucket, since buckets split by at most 32 leading bits.
+    pub fn with_prefix(&self, prefix: u32) -> Vec<(KeyFingerprint, RecordSlot)> {
+        debug_assert!(self.loading.is_none(), "lookups wait until loading is finished");
+        let Some(bucket) = self.buckets.get(prefix_bucket(prefix, self.bucket_bits)) else {
+            return Vec::new();
+        };
+        let first = bucket.partition_point(|entry| fingerprint_prefix(&entry.fingerprint) < prefix);
+        bucket[first..]
+            .iter()
+            .take_while(|entry| fingerprint_prefix(&entry.fingerprint) == prefix)
+            .map(|entry| (entry.fingerprint, entry.slot))
+            .collect()
     }
 
     fn ensure_buckets(&mut self) {
@@ -141,12 +166,13 @@ impl StoredIndex {
     }
 
     /// Sorts what was loaded into buckets, group by group, keeping of a key loaded more than
-    /// once the slot loaded last.
-    pub fn finish_loading(&mut self) {
-        let Some(groups) = self.loading.take() else { return };
+    /// once the slot loaded last. Returns each key loaded more than once, once per extra load.
+    pub fn finish_loading(&mut self) -> Vec<KeyFingerprint> {
+        let mut loaded_again = Vec::new();
+        let Some(groups) = self.loading.take() else { return loaded_again };
         let loaded: usize = groups.iter().map(Vec::len).sum();
         if loaded == 0 {
-            return;
+            return loaded_again;
         }
         let mut bits = BUCKET_BITS_MIN;
         while loaded > (1 << bits) * BUCKET_ENTRIES_SPLIT_AT && bits < BUCKET_BITS_MAX {
@@ -162,6 +188,7 @@ impl StoredIndex {
                 let same = later.fingerprint == kept.fingerprint;
                 if same {
                     kept.slot = later.slot;
+                    loaded_again.push(kept.fingerprint);
                 }
                 same
             });
@@ -176,6 +203,7 @@ impl StoredIndex {
             }
             assert!(rest.is_empty(), "a group's keys fall in its own buckets");
         }
+        loaded_again
     }
 
     /// Doubles the buckets when they are full on average: each bucket splits in two by the
@@ -250,11 +278,7 @@ mod tests {
     }
 
     fn slot(value: u32) -> RecordSlot {
-        RecordSlot {
-            journal: value,
-            offset_bytes: (value % 6000) as u16,
-            length_bytes: 1 + (value % 900) as u16,
-        }
+        RecordSlot { journal: value, offset_bytes: value.wrapping_mul(2_654_435_761) }
     }
 
     #[test]
@@ -290,6 +314,31 @@ mod tests {
         for seed in 0..keys as u64 + 10 {
             assert_eq!(index.get(&fingerprint(seed)), model.get(&fingerprint(seed)).copied());
         }
+        // Keys sharing their first four bytes: found together, and only they.
+        let twins: Vec<KeyFingerprint> = (0..3u8)
+            .map(|last| {
+                let mut twin = fingerprint(5);
+                twin.0[15] = twin.0[15].wrapping_add(last);
+                twin
+            })
+            .collect();
+        for twin in &twins {
+            index.insert(*twin, slot(9));
+            model.insert(*twin, slot(9));
+        }
+        for seed in (0..keys as u64).step_by(97).chain([5]) {
+            let prefix = fingerprint_prefix(&fingerprint(seed));
+            let mut lowest = [0; 16];
+            lowest[..4].copy_from_slice(&prefix.to_be_bytes());
+            let mut highest = [0xff; 16];
+            highest[..4].copy_from_slice(&prefix.to_be_bytes());
+            let expected: Vec<(KeyFingerprint, RecordSlot)> = model
+                .range(KeyFingerprint(lowest)..=KeyFingerprint(highest))
+                .map(|(key, slot)| (*key, *slot))
+                .collect();
+            assert_eq!(index.with_prefix(prefix), expected);
+        }
+        assert_eq!(index.with_prefix(fingerprint_prefix(&fingerprint(5))).len(), 3);
     }
 
     #[test]
@@ -297,6 +346,7 @@ mod tests {
         let mut loaded = StoredIndex::default();
         let mut inserted = StoredIndex::default();
         let keys = 2 * BUCKET_ENTRIES_SPLIT_AT * (1 << BUCKET_BITS_MIN) + 17;
+        let mut loaded_again = Vec::new();
         for seed in 0..keys as u64 {
             loaded.load(fingerprint(seed), slot(1));
             inserted.insert(fingerprint(seed), slot(1));
@@ -304,10 +354,14 @@ mod tests {
                 // The same key written again by a later journal: its later slot wins.
                 loaded.load(fingerprint(seed / 2), slot(seed as u32 + 100));
                 inserted.insert(fingerprint(seed / 2), slot(seed as u32 + 100));
+                loaded_again.push(fingerprint(seed / 2));
             }
         }
         assert_eq!(loaded.check(), Err("the stored index is still loading".to_string()));
-        loaded.finish_loading();
+        let mut reported = loaded.finish_loading();
+        reported.sort_unstable();
+        loaded_again.sort_unstable();
+        assert_eq!(reported, loaded_again, "every extra load of a key is reported once");
         assert_eq!(loaded.check(), Ok(()));
         assert_eq!(loaded, inserted);
         assert_eq!(loaded.len(), keys);
