@@ -264,11 +264,25 @@ impl RetainedKeys {
     /// last key; nothing else may touch the keys in between.
     pub fn load_stored(&mut self, keys: impl IntoIterator<Item = (KeyFingerprint, u64, RecordSlot)>) {
         assert!(self.resident.is_empty(), "keys are loaded before any record is in memory");
+        // Keys come in runs of one expiry (a journal holds whole batches): one map lookup per
+        // run, not per key.
+        let mut run: Option<(u64, Vec<u32>)> = None;
         for (fingerprint, expires_at_ms, slot) in keys {
             self.stored.load(fingerprint, slot);
             // A key loaded twice is listed twice here until `finish_loading`: it keeps its
             // expiry, so both are at the same time.
-            self.by_expiry.entry(expires_at_ms).or_default().prefixes.push(fingerprint_prefix(&fingerprint));
+            let prefix = fingerprint_prefix(&fingerprint);
+            match &mut run {
+                Some((time, prefixes)) if *time == expires_at_ms => prefixes.push(prefix),
+                _ => {
+                    if let Some((time, prefixes)) = run.replace((expires_at_ms, vec![prefix])) {
+                        self.by_expiry.entry(time).or_default().prefixes.extend(prefixes);
+                    }
+                }
+            }
+        }
+        if let Some((time, prefixes)) = run {
+            self.by_expiry.entry(time).or_default().prefixes.extend(prefixes);
         }
     }
 
