@@ -269,3 +269,44 @@ async fn a_failed_checkpoint_write_is_made_good_by_the_next_one() {
     assert!(count_keys(&store, keys::DELTA_PREFIX) > 0, "a delta again");
     assert_reload_equal(&store, &shared, "after a delta that followed them");
 }
+
+/// A retained record changed in the period of its first write, and again after a checkpoint
+/// whose write failed, goes to the journals once per change: the latest copy is the one memory
+/// lets go of, and the one a reload keeps.
+#[tokio::test]
+async fn a_record_changed_again_across_a_failed_checkpoint_reloads_to_its_last_value() {
+    let store = NodeStore::temporary().unwrap();
+    let tree = store.state_tree(SHARD).unwrap();
+    let mut state_machine = GroupStateMachine::open(SHARD, tree.clone()).unwrap();
+    let shared = state_machine.shared();
+    let reversal = |index: u64, reversal_key: &str| Entry {
+        log_id: openraft::testing::log_id(1, 1, index),
+        payload: EntryPayload::Normal(GroupRequest::Shard(ShardBatch {
+            header: BatchHeader {
+                log_time_ms: 1_700_000_000_000 + index * 1_000,
+                idempotency_retention_ms: tally_ledger::limits::IDEMPOTENCY_RETENTION_MS_DEFAULT,
+            },
+            commands: vec![command(
+                reversal_key,
+                Operation::ReverseEarn { earn_key: key("r0-earn-m0"), amount_points: 1 },
+            )],
+        })),
+    };
+    let reversed_points = |shared: &GroupShared| {
+        ledger(shared)
+            .earn_record(&partner(), &key("r0-earn-m0"))
+            .expect("the earn is retained")
+            .reversed_points
+    };
+    state_machine.apply([round_entry(0)]).await.unwrap();
+    state_machine.apply([reversal(2, "undo-1")]).await.unwrap();
+    tree.fail_next_write_batches(1);
+    assert!(shared.checkpoint().await.is_err(), "the injected failure is reported");
+    state_machine.apply([reversal(3, "undo-2")]).await.unwrap();
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    assert_eq!(reversed_points(&shared), 2);
+    assert_eq!(retained_records(&shared).0, 0, "every record left memory once written");
+    assert_reload_equal(&store, &shared, "after a record changed three times");
+    let loaded = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap().shared();
+    assert_eq!(reversed_points(&loaded), 2, "the reload keeps the last copy of the record");
+}
