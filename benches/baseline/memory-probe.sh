@@ -12,14 +12,18 @@
 #   benches/baseline/memory-probe.sh target/release/tally target/release/tally-loadtest head 10 2000000 4000
 #
 # Everything goes to a fresh /tmp/tally-memory-probe-LABEL.XXXX folder (summary.txt, rss.txt,
-# the load logs); the folder is kept. Uses 127.0.0.1:50071 and :9171.
+# the load logs); the folder is kept. Uses 127.0.0.1:50071 and :9171. More `[node]` settings
+# for the dev cluster's config file can come in MEMORY_PROBE_NODE_SETTINGS (TOML lines, for
+# example "sled_cache_bytes = 33554432"); the node's environment reaches mimalloc
+# (MIMALLOC_PURGE_DELAY=0, see docs/operations.md "Allocator").
 set -euo pipefail
 tally_bin=$(realpath "$1") loadtest_bin=$(realpath "$2") label=$3
 rounds=${4:-10} operations=${5:-2000000} batch=${6:-4000}
 work=$(mktemp -d "/tmp/tally-memory-probe-$label.XXXX")
-cat >"$work/dev.toml" <<'EOF'
+cat >"$work/dev.toml" <<EOF
 [node]
 retained_keys_per_shard_max = 24000000
+${MEMORY_PROBE_NODE_SETTINGS:-}
 EOF
 summary="$work/summary.txt"
 node_pid=""
