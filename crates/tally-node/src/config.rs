@@ -42,7 +42,7 @@ pub struct NodeConfig {
     /// restarted instead of hanging with its shard leaderships (default 30000, at least 1000;
     /// only time the process was running counts). See `tally_store::StoreConfig`.
     pub flush_stall_abort_ms: u64,
-    /// Memory for sled's page cache, which holds the state-machine checkpoints (default 128 MiB).
+    /// Memory for sled's page cache, which holds the state-machine checkpoints (default 32 MiB).
     pub sled_cache_bytes: u64,
     /// The secret every internal call (node API, Raft transport) must carry; the same for every
     /// node, gateway and CLI of the cluster, 16 to 256 visible ASCII characters. Default none:

@@ -9,8 +9,12 @@ pub const FLUSH_STALL_ABORT_MS_DEFAULT: u64 = 30_000;
 pub const FLUSH_STALL_ABORT_MS_MIN: u64 = 1_000;
 
 /// Default of [`StoreConfig::sled_cache_bytes`]: sled's own default is 1 GiB, far more than
-/// checkpoints need (they write each changed item once a second; reads are statement pages).
-pub const SLED_CACHE_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// checkpoints need (they write each changed item once a second; reads are statement pages,
+/// and values of 512 bytes or more live in the value log, outside sled's pages). 32 MiB rather
+/// than 128: 20.4 M SubmitBatch earns into `tally dev` ended at 1,568 MiB resident against
+/// 1,881 (high-water mark 2,086 against 2,453), and SubmitBatch ran as fast (1.02x, alternated;
+/// docs/benchmarks.md, eighth session).
+pub const SLED_CACHE_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
 
 /// How a node's store runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
