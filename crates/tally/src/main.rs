@@ -17,14 +17,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(not(feature = "system-allocator"))]
 const MIMALLOC_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// How long mimalloc keeps freed memory before giving it back to the OS. Its default (10 ms)
-/// made the node give back and fault in again about a gigabyte a second under load (2 MiB
+/// How long mimalloc keeps freed memory before giving it back to the OS. mimalloc 2's default
+/// (10 ms) made the node give back and fault in again about a gigabyte a second under load (2 MiB
 /// transparent huge pages zeroed on every fault: 13 % of the node's CPU in a profile of
 /// `tally dev` at 64 callers); a longer delay keeps the steady-state churn in the process
 /// (measured with a second: 10,600 → 14,000 earns/s on one shard). 100 ms rather than a
 /// second: over 20.4 M SubmitBatch earns into `tally dev` the high-water mark was 2,012 MiB
 /// against 2,086, under the 2 GiB the write-path issue asks for, and throughput stayed
-/// (SubmitBatch 0.97x, 64 single callers 1.01x, alternated; docs/benchmarks.md).
+/// (SubmitBatch 0.97x, 64 single callers 1.01x, alternated; docs/benchmarks.md). mimalloc 3's
+/// own default is a second; the call sets 100 ms whichever is linked.
 #[cfg(not(feature = "system-allocator"))]
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 100;
 
