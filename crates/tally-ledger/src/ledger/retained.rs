@@ -64,6 +64,19 @@ struct ExpiryList {
     prefixes: Vec<u32>,
 }
 
+impl ExpiryList {
+    /// Drops one listing of `fingerprint` by prefix (which one does not matter: they are equal).
+    fn unlist_prefix(&mut self, fingerprint: &KeyFingerprint) {
+        let prefix = fingerprint_prefix(fingerprint);
+        let position = self
+            .prefixes
+            .iter()
+            .position(|listed| *listed == prefix)
+            .expect("a stored key is listed by prefix at its expiry");
+        self.prefixes.swap_remove(position);
+    }
+}
+
 /// The retained keys of one shard and their expiry index.
 #[derive(Clone, Default)]
 pub(super) struct RetainedKeys {
@@ -187,13 +200,7 @@ impl RetainedKeys {
             // Not compacted yet: still listed whole.
             return;
         }
-        let prefix = fingerprint_prefix(&fingerprint);
-        let position = list
-            .prefixes
-            .iter()
-            .position(|listed| *listed == prefix)
-            .expect("a stored key is listed by prefix at its expiry");
-        list.prefixes.swap_remove(position);
+        list.unlist_prefix(&fingerprint);
         list.whole.push(fingerprint);
         self.uncompacted.insert(expires_at_ms);
     }
@@ -293,10 +300,7 @@ impl RetainedKeys {
             let slot = self.stored_slot(&fingerprint).expect("a key loaded twice is stored");
             let expires_at_ms = decode(&self.read_stored(&fingerprint, slot)).expires_at_ms();
             let list = self.by_expiry.get_mut(&expires_at_ms).expect("a loaded key is listed at its expiry");
-            let prefix = fingerprint_prefix(&fingerprint);
-            let position =
-                list.prefixes.iter().position(|listed| *listed == prefix).expect("listed when loaded");
-            list.prefixes.swap_remove(position);
+            list.unlist_prefix(&fingerprint);
         }
         for list in self.by_expiry.values_mut() {
             list.prefixes.shrink_to_fit();
