@@ -145,8 +145,23 @@ pub const RETAINED_ITEM_TAG: [u8; 4] = 1u32.to_le_bytes();
 /// Names a retained idempotency key in memory: 16 bytes of SHA-256 over the partner id, a zero
 /// byte and the key. Fixed-size whatever the key's length, and hashed once per command; the
 /// full record it names is compared exactly on every hit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyFingerprint(pub [u8; 16]);
+
+/// The bytes' order, compared as one big-endian integer: the derived order called `memcmp`
+/// for every probe of the retained-key index's binary searches (9 % of a follower's CPU
+/// under SubmitBatch, with the search itself).
+impl Ord for KeyFingerprint {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        u128::from_be_bytes(self.0).cmp(&u128::from_be_bytes(other.0))
+    }
+}
+
+impl PartialOrd for KeyFingerprint {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl KeyFingerprint {
     pub fn of(partner_id: &PartnerId, key: &IdempotencyKey) -> Self {
@@ -288,5 +303,27 @@ impl ChangeSet {
     pub fn clear(&mut self) {
         self.dirty.clear();
         self.statement_lines.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Storage, buckets and prefix listings rely on fingerprints sorting as their bytes do.
+        #[test]
+        fn fingerprints_sort_as_their_bytes(
+            first in any::<[u8; 16]>(),
+            other in any::<[u8; 16]>(),
+            shared_bytes in 0usize..=16,
+        ) {
+            // The second shares a prefix with the first, as neighbours in a bucket do.
+            let mut second = other;
+            second[..shared_bytes].copy_from_slice(&first[..shared_bytes]);
+            prop_assert_eq!(KeyFingerprint(first).cmp(&KeyFingerprint(second)), first.cmp(&second));
+            prop_assert_eq!(KeyFingerprint(first).partial_cmp(&KeyFingerprint(second)), Some(first.cmp(&second)));
+        }
     }
 }

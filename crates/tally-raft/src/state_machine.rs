@@ -502,11 +502,14 @@ impl GroupShared {
                 writes.push((keys::item_key(key), item.as_ref().map(encode)));
             }
             // Every line in memory, as runs per account (apply order keeps each account's
-            // lines in sequence order).
-            let mut by_account: BTreeMap<&AccountKey, Vec<&StatementLine>> = BTreeMap::new();
+            // lines in sequence order). Grouped in a hash map and the accounts sorted once: a
+            // B-tree compared member ids for every line (5 % of a follower's CPU).
+            let mut by_account: FastMap<&AccountKey, Vec<&StatementLine>> = FastMap::default();
             for (account, line) in lines_since_full.iter().chain(&lines_unjournaled) {
                 by_account.entry(account).or_default().push(line);
             }
+            let mut by_account: Vec<_> = by_account.into_iter().collect();
+            by_account.sort_unstable_by_key(|(account, _)| *account);
             written_lines.reserve(by_account.len());
             for (account, lines) in by_account {
                 for (first, value) in encode_in_chunks(&lines) {

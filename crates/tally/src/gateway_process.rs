@@ -52,7 +52,11 @@ pub async fn start(settings: &TallyConfig) -> anyhow::Result<GatewayProcess> {
     }
     let layout = cluster.layout().expect("waited for the layout");
     let mut tasks = vec![cluster.spawn_refresh()];
-    let backend = Arc::new(RemoteBackend::new(cluster.clone(), layout.shard_count));
+    let backend = Arc::new(RemoteBackend::new(
+        cluster.clone(),
+        layout.shard_count,
+        settings.gateway.calls_in_flight_per_shard,
+    ));
     let gateway = Gateway::new(backend, settings.gateway_config());
     tally_gateway::describe_metrics();
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use tally_gateway::coalesce::CALLS_IN_FLIGHT_PER_SHARD_DEFAULT;
 use tally_node::api::{NodeApiService, NodeRequest, NodeResponse};
 use tally_node::{Node, NodeConfig, RaftSwitches, StatusDetail};
 use tally_raft::group::group_name;
@@ -62,7 +63,8 @@ pub async fn start(config: NodeConfig, node_call_timeout_ms: u64) -> anyhow::Res
     let cluster =
         ClusterClient::new(vec![advertised], Duration::from_millis(node_call_timeout_ms), cluster_token);
     let mut tasks = vec![cluster.spawn_refresh()];
-    let backend = Arc::new(RemoteBackend::new(cluster.clone(), node.shard_count()));
+    let backend =
+        Arc::new(RemoteBackend::new(cluster.clone(), node.shard_count(), CALLS_IN_FLIGHT_PER_SHARD_DEFAULT));
     tasks.push(crate::resolver::spawn(node.clone(), backend));
     tasks.push(tokio::spawn(drop_departed_replicas(node.clone(), cluster)));
 

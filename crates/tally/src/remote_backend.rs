@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_gateway::coalesce::{ShardCoalescer, CALLS_IN_FLIGHT_PER_SHARD_DEFAULT};
+use tally_gateway::coalesce::ShardCoalescer;
 use tally_gateway::{AdminAction, Backend, BackendError, BalanceRead, Consistency, StatementPage};
 use tally_ledger::meta::{MetaCommand, MetaError, MetaResult, MetaState};
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
@@ -31,8 +31,9 @@ pub struct RemoteBackend {
 
 impl RemoteBackend {
     /// `shard_count` comes from the layout, read before the gateway starts serving.
-    pub fn new(cluster: Arc<ClusterClient>, shard_count: u32) -> Self {
-        let coalescer = ShardCoalescer::new(shard_count, CALLS_IN_FLIGHT_PER_SHARD_DEFAULT);
+    /// `calls_in_flight_per_shard` is at least 1 (settings check it).
+    pub fn new(cluster: Arc<ClusterClient>, shard_count: u32, calls_in_flight_per_shard: usize) -> Self {
+        let coalescer = ShardCoalescer::new(shard_count, calls_in_flight_per_shard);
         Self { cluster, shard_count, coalescer }
     }
 

@@ -43,6 +43,9 @@ pub struct GatewaySettings {
     /// `tally gateway` only: the cluster token its calls to nodes carry, the nodes'
     /// `cluster_token` (default none).
     pub cluster_token: Option<ClusterToken>,
+    /// `tally gateway` and nodes: node calls on their way to one shard's leader at once (default
+    /// 2); partner calls that arrive meanwhile queue and travel together in the next one.
+    pub calls_in_flight_per_shard: usize,
 }
 
 impl Default for GatewaySettings {
@@ -56,6 +59,7 @@ impl Default for GatewaySettings {
             metrics_addr: Some("127.0.0.1:9200".parse().expect("valid default address")),
             node_call_timeout_ms: crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT,
             cluster_token: None,
+            calls_in_flight_per_shard: tally_gateway::coalesce::CALLS_IN_FLIGHT_PER_SHARD_DEFAULT,
         }
     }
 }
@@ -216,6 +220,9 @@ pub struct GatewayFlags {
     /// The nodes' cluster token, sent with every call to a node [default: none].
     #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
+    /// Node calls on their way to one shard's leader at once; at least 1 [default: 2].
+    #[arg(long, env = "TALLY_CALLS_IN_FLIGHT_PER_SHARD")]
+    pub calls_in_flight_per_shard: Option<usize>,
 }
 
 impl GatewayFlags {
@@ -242,6 +249,12 @@ impl GatewayFlags {
         }
         if let Some(token) = &self.cluster_token {
             gateway.cluster_token = Some(parse_cluster_token(token)?);
+        }
+        if let Some(calls) = self.calls_in_flight_per_shard {
+            gateway.calls_in_flight_per_shard = calls;
+        }
+        if gateway.calls_in_flight_per_shard == 0 {
+            anyhow::bail!("invalid configuration: calls_in_flight_per_shard must be at least 1");
         }
         gateway.node_addresses.retain(|address| !address.trim().is_empty());
         if gateway.node_addresses.is_empty() {
@@ -407,6 +420,26 @@ mod tests {
         assert_eq!(config.gateway.metrics_addr, None);
         let error = GatewayFlags::default().load().unwrap_err();
         assert!(error.to_string().contains("node_addresses"), "{error}");
+    }
+
+    #[test]
+    fn calls_in_flight_per_shard_comes_from_the_file_or_the_flag_and_is_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        let flags = GatewayFlags { config: Some(path.clone()), ..GatewayFlags::default() };
+        std::fs::write(&path, "[gateway]\nnode_addresses = [\"n1:7100\"]\n").unwrap();
+        assert_eq!(
+            flags.load().unwrap().gateway.calls_in_flight_per_shard,
+            tally_gateway::coalesce::CALLS_IN_FLIGHT_PER_SHARD_DEFAULT
+        );
+        std::fs::write(&path, "[gateway]\nnode_addresses = [\"n1:7100\"]\ncalls_in_flight_per_shard = 4\n")
+            .unwrap();
+        assert_eq!(flags.load().unwrap().gateway.calls_in_flight_per_shard, 4);
+        let flagged = GatewayFlags { calls_in_flight_per_shard: Some(1), ..flags.clone() };
+        assert_eq!(flagged.load().unwrap().gateway.calls_in_flight_per_shard, 1, "the flag wins");
+        let zero = GatewayFlags { calls_in_flight_per_shard: Some(0), ..flags };
+        let error = zero.load().unwrap_err();
+        assert!(error.to_string().contains("calls_in_flight_per_shard must be at least 1"), "{error}");
     }
 
     #[test]
