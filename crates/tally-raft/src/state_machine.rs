@@ -478,7 +478,6 @@ impl GroupShared {
         } = cut;
         let applied_index = applied.map_or(0, |log_id| log_id.index);
         let items: Vec<(ItemKey, Option<StateItem>)> = captured.into_iter().collect();
-        let journal = records;
         let mut retry = CheckpointRetry {
             delta_items: Vec::new(),
             delta_lines: Vec::new(),
@@ -532,7 +531,7 @@ impl GroupShared {
             retry.delta_items = items;
             retry.delta_lines = lines_unjournaled;
         }
-        let journals = encode_journals(applied_index, &journal);
+        let journals = encode_journals(applied_index, &records);
         let mut journals_written = Vec::with_capacity(journals.len());
         {
             let mut unwritten = self.unwritten.lock().expect("unwritten changes lock poisoned");
@@ -563,7 +562,7 @@ impl GroupShared {
             written_lines,
             applied_index,
             retry,
-            journal_records: journal,
+            journal_records: records,
             journals_written,
             journals_deleted,
         })

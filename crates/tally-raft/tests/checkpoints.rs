@@ -14,7 +14,7 @@ use tally_ledger::state::{AccountKey, StateItem};
 use tally_ledger::{BatchHeader, Command, MemberId, Operation, ShardBatch};
 use tally_raft::state_machine::{GroupStateMachine, FULL_CHECKPOINT_EVERY};
 use tally_raft::{keys, Entry, GroupRequest, GroupResponse, GroupShared};
-use tally_store::NodeStore;
+use tally_store::{NodeStore, StateTree};
 
 /// Members beyond the workload's, each earning in every round: many accounts per checkpoint.
 const WIDE_MEMBERS: usize = 60;
@@ -42,6 +42,16 @@ fn round_entry(round: u64) -> Entry {
 }
 
 /// Keys of the tree by their first byte.
+/// A temporary store and the shard's state machine over it, with the tree (to inject write
+/// failures into) and the state machine's shared half.
+fn fresh_shard_with_tree() -> (NodeStore, StateTree, GroupStateMachine, Arc<GroupShared>) {
+    let store = NodeStore::temporary().unwrap();
+    let tree = store.state_tree(SHARD).unwrap();
+    let state_machine = GroupStateMachine::open(SHARD, tree.clone()).unwrap();
+    let shared = state_machine.shared();
+    (store, tree, state_machine, shared)
+}
+
 fn count_keys(store: &NodeStore, prefix: u8) -> usize {
     store
         .state_tree(SHARD)
@@ -229,10 +239,7 @@ async fn checkpoints_never_make_sled_write_blob_files() {
 /// the tree then reloads to the state in memory.
 #[tokio::test]
 async fn a_failed_checkpoint_write_is_made_good_by_the_next_one() {
-    let store = NodeStore::temporary().unwrap();
-    let tree = store.state_tree(SHARD).unwrap();
-    let mut state_machine = GroupStateMachine::open(SHARD, tree.clone()).unwrap();
-    let shared = state_machine.shared();
+    let (store, tree, mut state_machine, shared) = fresh_shard_with_tree();
     let mut round = 0;
     for _ in 0..3 {
         state_machine.apply([round_entry(round)]).await.unwrap();
@@ -275,10 +282,7 @@ async fn a_failed_checkpoint_write_is_made_good_by_the_next_one() {
 /// lets go of, and the one a reload keeps.
 #[tokio::test]
 async fn a_record_changed_again_across_a_failed_checkpoint_reloads_to_its_last_value() {
-    let store = NodeStore::temporary().unwrap();
-    let tree = store.state_tree(SHARD).unwrap();
-    let mut state_machine = GroupStateMachine::open(SHARD, tree.clone()).unwrap();
-    let shared = state_machine.shared();
+    let (store, tree, mut state_machine, shared) = fresh_shard_with_tree();
     let reversal = |index: u64, reversal_key: &str| Entry {
         log_id: openraft::testing::log_id(1, 1, index),
         payload: EntryPayload::Normal(GroupRequest::Shard(ShardBatch {

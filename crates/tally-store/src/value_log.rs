@@ -680,22 +680,16 @@ mod tests {
             let length_bytes = SEPARATED_VALUE_BYTES_MIN + (index as usize * 7) % 900;
             (0..length_bytes).map(|at| (index as usize + at) as u8).collect()
         };
-        let mut changes: Vec<_> = (0..2_500u32)
-            .map(|index| {
-                let stream = if index % 3 == 0 { b'r' } else { b'j' };
-                let mut key = vec![stream];
-                key.extend_from_slice(&index.to_be_bytes());
-                (key, Some(value_of(index)))
-            })
-            .collect();
+        let key_of = |index: u32| -> Vec<u8> {
+            let stream = if index.is_multiple_of(3) { b'r' } else { b'j' };
+            [&[stream][..], &index.to_be_bytes()].concat()
+        };
+        let mut changes: Vec<_> = (0..2_500u32).map(|index| (key_of(index), Some(value_of(index)))).collect();
         changes.push((changes[10].0.clone(), Some(value_of(99_999))));
         write(&log, &tree, changes);
         for index in 0..2_500u32 {
-            let stream = if index % 3 == 0 { b'r' } else { b'j' };
-            let mut key = vec![stream];
-            key.extend_from_slice(&index.to_be_bytes());
             let expected = if index == 10 { value_of(99_999) } else { value_of(index) };
-            assert_eq!(read(&log, &tree, &key), Some(expected), "value {index}");
+            assert_eq!(read(&log, &tree, &key_of(index)), Some(expected), "value {index}");
         }
     }
 
