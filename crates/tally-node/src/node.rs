@@ -153,8 +153,10 @@ impl Node {
         let store = NodeStore::open_with(&config.data_dir.join("db"), &config.store_config())?;
         let (stop, stopped) = watch::channel(false);
         let background = vec![crate::metrics::spawn_store_metrics(store.clone(), stopped)];
-        let peers =
-            Arc::new(PeerPool::new(config.node_id, identity.incarnation, config.cluster_token.clone()));
+        let peers = Arc::new(
+            PeerPool::new(config.node_id, identity.incarnation, config.cluster_token.clone())
+                .with_append_entries_on_streams(config.raft.append_entries_on_streams),
+        );
         let node = Arc::new(Node {
             config,
             store,

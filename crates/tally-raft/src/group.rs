@@ -34,6 +34,10 @@ pub struct RaftTuning {
     pub snapshot_log_bytes: u64,
     /// Log entries kept after a snapshot, so slightly lagging followers need no snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// AppendEntries of every group travel on one stream per peer node, the messages that queue
+    /// together in one frame (default true); false: one unary call per message, as Tally
+    /// before 2026-12 did. A peer without streams (an older version) gets unary calls either way.
+    pub append_entries_on_streams: bool,
 }
 
 impl Default for RaftTuning {
@@ -47,6 +51,7 @@ impl Default for RaftTuning {
             snapshot_logs_since_last: 200_000,
             snapshot_log_bytes: 256 * 1024 * 1024,
             logs_kept_after_snapshot: 1_000,
+            append_entries_on_streams: true,
         }
     }
 }

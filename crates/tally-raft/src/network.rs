@@ -1,5 +1,7 @@
 //! Raft between nodes over tonic: one lazily connected HTTP/2 channel per peer, shared by every
-//! group; each message carries its group id and the node id it is meant for.
+//! group; each message carries its group id and the node id it is meant for. AppendEntries
+//! travel on one long-lived stream per peer ([`crate::peer_link`]), votes and snapshots as
+//! unary calls.
 //!
 //! Payloads are openraft's own messages in bincode behind a format-version byte, and replies
 //! carry the remote's whole `Result`, so a remote Raft error comes back as `RemoteError` and a
@@ -18,10 +20,11 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tally_proto::internal::raft_transport_client::RaftTransportClient;
-use tally_proto::internal::{RaftReply, RaftRequest};
+use tally_proto::internal::RaftRequest;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster_token::ClusterToken;
+use crate::peer_link::PeerLink;
 use crate::types::{GroupId, NodeId, RaftError, RpcError, TallyNode, TallyRaft};
 
 /// Version of the bincode framing on the Raft transport; tied to the openraft version.
@@ -47,9 +50,15 @@ pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 
 /// One channel per peer node, created on first use and shared by all groups, the incarnation
 /// guard that both ends of the transport apply, and the cluster token both ends use.
-#[derive(Default)]
 pub struct PeerPool {
     channels: Mutex<BTreeMap<(NodeId, String), Channel>>,
+    /// Per peer and address, the stream that carries AppendEntries (when they go on streams).
+    links: Mutex<BTreeMap<(NodeId, String), Arc<PeerLink>>>,
+    /// False: AppendEntries go as unary calls, one each (see [`crate::RaftTuning`]).
+    append_entries_on_streams: bool,
+    /// Set when the node stops serving: the streams its transport serves end, so that the
+    /// server's drain does not wait for streams that peers would keep open for ever.
+    closing: tokio::sync::watch::Sender<bool>,
     guard: IncarnationGuard,
     /// Sent with every message, and required of every message received (see
     /// [`crate::cluster_token`]); none: not sent, not checked.
@@ -147,15 +156,45 @@ impl std::fmt::Display for IncarnationConflict {
     }
 }
 
+impl Default for PeerPool {
+    /// A pool that checks no incarnations and carries no cluster token.
+    fn default() -> Self {
+        PeerPool::new(0, 0, None)
+    }
+}
+
 impl PeerPool {
     /// A pool for node `node_id` whose data folder has incarnation `incarnation`, in a cluster
     /// whose internal calls carry `cluster_token`.
     pub fn new(node_id: NodeId, incarnation: u64, cluster_token: Option<ClusterToken>) -> PeerPool {
         PeerPool {
             channels: Mutex::default(),
+            links: Mutex::default(),
+            append_entries_on_streams: true,
+            closing: tokio::sync::watch::Sender::new(false),
             guard: IncarnationGuard { node_id, own: incarnation, ..IncarnationGuard::default() },
             cluster_token,
         }
+    }
+
+    /// Ends every stream this node's transport serves (see [`crate::transport`]); called when
+    /// the node stops serving. Peers open new streams to wherever the node serves next.
+    pub fn close_served_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`PeerPool::close_served_streams`] was called.
+    pub(crate) async fn served_streams_closed(&self) {
+        let mut closing = self.closing.subscribe();
+        // The sender lives as long as the pool, which the caller holds.
+        let _ = closing.wait_for(|closing| *closing).await;
+    }
+
+    /// Chooses how AppendEntries travel: one stream per peer (true, the default) or one unary
+    /// call each.
+    pub fn with_append_entries_on_streams(mut self, on_streams: bool) -> PeerPool {
+        self.append_entries_on_streams = on_streams;
+        self
     }
 
     pub fn cluster_token(&self) -> Option<&ClusterToken> {
@@ -184,6 +223,16 @@ impl PeerPool {
         channels.insert((target, raft_addr.to_string()), channel.clone());
         Ok(channel)
     }
+
+    /// The AppendEntries stream to `target`, started on first use (on the current runtime).
+    fn link(&self, target: NodeId, raft_addr: &str) -> Result<Arc<PeerLink>, String> {
+        let channel = self.channel(target, raft_addr)?;
+        let mut links = self.links.lock().expect("peer links lock poisoned");
+        let link = links
+            .entry((target, raft_addr.to_string()))
+            .or_insert_with(|| Arc::new(PeerLink::start(channel, self.cluster_token.clone())));
+        Ok(Arc::clone(link))
+    }
 }
 
 /// The `RaftNetworkFactory` of one group.
@@ -199,7 +248,12 @@ impl RaftNetworkFactory<TallyRaft> for GroupNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &TallyNode) -> GroupConnection {
         // Must not fail or block: the channel connects on first use.
         let channel = self.peers.channel(target, &node.raft_addr);
-        GroupConnection { group_id: self.group_id, target, channel, peers: self.peers.clone() }
+        let link = self
+            .peers
+            .append_entries_on_streams
+            .then(|| self.peers.link(target, &node.raft_addr))
+            .and_then(Result::ok);
+        GroupConnection { group_id: self.group_id, target, channel, link, peers: self.peers.clone() }
     }
 }
 
@@ -207,6 +261,8 @@ pub struct GroupConnection {
     group_id: GroupId,
     target: NodeId,
     channel: Result<Channel, String>,
+    /// The peer's AppendEntries stream; none: AppendEntries go as unary calls.
+    link: Option<Arc<PeerLink>>,
     peers: Arc<PeerPool>,
 }
 
@@ -224,10 +280,7 @@ impl GroupConnection {
     {
         let channel =
             self.channel.clone().map_err(|reason| RpcError::Unreachable(Unreachable::new(&Text(reason))))?;
-        let mut client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let mut grpc_request = tonic::Request::new(RaftRequest {
+        let message = RaftRequest {
             group_id: self.group_id,
             target_node_id: self.target,
             payload: encode_wire(request),
@@ -236,19 +289,44 @@ impl GroupConnection {
             target_incarnation: self.peers.guard.expected_of(self.target),
             sender_node_id: self.peers.guard.node_id,
             sender_incarnation: self.peers.guard.own,
-        });
-        grpc_request.set_timeout(option.hard_ttl());
-        if let Some(token) = &self.peers.cluster_token {
-            token.attach(&mut grpc_request);
-        }
-        let reply = match method {
-            Method::AppendEntries => client.append_entries(grpc_request).await,
-            Method::Vote => client.vote(grpc_request).await,
-            Method::InstallSnapshot => client.install_snapshot(grpc_request).await,
         };
-        let reply: RaftReply = reply.map_err(status_to_rpc_error)?.into_inner();
-        let result: Result<Resp, RaftError<E>> = decode_wire(&reply.payload)
-            .map_err(|reason| RpcError::Network(NetworkError::new(&Text(reason))))?;
+        let link = self.link.as_ref().filter(|link| link.peer_has_streams());
+        let payload = match (method, link) {
+            (Method::AppendEntries, Some(link)) => {
+                match tokio::time::timeout(option.hard_ttl(), link.call(message)).await {
+                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                        // A peer of an older version (a rolling upgrade): unary calls from now
+                        // on; openraft sends this message again.
+                        link.peer_has_no_streams();
+                        Err(tonic::Status::unavailable(format!(
+                            "node {} has no Raft streams; AppendEntries go as unary calls",
+                            self.target
+                        )))
+                    }
+                    Ok(answer) => answer,
+                    Err(_) => Err(tonic::Status::deadline_exceeded("no answer on the Raft stream in time")),
+                }
+            }
+            _ => {
+                let mut client = RaftTransportClient::new(channel)
+                    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+                let mut grpc_request = tonic::Request::new(message);
+                grpc_request.set_timeout(option.hard_ttl());
+                if let Some(token) = &self.peers.cluster_token {
+                    token.attach(&mut grpc_request);
+                }
+                let reply = match method {
+                    Method::AppendEntries => client.append_entries(grpc_request).await,
+                    Method::Vote => client.vote(grpc_request).await,
+                    Method::InstallSnapshot => client.install_snapshot(grpc_request).await,
+                };
+                reply.map(|reply| reply.into_inner().payload)
+            }
+        };
+        let payload = payload.map_err(status_to_rpc_error)?;
+        let result: Result<Resp, RaftError<E>> =
+            decode_wire(&payload).map_err(|reason| RpcError::Network(NetworkError::new(&Text(reason))))?;
         result.map_err(|error| RpcError::RemoteError(RemoteError::new(self.target, error)))
     }
 }

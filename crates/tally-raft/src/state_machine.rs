@@ -913,7 +913,8 @@ impl GroupStateMachine {
     }
 
     /// Applies entries to memory and notes what changed for the next checkpoint (under the
-    /// state lock, so that a checkpoint sees changes and applied id together).
+    /// state lock, so that a checkpoint sees changes and applied id together). `apply` hands it
+    /// at most about [`APPLY_COMMANDS_PER_LOCK`] commands at a time.
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Vec<GroupResponse> {
         let shared = self.shared.clone();
         let mut state = shared.state.write().expect("group state lock poisoned");
@@ -985,6 +986,19 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     encode_value(value).expect("encoding state into memory cannot fail")
 }
 
+/// Commands applied under one hold of the state lock, at most (in whole entries, each of up to
+/// 4,096). A replica catching up is given hundreds of entries in one `apply`; holding the lock,
+/// and the runtime worker, through all of them stalls the node's reads (which wait for the
+/// lock on other workers) and with them its Raft traffic, for seconds in a debug build.
+const APPLY_COMMANDS_PER_LOCK: usize = 4_096;
+
+fn entry_commands(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(GroupRequest::Shard(batch)) => batch.commands.len().max(1),
+        _ => 1,
+    }
+}
+
 impl RaftStateMachine<TallyRaft> for GroupStateMachine {
     type SnapshotBuilder = GroupSnapshotBuilder;
 
@@ -999,8 +1013,21 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         I::IntoIter: Send,
     {
         let started = std::time::Instant::now();
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let responses = self.apply_entries(entries);
+        let mut entries = entries.into_iter().peekable();
+        let mut responses = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_commands = 0;
+        while let Some(entry) = entries.next() {
+            chunk_commands += entry_commands(&entry);
+            chunk.push(entry);
+            if chunk_commands >= APPLY_COMMANDS_PER_LOCK || entries.peek().is_none() {
+                responses.extend(self.apply_entries(std::mem::take(&mut chunk)));
+                chunk_commands = 0;
+                if entries.peek().is_some() {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
         metrics::histogram!("tally_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         Ok(responses)
     }

@@ -1,19 +1,27 @@
 //! The server side of the Raft transport: decodes a message, finds its group, hands it to
 //! openraft, and returns openraft's whole `Result` so remote errors keep their meaning.
+//!
+//! On `AppendEntriesStream` each message of a frame goes to its group as its own task (groups
+//! never wait for each other), and the answers that are ready together leave in one frame.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tally_proto::internal::raft_transport_server::{RaftTransport, RaftTransportServer};
-use tally_proto::internal::{RaftReply, RaftRequest};
-use tonic::{Request, Response, Status};
+use tally_proto::internal::{RaftAnswer, RaftAnswerBatch, RaftCallBatch, RaftReply, RaftRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster_token::check_cluster_token;
 use crate::group::{Group, GroupRegistry};
 use crate::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
 use crate::types::NodeId;
 
+#[derive(Clone)]
 pub struct RaftTransportService {
     node_id: NodeId,
     registry: Arc<GroupRegistry>,
@@ -54,7 +62,11 @@ impl RaftTransportService {
     fn route<T: DeserializeOwned>(&self, request: &Request<RaftRequest>) -> Result<(Arc<Group>, T), Status> {
         // Before anything of the message is read: a caller without the token learns nothing.
         self.check_token(request)?;
-        let request = request.get_ref();
+        self.route_message(request.get_ref())
+    }
+
+    /// Checks one message (target, incarnations), finds its group and decodes its payload.
+    fn route_message<T: DeserializeOwned>(&self, request: &RaftRequest) -> Result<(Arc<Group>, T), Status> {
         // A message meant for another node means a peer has a wrong address for us; answering
         // it could make a leader replicate to itself, so refuse.
         if request.target_node_id != self.node_id {
@@ -85,8 +97,111 @@ fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
     Ok(Response::new(RaftReply { payload: encode_wire(result) }))
 }
 
+/// Answers packed into one frame at most.
+const ANSWERS_PER_FRAME_MAX: usize = 64;
+/// Frames of answers handed to the stream and not yet written.
+const ANSWER_FRAMES_QUEUED_MAX: usize = 16;
+
+type AnswerFrames = Pin<Box<dyn Stream<Item = Result<RaftAnswerBatch, Status>> + Send>>;
+
+/// Reads the frames of one stream and starts a task per message; ends with the stream, or when
+/// the node stops serving (dropping the stream's body lets the server's drain finish).
+async fn serve_stream(
+    service: RaftTransportService,
+    mut frames: Streaming<RaftCallBatch>,
+    answers: mpsc::UnboundedSender<RaftAnswer>,
+) {
+    let closed = served_streams_closed(service.peers.clone());
+    tokio::pin!(closed);
+    loop {
+        let frame = tokio::select! {
+            frame = frames.message() => frame,
+            () = &mut closed => return,
+        };
+        // A frame that does not decode, or a broken connection, ends the stream; the sender
+        // answers its waiting calls with the failure and opens another.
+        let Ok(Some(frame)) = frame else { return };
+        for call in frame.calls {
+            let call_id = call.call_id;
+            let routed = call
+                .request
+                .ok_or_else(|| Status::invalid_argument("a Raft call without its message"))
+                .and_then(|request| service.route_message(&request));
+            let answers = answers.clone();
+            match routed {
+                Ok((group, message)) => {
+                    tokio::spawn(async move {
+                        let result = group.raft.append_entries(message).await;
+                        let payload = encode_wire(&result);
+                        let _ = answers.send(RaftAnswer { call_id, payload, ..RaftAnswer::default() });
+                    });
+                }
+                Err(status) => {
+                    let _ = answers.send(RaftAnswer {
+                        call_id,
+                        payload: Vec::new(),
+                        status_code: status.code() as i32,
+                        status_message: status.message().to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the node stops serving (never for a transport without a pool).
+async fn served_streams_closed(peers: Option<Arc<PeerPool>>) {
+    match peers {
+        Some(peers) => peers.served_streams_closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Packs the answers that are ready together into frames, until every sender is gone or the
+/// node stops serving (which ends the stream: the peer answers its waiting calls as failed).
+async fn pack_answers(
+    mut answers: mpsc::UnboundedReceiver<RaftAnswer>,
+    frames: mpsc::Sender<Result<RaftAnswerBatch, Status>>,
+    peers: Option<Arc<PeerPool>>,
+) {
+    let closed = served_streams_closed(peers);
+    tokio::pin!(closed);
+    loop {
+        let first = tokio::select! {
+            first = answers.recv() => first,
+            () = &mut closed => None,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < ANSWERS_PER_FRAME_MAX {
+            match answers.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        if frames.send(Ok(RaftAnswerBatch { answers: batch })).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
+    type AppendEntriesStreamStream = AnswerFrames;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftCallBatch>>,
+    ) -> Result<Response<AnswerFrames>, Status> {
+        // Once per stream, before any message is read.
+        self.check_token(&request)?;
+        let (answers, ready) = mpsc::unbounded_channel();
+        let (frames, to_write) = mpsc::channel(ANSWER_FRAMES_QUEUED_MAX);
+        tokio::spawn(serve_stream(self.clone(), request.into_inner(), answers));
+        tokio::spawn(pack_answers(ready, frames, self.peers.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(to_write))))
+    }
+
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let (group, message) = self.route(&request)?;
         reply(&group.raft.append_entries(message).await)

@@ -40,6 +40,8 @@ struct TestNode {
     /// The meta group, on the three founding nodes.
     meta: Option<Arc<Group>>,
     registry: Arc<GroupRegistry>,
+    /// The node's peer pool, which also ends the Raft streams its server holds when it stops.
+    peers: Arc<PeerPool>,
     store: NodeStore,
     server: Option<(oneshot::Sender<()>, ServerTask)>,
     _dir: tempfile::TempDir,
@@ -54,25 +56,39 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(dir.path()).unwrap();
         let registry = Arc::new(GroupRegistry::default());
-        let peers = Arc::new(PeerPool::default());
+        let peers = Arc::new(PeerPool::new(id, 0, None));
         let group =
             Group::start(id, SHARD, &store, peers.clone(), tuning, ProposerConfig::default()).await.unwrap();
         let group = registry.insert(group);
         let meta = match with_meta {
             true => {
-                let meta = Group::start(id, META_GROUP_ID, &store, peers, tuning, ProposerConfig::default());
+                let meta =
+                    Group::start(id, META_GROUP_ID, &store, peers.clone(), tuning, ProposerConfig::default());
                 Some(registry.insert(meta.await.unwrap()))
             }
             false => None,
         };
         let (shutdown, signal) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(RaftTransportService::server(id, registry.clone()));
+        let router = tonic::transport::Server::builder().add_service(RaftTransportService::guarded(
+            id,
+            registry.clone(),
+            peers.clone(),
+        ));
         let server =
             tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = signal.await;
             }));
-        TestNode { id, addr, group, meta, registry, store, server: Some((shutdown, server)), _dir: dir }
+        TestNode {
+            id,
+            addr,
+            group,
+            meta,
+            registry,
+            peers,
+            store,
+            server: Some((shutdown, server)),
+            _dir: dir,
+        }
     }
 
     fn metrics(&self) -> RaftMetrics {
@@ -90,6 +106,7 @@ impl TestNode {
             meta.raft.shutdown().await.expect("meta raft shutdown");
         }
         if let Some((shutdown, server)) = self.server.take() {
+            self.peers.close_served_streams();
             let _ = shutdown.send(());
             match tokio::time::timeout(WAIT, server).await {
                 Ok(result) => result.expect("server task").expect("server"),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use openraft::error::{RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::VoteRequest;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::Vote;
 use tally_proto::internal::raft_transport_client::RaftTransportClient;
 use tally_proto::internal::RaftRequest;
@@ -156,9 +156,138 @@ async fn a_guarded_transport_answers_only_messages_with_the_cluster_token() {
         (PeerPool::new(2, 0, Some(wrong)), "does not match this node's"),
     ] {
         let mut shard = GroupNetworkFactory { group_id: SHARD, peers: Arc::new(peers) };
-        let refused = shard.new_client(1, &node_info(&addr)).await.vote(request.clone(), option()).await;
+        let mut to_node_1 = shard.new_client(1, &node_info(&addr)).await;
+        let refused = to_node_1.vote(request.clone(), option()).await;
         let error = refused.expect_err("a vote without the right token").to_string();
         assert!(error.contains(expected), "{error}");
+        let append = AppendEntriesRequest {
+            vote: Vote::new_committed(5, 2),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let refused = to_node_1.append_entries(append, option()).await;
+        let error = refused.expect_err("a stream without the right token").to_string();
+        assert!(error.contains(expected), "{error}");
     }
+    let _ = stop.send(());
+}
+
+fn heartbeat_from_node_2() -> AppendEntriesRequest<tally_raft::TallyRaft> {
+    AppendEntriesRequest {
+        vote: Vote::new_committed(5, 2),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    }
+}
+
+/// Serves `group` as node 1 on `listener` with a guarded transport over `pool`, until the
+/// returned sender fires.
+fn serve_group(
+    listener: TcpListener,
+    group: Arc<Group>,
+    pool: Arc<PeerPool>,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    let registry = Arc::new(GroupRegistry::default());
+    registry.insert_arc(group);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router =
+        tonic::transport::Server::builder().add_service(RaftTransportService::guarded(1, registry, pool));
+    let serving =
+        tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        }));
+    (stop, serving)
+}
+
+/// AppendEntries go on the peer's stream: each message reaches its group or is refused on its
+/// own (the stream goes on); a node that stops serving ends the streams it serves (its drain
+/// does not wait for them), and the stream is opened again once the node serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_entries_on_the_stream_are_answered_or_refused_one_by_one() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = NodeStore::temporary().unwrap();
+    let node_1_peers = Arc::new(PeerPool::new(1, 0, None));
+    let group = Arc::new(
+        Group::start(1, SHARD, &store, node_1_peers.clone(), &fast_tuning(), ProposerConfig::default())
+            .await
+            .unwrap(),
+    );
+    let (stop, serving) = serve_group(listener, group.clone(), node_1_peers.clone());
+
+    let peers = Arc::new(PeerPool::new(2, 0, None));
+    let mut shard = GroupNetworkFactory { group_id: SHARD, peers: peers.clone() };
+    let mut to_node_1 = shard.new_client(1, &node_info(&addr)).await;
+    let mut wrong_target = shard.new_client(3, &node_info(&addr)).await;
+    let mut other_group =
+        GroupNetworkFactory { group_id: 7, peers: peers.clone() }.new_client(1, &node_info(&addr)).await;
+
+    // Sent together, so that they share frames: two refusals between answered messages.
+    let (first, wrong, unknown, second) = tokio::join!(
+        to_node_1.append_entries(heartbeat_from_node_2(), option()),
+        wrong_target.append_entries(heartbeat_from_node_2(), option()),
+        other_group.append_entries(heartbeat_from_node_2(), option()),
+        async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            shard
+                .new_client(1, &node_info(&addr))
+                .await
+                .append_entries(heartbeat_from_node_2(), option())
+                .await
+        },
+    );
+    assert!(first.is_ok() && second.is_ok(), "{first:?} / {second:?}");
+    assert_eq!(
+        group.raft.metrics().borrow().vote,
+        Vote::new_committed(5, 2),
+        "node 1 took node 2's leadership"
+    );
+    match wrong {
+        Err(RPCError::Unreachable(error)) => assert!(error.to_string().contains("not node 3"), "{error}"),
+        other => panic!("a message for another node must be refused: {other:?}"),
+    }
+    match unknown {
+        Err(RPCError::Unreachable(error)) => assert!(error.to_string().contains("group 7"), "{error}"),
+        other => panic!("an unknown group must be refused: {other:?}"),
+    }
+
+    // Node 1 stops serving: its drain ends although node 2's stream was open, and node 2's
+    // next call fails instead of waiting for ever.
+    node_1_peers.close_served_streams();
+    let _ = stop.send(());
+    let drained = tokio::time::timeout(Duration::from_secs(3), serving).await;
+    assert!(matches!(drained, Ok(Ok(Ok(())))), "the server did not drain: {drained:?}");
+    let failed = to_node_1.append_entries(heartbeat_from_node_2(), option()).await;
+    assert!(matches!(failed, Err(RPCError::Unreachable(_) | RPCError::Network(_))), "{failed:?}");
+
+    // The same port serves again (the same group behind it): the next call opens a new stream.
+    let listener = TcpListener::bind(&addr).await.unwrap();
+    let (stop, _serving) = serve_group(listener, group.clone(), Arc::new(PeerPool::new(1, 0, None)));
+    let mut answered = None;
+    for _ in 0..50 {
+        match to_node_1.append_entries(heartbeat_from_node_2(), option()).await {
+            Ok(response) => {
+                answered = Some(response);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(answered.is_some(), "the stream was not opened again after the peer came back");
+    let _ = stop.send(());
+}
+
+/// With streams off, AppendEntries go as unary calls and are answered the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_entries_go_as_unary_calls_when_streams_are_off() {
+    let (addr, group, stop, _store) = serve_node_1().await;
+    let peers = Arc::new(PeerPool::new(2, 0, None).with_append_entries_on_streams(false));
+    let mut shard = GroupNetworkFactory { group_id: SHARD, peers };
+    let response =
+        shard.new_client(1, &node_info(&addr)).await.append_entries(heartbeat_from_node_2(), option()).await;
+    assert!(response.is_ok(), "{response:?}");
+    assert_eq!(group.raft.metrics().borrow().vote, Vote::new_committed(5, 2));
     let _ = stop.send(());
 }

@@ -29,6 +29,7 @@ pub fn sim_tuning() -> RaftTuning {
         snapshot_logs_since_last: 8,
         snapshot_log_bytes: 1 << 40,
         logs_kept_after_snapshot: 2,
+        append_entries_on_streams: true,
     }
 }
 

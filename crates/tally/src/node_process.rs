@@ -193,6 +193,9 @@ impl NodeProcess {
         for task in &self.tasks {
             task.abort();
         }
+        // Peers keep their Raft streams open for as long as this node serves them: end them,
+        // or the drain below would wait for them until its timeout.
+        self.node.peers().close_served_streams();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

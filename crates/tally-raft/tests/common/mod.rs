@@ -204,6 +204,7 @@ pub fn fast_tuning() -> RaftTuning {
         snapshot_logs_since_last: 10_000,
         snapshot_log_bytes: 1 << 40,
         logs_kept_after_snapshot: 10_000,
+        append_entries_on_streams: true,
     }
 }
 
