@@ -24,8 +24,12 @@ use tokio::sync::oneshot;
 
 use crate::backend::BackendError;
 
-/// Calls per shard on their way at once, by default: one being applied while the next fills.
-pub const CALLS_IN_FLIGHT_PER_SHARD_DEFAULT: usize = 2;
+/// Calls per shard on their way at once, by default: one, and the calls that arrive while it
+/// is on its way travel together in the next. With the cores full (a cluster of 8 shards on
+/// two), fewer and fuller node calls did more than two in flight at 16 and 64 callers
+/// (docs/benchmarks.md, 2026-12-05); the node pipelines entries itself (two in flight per
+/// shard).
+pub const CALLS_IN_FLIGHT_PER_SHARD_DEFAULT: usize = 1;
 /// Commands carried by one coalesced call at most (a single larger request still goes whole).
 pub const COMMANDS_PER_CALL_MAX: usize = 4_096;
 

@@ -44,7 +44,7 @@ pub struct GatewaySettings {
     /// `cluster_token` (default none).
     pub cluster_token: Option<ClusterToken>,
     /// `tally gateway` and nodes: node calls on their way to one shard's leader at once (default
-    /// 2); partner calls that arrive meanwhile queue and travel together in the next one.
+    /// 1); partner calls that arrive meanwhile queue and travel together in the next one.
     pub calls_in_flight_per_shard: usize,
 }
 
