@@ -147,13 +147,7 @@ async fn send_frames(
     let mut session: Option<Session> = None;
     let mut next_call_id: u64 = 0;
     while let Some(first) = queued.recv().await {
-        let mut outgoing = vec![first];
-        while outgoing.len() < CALLS_PER_FRAME_MAX {
-            match queued.try_recv() {
-                Ok(more) => outgoing.push(more),
-                Err(_) => break,
-            }
-        }
+        let mut outgoing = take_queued(first, &mut queued, CALLS_PER_FRAME_MAX);
         // A caller that gave up (its timeout passed while it queued) needs no frame.
         outgoing.retain(|call| !call.answer.is_closed());
         if outgoing.is_empty() {
@@ -190,6 +184,18 @@ async fn send_frames(
             let _ = answer.send(Err(Status::unavailable("the Raft stream to the peer could not be opened")));
         }
     }
+}
+
+/// `first` and what else is queued now, up to `max` in all: one frame's worth.
+pub(crate) fn take_queued<T>(first: T, queued: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match queued.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Opens a stream: its frames are written as they are queued, and a task receives the answers

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cluster_token::check_cluster_token;
 use crate::group::{Group, GroupRegistry};
 use crate::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
+use crate::peer_link::take_queued;
 use crate::types::NodeId;
 
 #[derive(Clone)]
@@ -172,13 +173,7 @@ async fn pack_answers(
             () = &mut closed => None,
         };
         let Some(first) = first else { return };
-        let mut batch = vec![first];
-        while batch.len() < ANSWERS_PER_FRAME_MAX {
-            match answers.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
+        let batch = take_queued(first, &mut answers, ANSWERS_PER_FRAME_MAX);
         if frames.send(Ok(RaftAnswerBatch { answers: batch })).await.is_err() {
             return;
         }
