@@ -98,7 +98,9 @@ impl Purpose {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the deadline leaves no time for a
-/// retry. Nothing is attempted once the deadline has passed.
+/// retry. Nothing is attempted once the deadline has passed; once something was attempted, a
+/// passed deadline reports the last attempt's failure (the cause the caller can act on), never
+/// "nothing was submitted".
 pub async fn with_retry<T, F, Fut>(
     deadline: Deadline,
     purpose: Purpose,
@@ -112,9 +114,12 @@ where
     let mut backoff = BACKOFF_FIRST;
     let mut attempts = 0u32;
     let mut unavailable: Option<String> = None;
+    let mut last_failure: Option<BackendError> = None;
     loop {
-        let Some(remaining) = deadline.remaining() else {
-            return Err(ApiError::DeadlinePassed);
+        let remaining = match (deadline.remaining(), last_failure.take()) {
+            (Some(remaining), _) => remaining,
+            (None, None) => return Err(ApiError::DeadlinePassed),
+            (None, Some(failure)) => return Err(purpose.error(after_attempts(failure, attempts))),
         };
         attempts += 1;
         let error = match tokio::time::timeout(remaining, attempt()).await {
@@ -145,20 +150,23 @@ where
                 tracing::debug!(%error, attempts, "{what}: retrying after {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                last_failure = Some(error);
             }
-            _ => {
-                let error = match error {
-                    BackendError::Unavailable(detail) => {
-                        BackendError::Unavailable(format!("{detail} (after {attempts} attempts)"))
-                    }
-                    BackendError::Overloaded(detail) => {
-                        BackendError::Overloaded(format!("{detail} (after {attempts} attempts)"))
-                    }
-                    other => other,
-                };
-                return Err(purpose.error(error));
-            }
+            _ => return Err(purpose.error(after_attempts(error, attempts))),
         }
+    }
+}
+
+/// A retried failure's message, with how many attempts it took.
+fn after_attempts(error: BackendError, attempts: u32) -> BackendError {
+    match error {
+        BackendError::Unavailable(detail) => {
+            BackendError::Unavailable(format!("{detail} (after {attempts} attempts)"))
+        }
+        BackendError::Overloaded(detail) => {
+            BackendError::Overloaded(format!("{detail} (after {attempts} attempts)"))
+        }
+        other => other,
     }
 }
 
@@ -395,6 +403,26 @@ mod tests {
             })
             .await;
         assert_eq!(result.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_passing_between_attempts_reports_the_last_failure() {
+        // Whatever instant the deadline falls on relative to the pauses, a caller whose
+        // request was attempted hears why it failed, not that nothing was submitted.
+        for deadline_ms in 1..=40 {
+            let result: Result<(), ApiError> = with_retry(
+                Deadline::after(Duration::from_millis(deadline_ms)),
+                Purpose::Read,
+                "shard 0",
+                || async {
+                    Err(BackendError::Unavailable("shard-0 has no reachable leader with a quorum".into()))
+                },
+            )
+            .await;
+            let error = result.unwrap_err();
+            assert_eq!(error.code(), tonic::Code::Unavailable, "deadline {deadline_ms} ms: {error}");
+            assert!(error.to_string().contains("no reachable leader"), "{error}");
+        }
     }
 
     #[tokio::test]
