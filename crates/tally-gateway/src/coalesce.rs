@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use metrics::{describe_histogram, histogram, Unit};
 use tally_ledger::{Command, CommandOutcome};
@@ -61,7 +61,7 @@ struct Queued {
 enum Turn {
     Answered(Answer),
     /// Send this batch; its first request is the receiver's own (its reply taken out).
-    Lead(Vec<Queued>),
+    Lead(Lead),
 }
 
 #[derive(Default)]
@@ -72,7 +72,7 @@ struct ShardQueue {
 }
 
 pub struct ShardCoalescer {
-    shards: Vec<Mutex<ShardQueue>>,
+    shards: Vec<Arc<Mutex<ShardQueue>>>,
     calls_in_flight_max: usize,
 }
 
@@ -80,7 +80,7 @@ impl ShardCoalescer {
     pub fn new(shard_count: u32, calls_in_flight_max: usize) -> Self {
         assert!(calls_in_flight_max > 0, "a shard needs at least one call in flight");
         Self {
-            shards: (0..shard_count).map(|_| Mutex::new(ShardQueue::default())).collect(),
+            shards: (0..shard_count).map(|_| Arc::new(Mutex::new(ShardQueue::default()))).collect(),
             calls_in_flight_max,
         }
     }
@@ -108,15 +108,14 @@ impl ShardCoalescer {
                 None
             }
         };
-        let batch = match batch {
-            Some(batch) => batch,
+        let (batch, slot) = match batch {
+            Some(batch) => (batch, Slot { queue: Some(Arc::clone(queue)) }),
             None => match (&mut answer).await {
                 Ok(Turn::Answered(result)) => return result,
-                Ok(Turn::Lead(batch)) => batch,
+                Ok(Turn::Lead(lead)) => lead.take(),
                 Err(_) => return Err(lost_call()),
             },
         };
-        let slot = Slot { queue };
         let own = send_batch(batch, &send).await;
         drop(slot);
         own
@@ -211,31 +210,77 @@ fn lost_call() -> BackendError {
 /// A call slot of one shard, held while a batch is on its way. Released on drop, also when the
 /// sender's future is dropped: the next queued batch is handed to its first live caller, or the
 /// slot is freed.
-struct Slot<'a> {
-    queue: &'a Mutex<ShardQueue>,
+struct Slot {
+    /// `None` once disarmed (the slot passed on without a release).
+    queue: Option<Arc<Mutex<ShardQueue>>>,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        loop {
-            if queue.waiting.is_empty() {
-                queue.calls_in_flight -= 1;
-                return;
+        if let Some(queue) = self.queue.take() {
+            release(&queue, Vec::new());
+        }
+    }
+}
+
+/// A slot handed to a waiting caller with the batch it is to send. Its caller's future can be
+/// dropped after the hand-off and before it looks at its turn (its deadline, or its client
+/// gone): the lead then passes the batch's other requests and the slot on, as a sender's slot
+/// does. Without that, the slot leaked and, with one call in flight per shard, the shard took
+/// no more writes from this gateway (seen in an 8-shard SubmitBatch run, 2026-12-05).
+struct Lead {
+    batch: Vec<Queued>,
+    slot: Slot,
+}
+
+impl Lead {
+    /// The batch to send and the slot to hold meanwhile.
+    fn take(mut self) -> (Vec<Queued>, Slot) {
+        let batch = std::mem::take(&mut self.batch);
+        (batch, Slot { queue: self.slot.queue.take() })
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if let Some(queue) = self.slot.queue.take() {
+            let mut unsent = std::mem::take(&mut self.batch);
+            // The first request is the departed caller's own: nobody waits for its answer.
+            if !unsent.is_empty() {
+                unsent.remove(0);
             }
-            let mut batch = take_batch(&mut queue.waiting);
-            // Hand the batch to its first caller still waiting; a caller who left takes its
-            // request with it (nobody waits for its answer) and the next one leads.
-            while !batch.is_empty() {
-                let reply = batch[0].reply.take().expect("queued requests have a receiver");
-                match reply.send(Turn::Lead(std::mem::take(&mut batch))) {
-                    Ok(()) => return,
-                    Err(Turn::Lead(mut returned)) => {
-                        returned.remove(0);
-                        batch = returned;
-                    }
-                    Err(Turn::Answered(_)) => unreachable!("a lead was sent"),
+            release(&queue, unsent);
+        }
+    }
+}
+
+/// Gives a slot back: `unsent` requests (of a batch handed to a caller who left) go back to the
+/// front of the queue in order, then the next batch is handed to its first caller still
+/// waiting (a caller who left takes its request with it), or the slot is freed.
+fn release(queue: &Arc<Mutex<ShardQueue>>, unsent: Vec<Queued>) {
+    let mut guard = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for queued in unsent.into_iter().rev() {
+        guard.waiting.push_front(queued);
+    }
+    loop {
+        if guard.waiting.is_empty() {
+            guard.calls_in_flight -= 1;
+            return;
+        }
+        let mut batch = take_batch(&mut guard.waiting);
+        while !batch.is_empty() {
+            let reply = batch[0].reply.take().expect("queued requests have a receiver");
+            let lead =
+                Lead { batch: std::mem::take(&mut batch), slot: Slot { queue: Some(Arc::clone(queue)) } };
+            match reply.send(Turn::Lead(lead)) {
+                Ok(()) => return,
+                Err(Turn::Lead(mut returned)) => {
+                    // Disarmed: this loop holds the lock and goes on with the batch itself.
+                    returned.slot.queue = None;
+                    batch = std::mem::take(&mut returned.batch);
+                    batch.remove(0);
                 }
+                Err(Turn::Answered(_)) => unreachable!("a lead was sent"),
             }
         }
     }
@@ -413,6 +458,41 @@ mod tests {
         assert_eq!(numbers(&answers[1]), vec![1]);
         assert!(matches!(answers[2], Err(BackendError::Overloaded(_))));
         assert_eq!(numbers(&answers[3]), vec![3]);
+    }
+
+    /// Polls `future` once.
+    async fn poll_once<F: Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|context| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(context)))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_right_after_being_handed_the_call_passes_it_on() {
+        let gate = Arc::new(Semaphore::new(0));
+        let node = FakeNode { gate: Some(gate.clone()), ..FakeNode::default() };
+        let coalescer = ShardCoalescer::new(1, 1);
+        let send = |commands| node.send(commands);
+        let mut sender = Box::pin(coalescer.submit(0, vec![command(0)], send));
+        assert!(poll_once(&mut sender).await.is_pending(), "the first call waits at the node");
+        let mut leaving = Box::pin(coalescer.submit(0, vec![command(1)], send));
+        assert!(poll_once(&mut leaving).await.is_pending());
+        let mut staying = Box::pin(coalescer.submit(0, vec![command(2)], send));
+        assert!(poll_once(&mut staying).await.is_pending());
+        // The first call is answered: requests 1 and 2 are handed to request 1's caller as the
+        // next call, and that caller leaves before it looks (its deadline passed).
+        gate.add_permits(1);
+        assert_eq!(numbers(&sender.await), vec![0]);
+        drop(leaving);
+        // Request 2 is sent alone by its own caller, and the slot is free afterwards.
+        gate.add_permits(2);
+        let staying =
+            tokio::time::timeout(Duration::from_secs(5), staying).await.expect("request 2 was stranded");
+        assert_eq!(numbers(&staying), vec![2]);
+        let alone = tokio::time::timeout(Duration::from_secs(5), coalescer.submit(0, vec![command(3)], send))
+            .await
+            .expect("the slot leaked");
+        assert_eq!(numbers(&alone), vec![3]);
+        assert_eq!(node.calls(), vec![vec![0], vec![2], vec![3]]);
     }
 
     #[tokio::test]

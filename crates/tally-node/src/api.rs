@@ -7,7 +7,8 @@
 //! caller follows the hint.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -16,12 +17,20 @@ use tally_ledger::state::StatementLine;
 use tally_ledger::{Command, CommandOutcome, CurrencyCode, IdempotencyKey, MemberId, Operation, PartnerId};
 use tally_proto::internal::node_api_client::NodeApiClient;
 use tally_proto::internal::node_api_server::{NodeApi, NodeApiServer};
-use tally_proto::internal::{NodeCall, NodeReply};
+use tally_proto::internal::{
+    NodeAnswer, NodeAnswerBatch, NodeCall, NodeCallBatch, NodeReply, NodeStreamCall,
+};
+use tally_raft::call_stream::{
+    answer_from_wire, pack_answers, Answer, CallStream, Opening, StreamProtocol, ANSWER_FRAMES_QUEUED_MAX,
+};
 use tally_raft::cluster_token::check_cluster_token;
-use tally_raft::network::{decode_wire, encode_wire, RAFT_MESSAGE_BYTES_MAX};
+use tally_raft::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
 use tally_raft::{ClusterToken, GroupId, NodeId, ProposeError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::node::{BalanceReadout, GroupStatusView, Node, RaftSwitches, StatusDetail};
 
@@ -195,13 +204,108 @@ impl NodeApiService {
     }
 }
 
+type AnswerFrames = Pin<Box<dyn Stream<Item = Result<NodeAnswerBatch, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl NodeApi for NodeApiService {
+    type CallStreamStream = AnswerFrames;
+
     async fn call(&self, request: Request<NodeCall>) -> Result<Response<NodeReply>, Status> {
         check_cluster_token(self.node.config().cluster_token.as_ref(), request.metadata())?;
         let request = decode_request(&request.get_ref().payload)?;
         let result = handle(&self.node, request).await;
         Ok(Response::new(NodeReply { payload: encode_wire(&result) }))
+    }
+
+    async fn call_stream(
+        &self,
+        request: Request<Streaming<NodeCallBatch>>,
+    ) -> Result<Response<AnswerFrames>, Status> {
+        // Once per stream, before any call is read.
+        check_cluster_token(self.node.config().cluster_token.as_ref(), request.metadata())?;
+        let (answers, ready) = mpsc::unbounded_channel();
+        let (frames, to_write) = mpsc::channel(ANSWER_FRAMES_QUEUED_MAX);
+        let peers = self.node.peers();
+        tokio::spawn(serve_calls(self.node.clone(), request.into_inner(), answers, peers.clone()));
+        let frame = |answers| NodeAnswerBatch { answers };
+        tokio::spawn(pack_answers(ready, frames, frame, async move { peers.served_streams_closed().await }));
+        Ok(Response::new(Box::pin(ReceiverStream::new(to_write))))
+    }
+}
+
+/// Reads the frames of one stream and runs each call as its own task (a slow call never holds
+/// up the others); ends with the stream, or when the node stops serving (dropping the stream's
+/// body lets the server's drain finish; the caller answers its waiting calls as failed).
+async fn serve_calls(
+    node: Arc<Node>,
+    mut frames: Streaming<NodeCallBatch>,
+    answers: mpsc::UnboundedSender<NodeAnswer>,
+    peers: Arc<PeerPool>,
+) {
+    let closed = peers.served_streams_closed();
+    tokio::pin!(closed);
+    loop {
+        let frame = tokio::select! {
+            frame = frames.message() => frame,
+            () = &mut closed => return,
+        };
+        // A frame that does not decode, or a broken connection, ends the stream.
+        let Ok(Some(frame)) = frame else { return };
+        for NodeStreamCall { call_id, payload } in frame.calls {
+            match decode_request(&payload) {
+                Ok(request) => {
+                    let node = node.clone();
+                    let answers = answers.clone();
+                    tokio::spawn(async move {
+                        let payload = encode_wire(&handle(&node, request).await);
+                        let _ = answers.send(NodeAnswer { call_id, payload, ..NodeAnswer::default() });
+                    });
+                }
+                Err(status) => {
+                    let _ = answers.send(NodeAnswer {
+                        call_id,
+                        payload: Vec::new(),
+                        status_code: status.code() as i32,
+                        status_message: status.message().to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `NodeApi.CallStream`: a caller's calls to one node.
+pub struct NodeStream;
+
+impl StreamProtocol for NodeStream {
+    type Request = Vec<u8>;
+    type CallFrame = NodeCallBatch;
+    type AnswerFrame = NodeAnswerBatch;
+    const NAME: &'static str = "the node API stream";
+
+    fn call_frame(calls: Vec<(u64, Vec<u8>)>) -> NodeCallBatch {
+        NodeCallBatch {
+            calls: calls.into_iter().map(|(call_id, payload)| NodeStreamCall { call_id, payload }).collect(),
+        }
+    }
+
+    fn answers(frame: NodeAnswerBatch) -> Vec<(u64, Answer)> {
+        frame
+            .answers
+            .into_iter()
+            .map(|answer| {
+                (answer.call_id, answer_from_wire(answer.status_code, answer.status_message, answer.payload))
+            })
+            .collect()
+    }
+
+    fn open(channel: Channel, request: Request<ReceiverStream<NodeCallBatch>>) -> Opening<NodeAnswerBatch> {
+        Box::pin(async move {
+            let mut client = NodeApiClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+            client.call_stream(request).await.map(Response::into_inner)
+        })
     }
 }
 
@@ -303,54 +407,104 @@ pub async fn handle(node: &Node, request: NodeRequest) -> NodeResult {
 }
 
 /// A client of one node's API. Cheap to clone; the channel connects lazily.
+///
+/// Submissions and balance reads (a gateway's traffic) go on one stream per node
+/// ([`NodeStream`]) unless streams are off; the other calls (rare, some with large answers)
+/// and every call to a node that does not serve the stream go as unary calls.
 #[derive(Clone)]
 pub struct NodeClient {
     address: String,
+    channel: Channel,
     client: NodeApiClient<Channel>,
     cluster_token: Option<ClusterToken>,
+    /// Started on the first call that uses it (it needs a runtime); `None` inside: streams off.
+    stream: Arc<OnceLock<Option<CallStream<NodeStream>>>>,
+    calls_on_streams: bool,
 }
 
 impl NodeClient {
-    /// A client of the node at `address` that sends `cluster_token` with every call.
+    /// A client of the node at `address` that sends `cluster_token` with every call, with
+    /// submissions and reads on a stream.
     pub fn new(address: &str, cluster_token: Option<ClusterToken>) -> Result<NodeClient, NodeApiError> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|error| NodeApiError::Refused(format!("bad node address {address}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
-        let client = NodeApiClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        let client = NodeApiClient::new(channel.clone())
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        Ok(NodeClient { address: address.to_string(), client, cluster_token })
+        Ok(NodeClient {
+            address: address.to_string(),
+            channel,
+            client,
+            cluster_token,
+            stream: Arc::default(),
+            calls_on_streams: true,
+        })
+    }
+
+    /// Chooses how submissions and reads travel: on one stream (true, the default) or as one
+    /// unary call each.
+    pub fn with_calls_on_streams(mut self, on_streams: bool) -> NodeClient {
+        self.calls_on_streams = on_streams;
+        self
     }
 
     pub fn address(&self) -> &str {
         &self.address
     }
 
+    /// Whether calls went on the stream so far (started, and the node serves it).
+    pub fn stream_in_use(&self) -> bool {
+        self.stream.get().is_some_and(|stream| stream.as_ref().is_some_and(CallStream::peer_has_streams))
+    }
+
+    /// The stream for `request`, if it goes on one.
+    fn stream_for(&self, request: &NodeRequest) -> Option<&CallStream<NodeStream>> {
+        if !matches!(request, NodeRequest::Submit { .. } | NodeRequest::Balance { .. }) {
+            return None;
+        }
+        let stream = self.stream.get_or_init(|| {
+            self.calls_on_streams.then(|| CallStream::start(self.channel.clone(), self.cluster_token.clone()))
+        });
+        stream.as_ref().filter(|stream| stream.peer_has_streams())
+    }
+
     /// Sends one request and waits at most `timeout` for the answer.
     pub async fn call(&self, request: &NodeRequest, timeout: Duration) -> NodeResult {
+        let timed_out =
+            || NodeApiError::Transport(format!("node {} did not answer within {timeout:?}", self.address));
+        let reply = match self.stream_for(request) {
+            Some(stream) => match tokio::time::timeout(timeout, stream.call(encode_wire(request))).await {
+                Err(_elapsed) => return Err(timed_out()),
+                Ok(Err(status)) if status.code() == Code::Unimplemented => {
+                    // A node of an older version (a rolling upgrade): unary calls from now on.
+                    stream.peer_has_no_streams();
+                    self.unary(request, timeout).await.ok_or_else(timed_out)?
+                }
+                Ok(answer) => answer,
+            },
+            None => self.unary(request, timeout).await.ok_or_else(timed_out)?,
+        };
+        let payload = reply.map_err(|status| {
+            NodeApiError::Transport(format!("node {}: {}: {}", self.address, status.code(), status.message()))
+        })?;
+        decode_wire::<NodeResult>(&payload).map_err(|reason| {
+            NodeApiError::Transport(format!("node {}: undecodable answer: {reason}", self.address))
+        })?
+    }
+
+    /// One unary call; `None` when `timeout` passed first.
+    async fn unary(&self, request: &NodeRequest, timeout: Duration) -> Option<Answer> {
         let mut grpc_request = Request::new(NodeCall { payload: encode_wire(request) });
         grpc_request.set_timeout(timeout);
         if let Some(token) = &self.cluster_token {
             token.attach(&mut grpc_request);
         }
         let mut client = self.client.clone();
-        let reply = tokio::time::timeout(timeout, client.call(grpc_request))
-            .await
-            .map_err(|_| {
-                NodeApiError::Transport(format!("node {} did not answer within {timeout:?}", self.address))
-            })?
-            .map_err(|status| {
-                NodeApiError::Transport(format!(
-                    "node {}: {}: {}",
-                    self.address,
-                    status.code(),
-                    status.message()
-                ))
-            })?;
-        decode_wire::<NodeResult>(&reply.get_ref().payload).map_err(|reason| {
-            NodeApiError::Transport(format!("node {}: undecodable answer: {reason}", self.address))
-        })?
+        let reply = tokio::time::timeout(timeout, client.call(grpc_request)).await.ok()?;
+        Some(reply.map(|reply| reply.into_inner().payload))
     }
 }
 

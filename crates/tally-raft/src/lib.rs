@@ -8,17 +8,18 @@
 //!   consistent snapshot cuts, install.
 //! - [`proposer`]: per-shard group commit with bounded queues.
 //! - [`network`]: `RaftNetworkFactory` over tonic with one channel per peer for all groups.
-//! - `peer_link` (private): the stream per peer that carries every group's AppendEntries.
+//! - `call_stream`: many calls on one gRPC stream to a node (the Raft transport's AppendEntries
+//!   to each peer, the node API's calls from a gateway).
 //! - [`transport`]: the Raft transport server, dispatching by group id.
 //! - [`cluster_token`]: the shared secret that internal calls carry and nodes check.
 //! - [`group`]: a hosted group replica, its tuning, and the node's registry of groups.
 
+pub mod call_stream;
 pub mod cluster_token;
 pub mod group;
 pub mod journal;
 pub mod keys;
 pub mod network;
-mod peer_link;
 pub mod proposer;
 pub mod state_machine;
 pub mod transport;

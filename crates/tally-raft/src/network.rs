@@ -1,6 +1,6 @@
 //! Raft between nodes over tonic: one lazily connected HTTP/2 channel per peer, shared by every
 //! group; each message carries its group id and the node id it is meant for. AppendEntries
-//! travel on one long-lived stream per peer ([`crate::peer_link`]), votes and snapshots as
+//! travel on one long-lived stream per peer ([`crate::call_stream`], `RaftStream`), votes and snapshots as
 //! unary calls.
 //!
 //! Payloads are openraft's own messages in bincode behind a format-version byte, and replies
@@ -20,11 +20,12 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tally_proto::internal::raft_transport_client::RaftTransportClient;
-use tally_proto::internal::RaftRequest;
+use tally_proto::internal::{RaftAnswerBatch, RaftCall, RaftCallBatch, RaftRequest};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::call_stream::{answer_from_wire, Answer, CallStream, Opening, StreamProtocol};
 use crate::cluster_token::ClusterToken;
-use crate::peer_link::PeerLink;
 use crate::types::{GroupId, NodeId, RaftError, RpcError, TallyNode, TallyRaft};
 
 /// Version of the bincode framing on the Raft transport; tied to the openraft version.
@@ -184,7 +185,7 @@ impl PeerPool {
     }
 
     /// Resolves once [`PeerPool::close_served_streams`] was called.
-    pub(crate) async fn served_streams_closed(&self) {
+    pub async fn served_streams_closed(&self) {
         let mut closing = self.closing.subscribe();
         // The sender lives as long as the pool, which the caller holds.
         let _ = closing.wait_for(|closing| *closing).await;
@@ -234,6 +235,49 @@ impl PeerPool {
         Ok(Arc::clone(link))
     }
 }
+
+/// `AppendEntriesStream`: every group's AppendEntries from this node to one peer.
+pub struct RaftStream;
+
+impl StreamProtocol for RaftStream {
+    type Request = RaftRequest;
+    type CallFrame = RaftCallBatch;
+    type AnswerFrame = RaftAnswerBatch;
+    const NAME: &'static str = "the Raft stream";
+
+    fn call_frame(calls: Vec<(u64, RaftRequest)>) -> RaftCallBatch {
+        RaftCallBatch {
+            calls: calls
+                .into_iter()
+                .map(|(call_id, request)| RaftCall { call_id, request: Some(request) })
+                .collect(),
+        }
+    }
+
+    fn answers(frame: RaftAnswerBatch) -> Vec<(u64, Answer)> {
+        frame
+            .answers
+            .into_iter()
+            .map(|answer| {
+                (answer.call_id, answer_from_wire(answer.status_code, answer.status_message, answer.payload))
+            })
+            .collect()
+    }
+
+    fn open(
+        channel: Channel,
+        request: tonic::Request<ReceiverStream<RaftCallBatch>>,
+    ) -> Opening<RaftAnswerBatch> {
+        Box::pin(async move {
+            let mut client = RaftTransportClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+            client.append_entries_stream(request).await.map(tonic::Response::into_inner)
+        })
+    }
+}
+
+type PeerLink = CallStream<RaftStream>;
 
 /// The `RaftNetworkFactory` of one group.
 #[derive(Clone)]

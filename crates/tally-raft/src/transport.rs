@@ -16,10 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::call_stream::{pack_answers, ANSWER_FRAMES_QUEUED_MAX};
 use crate::cluster_token::check_cluster_token;
 use crate::group::{Group, GroupRegistry};
 use crate::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
-use crate::peer_link::take_queued;
 use crate::types::NodeId;
 
 #[derive(Clone)]
@@ -98,11 +98,6 @@ fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
     Ok(Response::new(RaftReply { payload: encode_wire(result) }))
 }
 
-/// Answers packed into one frame at most.
-const ANSWERS_PER_FRAME_MAX: usize = 64;
-/// Frames of answers handed to the stream and not yet written.
-const ANSWER_FRAMES_QUEUED_MAX: usize = 16;
-
 type AnswerFrames = Pin<Box<dyn Stream<Item = Result<RaftAnswerBatch, Status>> + Send>>;
 
 /// Reads the frames of one stream and starts a task per message; ends with the stream, or when
@@ -158,28 +153,6 @@ async fn served_streams_closed(peers: Option<Arc<PeerPool>>) {
     }
 }
 
-/// Packs the answers that are ready together into frames, until every sender is gone or the
-/// node stops serving (which ends the stream: the peer answers its waiting calls as failed).
-async fn pack_answers(
-    mut answers: mpsc::UnboundedReceiver<RaftAnswer>,
-    frames: mpsc::Sender<Result<RaftAnswerBatch, Status>>,
-    peers: Option<Arc<PeerPool>>,
-) {
-    let closed = served_streams_closed(peers);
-    tokio::pin!(closed);
-    loop {
-        let first = tokio::select! {
-            first = answers.recv() => first,
-            () = &mut closed => None,
-        };
-        let Some(first) = first else { return };
-        let batch = take_queued(first, &mut answers, ANSWERS_PER_FRAME_MAX);
-        if frames.send(Ok(RaftAnswerBatch { answers: batch })).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl RaftTransport for RaftTransportService {
     type AppendEntriesStreamStream = AnswerFrames;
@@ -193,7 +166,8 @@ impl RaftTransport for RaftTransportService {
         let (answers, ready) = mpsc::unbounded_channel();
         let (frames, to_write) = mpsc::channel(ANSWER_FRAMES_QUEUED_MAX);
         tokio::spawn(serve_stream(self.clone(), request.into_inner(), answers));
-        tokio::spawn(pack_answers(ready, frames, self.peers.clone()));
+        let frame = |answers| RaftAnswerBatch { answers };
+        tokio::spawn(pack_answers(ready, frames, frame, served_streams_closed(self.peers.clone())));
         Ok(Response::new(Box::pin(ReceiverStream::new(to_write))))
     }
 

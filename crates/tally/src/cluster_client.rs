@@ -35,6 +35,8 @@ pub struct ClusterClient {
     call_timeout: Duration,
     /// Sent with every node API call.
     cluster_token: Option<ClusterToken>,
+    /// Submissions and reads on one stream per node (see [`NodeClient`]); set before first use.
+    node_calls_on_streams: std::sync::atomic::AtomicBool,
     meta_cache: RwLock<Arc<MetaState>>,
     /// When an on-demand refresh last started (see [`ClusterClient::refresh_at_most_every`]).
     last_demand_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
@@ -54,9 +56,16 @@ impl ClusterClient {
             routing: RwLock::new(Routing::default()),
             call_timeout,
             cluster_token,
+            node_calls_on_streams: std::sync::atomic::AtomicBool::new(true),
             meta_cache: RwLock::new(Arc::new(MetaState::default())),
             last_demand_refresh: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Chooses how submissions and reads travel to nodes: on one stream per node (true, the
+    /// default) or as one unary call each. For clients made after the call.
+    pub fn set_node_calls_on_streams(&self, on_streams: bool) {
+        self.node_calls_on_streams.store(on_streams, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn call_timeout(&self) -> Duration {
@@ -68,7 +77,8 @@ impl ClusterClient {
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
-        let client = NodeClient::new(address, self.cluster_token.clone())?;
+        let on_streams = self.node_calls_on_streams.load(std::sync::atomic::Ordering::Relaxed);
+        let client = NodeClient::new(address, self.cluster_token.clone())?.with_calls_on_streams(on_streams);
         clients.insert(address.to_string(), client.clone());
         Ok(client)
     }

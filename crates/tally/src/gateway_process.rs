@@ -42,6 +42,7 @@ pub async fn start(settings: &TallyConfig) -> anyhow::Result<GatewayProcess> {
         Duration::from_millis(settings.gateway.node_call_timeout_ms),
         settings.gateway.cluster_token.clone(),
     );
+    cluster.set_node_calls_on_streams(settings.gateway.node_calls_on_streams);
     tracing::info!(nodes = ?settings.gateway.node_addresses, "waiting for the cluster layout");
     if !cluster.wait_for_layout(Duration::from_millis(LAYOUT_WAIT_MS)).await {
         anyhow::bail!(

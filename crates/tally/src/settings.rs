@@ -46,6 +46,9 @@ pub struct GatewaySettings {
     /// `tally gateway` and nodes: node calls on their way to one shard's leader at once (default
     /// 1); partner calls that arrive meanwhile queue and travel together in the next one.
     pub calls_in_flight_per_shard: usize,
+    /// `tally gateway` only: submissions and balance reads go to each node on one long-lived
+    /// stream (default true); false sends one unary call each (as before 2026-12-05).
+    pub node_calls_on_streams: bool,
 }
 
 impl Default for GatewaySettings {
@@ -60,6 +63,7 @@ impl Default for GatewaySettings {
             node_call_timeout_ms: crate::cluster_client::NODE_CALL_TIMEOUT_MS_DEFAULT,
             cluster_token: None,
             calls_in_flight_per_shard: tally_gateway::coalesce::CALLS_IN_FLIGHT_PER_SHARD_DEFAULT,
+            node_calls_on_streams: true,
         }
     }
 }
@@ -220,9 +224,13 @@ pub struct GatewayFlags {
     /// The nodes' cluster token, sent with every call to a node [default: none].
     #[arg(long, env = "TALLY_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
-    /// Node calls on their way to one shard's leader at once; at least 1 [default: 2].
+    /// Node calls on their way to one shard's leader at once; at least 1 [default: 1].
     #[arg(long, env = "TALLY_CALLS_IN_FLIGHT_PER_SHARD")]
     pub calls_in_flight_per_shard: Option<usize>,
+    /// Submissions and reads to each node on one stream (true) or one unary call each (false)
+    /// [default: true].
+    #[arg(long, env = "TALLY_NODE_CALLS_ON_STREAMS")]
+    pub node_calls_on_streams: Option<bool>,
 }
 
 impl GatewayFlags {
@@ -252,6 +260,9 @@ impl GatewayFlags {
         }
         if let Some(calls) = self.calls_in_flight_per_shard {
             gateway.calls_in_flight_per_shard = calls;
+        }
+        if let Some(on_streams) = self.node_calls_on_streams {
+            gateway.node_calls_on_streams = on_streams;
         }
         if gateway.calls_in_flight_per_shard == 0 {
             anyhow::bail!("invalid configuration: calls_in_flight_per_shard must be at least 1");

@@ -394,7 +394,7 @@ async fn three_node_cluster_survives_kill_restart_and_reshaping_under_load() {
 
 /// The node API and the Raft transport of a node with a cluster token refuse a caller without
 /// it, or with another, before reading the call: a forged earn sent straight to the node API
-/// (which trusts the partner id it carries) is not applied, and a forged Raft vote is refused.
+/// (which trusts the partner id it carries), on its stream or as a unary call, is not applied, and a forged Raft vote is refused.
 async fn internal_services_refuse_callers_without_the_cluster_token(
     cluster: &Cluster,
     gateway: &tonic::transport::Channel,
@@ -414,14 +414,21 @@ async fn internal_services_refuse_callers_without_the_cluster_token(
     let wrong_token = tally_raft::ClusterToken::parse("not-the-cluster-token").unwrap();
     for node_id in [1, 3] {
         let address = &cluster.node_addrs[&node_id];
-        for token in [None, Some(wrong_token.clone())] {
-            let forger = tally_node::api::NodeClient::new(address, token.clone()).unwrap();
+        for (token, on_streams) in
+            [None, Some(wrong_token.clone())].into_iter().flat_map(|t| [(t.clone(), true), (t, false)])
+        {
+            let forger = tally_node::api::NodeClient::new(address, token.clone())
+                .unwrap()
+                .with_calls_on_streams(on_streams);
             let request = NodeRequest::Submit { shard, commands: vec![forged_earn.clone()] };
             let error = forger.call(&request, Duration::from_secs(5)).await.expect_err("a forged submit");
             let error = error.to_string();
             let expected =
                 if token.is_none() { "need the cluster token" } else { "does not match this node's" };
-            assert!(error.contains(expected), "node {node_id}, token {token:?}: {error}");
+            assert!(
+                error.contains(expected),
+                "node {node_id}, token {token:?}, streams {on_streams}: {error}"
+            );
         }
         let mut raft =
             tally_proto::internal::raft_transport_client::RaftTransportClient::new(connect(address).await);
