@@ -21,7 +21,8 @@ use tally_proto::internal::{
     NodeAnswer, NodeAnswerBatch, NodeCall, NodeCallBatch, NodeReply, NodeStreamCall,
 };
 use tally_raft::call_stream::{
-    answer_from_wire, pack_answers, Answer, CallStream, Opening, StreamProtocol, ANSWER_FRAMES_QUEUED_MAX,
+    answer_from_wire, for_each_frame, pack_answers, Answer, CallStream, Opening, StreamProtocol,
+    ANSWER_FRAMES_QUEUED_MAX,
 };
 use tally_raft::cluster_token::check_cluster_token;
 use tally_raft::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
@@ -233,24 +234,15 @@ impl NodeApi for NodeApiService {
     }
 }
 
-/// Reads the frames of one stream and runs each call as its own task (a slow call never holds
-/// up the others); ends with the stream, or when the node stops serving (dropping the stream's
-/// body lets the server's drain finish; the caller answers its waiting calls as failed).
+/// Reads the frames of one stream and runs each call as its own task, so that a slow call
+/// never holds up the others (see [`for_each_frame`] for when it ends).
 async fn serve_calls(
     node: Arc<Node>,
-    mut frames: Streaming<NodeCallBatch>,
+    frames: Streaming<NodeCallBatch>,
     answers: mpsc::UnboundedSender<NodeAnswer>,
     peers: Arc<PeerPool>,
 ) {
-    let closed = peers.served_streams_closed();
-    tokio::pin!(closed);
-    loop {
-        let frame = tokio::select! {
-            frame = frames.message() => frame,
-            () = &mut closed => return,
-        };
-        // A frame that does not decode, or a broken connection, ends the stream.
-        let Ok(Some(frame)) = frame else { return };
+    for_each_frame(frames, peers.served_streams_closed(), |frame| {
         for NodeStreamCall { call_id, payload } in frame.calls {
             match decode_request(&payload) {
                 Ok(request) => {
@@ -271,7 +263,8 @@ async fn serve_calls(
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// `NodeApi.CallStream`: a caller's calls to one node.

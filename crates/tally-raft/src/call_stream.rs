@@ -267,6 +267,26 @@ async fn receive_answers<P: StreamProtocol>(
     }
 }
 
+/// The receiving end: hands each frame of calls to `handle` until the stream ends, a frame does
+/// not decode or the connection breaks (the sender then fails its waiting calls and opens
+/// another stream), or `closed` resolves (the node stops serving: dropping the stream's body
+/// lets the server's drain finish).
+pub async fn for_each_frame<F>(
+    mut frames: tonic::Streaming<F>,
+    closed: impl Future<Output = ()>,
+    mut handle: impl FnMut(F),
+) {
+    tokio::pin!(closed);
+    loop {
+        let frame = tokio::select! {
+            frame = frames.message() => frame,
+            () = &mut closed => return,
+        };
+        let Ok(Some(frame)) = frame else { return };
+        handle(frame);
+    }
+}
+
 /// Answers packed into one frame at most, on the receiving end.
 const ANSWERS_PER_FRAME_MAX: usize = 64;
 /// Frames of answers handed to the stream and not yet written.

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::call_stream::{pack_answers, ANSWER_FRAMES_QUEUED_MAX};
+use crate::call_stream::{for_each_frame, pack_answers, ANSWER_FRAMES_QUEUED_MAX};
 use crate::cluster_token::check_cluster_token;
 use crate::group::{Group, GroupRegistry};
 use crate::network::{decode_wire, encode_wire, PeerPool, RAFT_MESSAGE_BYTES_MAX};
@@ -100,23 +100,15 @@ fn reply<T: Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
 
 type AnswerFrames = Pin<Box<dyn Stream<Item = Result<RaftAnswerBatch, Status>> + Send>>;
 
-/// Reads the frames of one stream and starts a task per message; ends with the stream, or when
-/// the node stops serving (dropping the stream's body lets the server's drain finish).
+/// Reads the frames of one stream and starts a task per message (see
+/// [`for_each_frame`] for when it ends).
 async fn serve_stream(
     service: RaftTransportService,
-    mut frames: Streaming<RaftCallBatch>,
+    frames: Streaming<RaftCallBatch>,
     answers: mpsc::UnboundedSender<RaftAnswer>,
 ) {
     let closed = served_streams_closed(service.peers.clone());
-    tokio::pin!(closed);
-    loop {
-        let frame = tokio::select! {
-            frame = frames.message() => frame,
-            () = &mut closed => return,
-        };
-        // A frame that does not decode, or a broken connection, ends the stream; the sender
-        // answers its waiting calls with the failure and opens another.
-        let Ok(Some(frame)) = frame else { return };
+    for_each_frame(frames, closed, |frame| {
         for call in frame.calls {
             let call_id = call.call_id;
             let routed = call
@@ -142,7 +134,8 @@ async fn serve_stream(
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Resolves when the node stops serving (never for a transport without a pool).
