@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -91,6 +91,15 @@ pub struct GroupShared {
     written_since_full: Mutex<FastMap<ItemKey, Option<StateItem>>>,
     /// Orders checkpoints and snapshot installs (both write the tree from what memory holds).
     checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The shard's retained keys as the last apply, load or install left them. Every write
+    /// checks the retention budget before it is proposed; reading the count under the state
+    /// lock made a runtime worker wait while apply held that lock (tens of milliseconds for an
+    /// entry of thousands of commands), and with two workers the other one alone served every
+    /// call meanwhile: SubmitBatch runs left half of both cores idle.
+    retained_keys: AtomicUsize,
+    /// When the earliest open hold expires (log time, ms; `u64::MAX` for none), for the same
+    /// reason: the leader's hold-expiry task looks at it four times a second.
+    next_hold_expiry_ms: AtomicU64,
     /// Reads a shard's retained records back from their journals (`None` for the meta group).
     journal_source: Option<Arc<JournalSource>>,
 }
@@ -197,6 +206,29 @@ struct CheckpointRetry {
 impl GroupShared {
     pub fn read(&self) -> RwLockReadGuard<'_, GroupState> {
         self.state.read().expect("group state lock poisoned: a panic happened during apply")
+    }
+
+    /// The shard's retained idempotency keys as of the last apply, without the state lock (0 for
+    /// the meta group).
+    pub fn retained_keys(&self) -> usize {
+        self.retained_keys.load(Ordering::Acquire)
+    }
+
+    /// When the earliest open hold expires, in log time, as of the last apply, without the state
+    /// lock; `None` when no hold is open (and for the meta group).
+    pub fn next_hold_expiry_ms(&self) -> Option<u64> {
+        Some(self.next_hold_expiry_ms.load(Ordering::Acquire)).filter(|expiry_ms| *expiry_ms != u64::MAX)
+    }
+
+    /// Publishes what callers read without the state lock ([`GroupShared::retained_keys`],
+    /// [`GroupShared::next_hold_expiry_ms`]); called by whoever changed the state, still holding
+    /// its lock, so that what is published follows the state's order.
+    fn publish_summary(&self, state: &GroupState) {
+        if let GroupData::Shard(ledger) = &state.data {
+            self.retained_keys.store(ledger.retained_keys(), Ordering::Release);
+            self.next_hold_expiry_ms
+                .store(ledger.next_hold_expiry_ms().unwrap_or(u64::MAX), Ordering::Release);
+        }
     }
 
     /// The meta group's state (panics on a shard group: a wiring bug).
@@ -901,7 +933,10 @@ impl GroupStateMachine {
             written_since_full: Mutex::new(written_since_full),
             checkpoint_lock: Arc::new(tokio::sync::Mutex::new(())),
             journal_source,
+            retained_keys: AtomicUsize::new(0),
+            next_hold_expiry_ms: AtomicU64::new(u64::MAX),
         };
+        shared.publish_summary(&shared.read());
         Ok(Self {
             shared: Arc::new(shared),
             durability: None,
@@ -957,6 +992,7 @@ impl GroupStateMachine {
             };
             responses.push(response);
         }
+        shared.publish_summary(&state);
         // The values as this apply leaves them, for the next checkpoint (see `Unwritten`).
         self.changes.dirty.sort_unstable();
         self.changes.dirty.dedup();
@@ -1091,7 +1127,10 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
                         .map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..])),
                 );
             }
-            *self.shared.state.write().expect("group state lock poisoned") = state;
+            let mut current = self.shared.state.write().expect("group state lock poisoned");
+            *current = state;
+            self.shared.publish_summary(&current);
+            drop(current);
             *self.shared.unwritten.lock().expect("unwritten changes lock poisoned") =
                 Unwritten { journals, checkpointed: meta.last_log_id, ..Unwritten::default() };
             self.shared.written_since_full.lock().expect("checkpoint items lock poisoned").clear();

@@ -622,3 +622,49 @@ async fn a_snapshot_read_after_later_applies_carries_the_state_at_that_time() {
     );
     assert_eq!(ledger(&follower.shared()), ledger(&leader.shared()));
 }
+
+/// What writes check before they are proposed (the retained-key count against the budget) and
+/// what the leader's hold-expiry task watches (the earliest open hold) are published by apply,
+/// the load and snapshot installs, so that neither waits for the state lock: they always equal
+/// what the ledger says.
+#[tokio::test]
+async fn the_published_key_count_and_next_hold_expiry_follow_apply_load_and_install() {
+    fn assert_published(shared: &GroupShared, context: &str) {
+        let ledger = ledger(shared);
+        assert_eq!(shared.retained_keys(), ledger.retained_keys(), "{context}: retained keys");
+        assert_eq!(shared.next_hold_expiry_ms(), ledger.next_hold_expiry_ms(), "{context}: next hold expiry");
+    }
+    let (store, mut state_machine) = fresh_state_machine(SHARD);
+    let shared = state_machine.shared();
+    assert_eq!((shared.retained_keys(), shared.next_hold_expiry_ms()), (0, None), "a fresh shard");
+    state_machine.apply([shard_entry(openraft::testing::log_id(1, 1, 1), round_commands(0))]).await.unwrap();
+    assert!(shared.retained_keys() > 0);
+    assert_published(&shared, "after the first round");
+    let hold = command(
+        "published-hold",
+        Operation::AuthorizeHold {
+            member_id: member(0),
+            currency: currency_of(0),
+            amount_points: 1,
+            expires_in_ms: 3_600_000,
+        },
+    );
+    let outcomes = shard_outcomes(
+        state_machine.apply([shard_entry(openraft::testing::log_id(1, 1, 2), vec![hold])]).await.unwrap(),
+    );
+    assert!(outcomes[0].result.is_ok(), "{outcomes:?}");
+    assert!(shared.next_hold_expiry_ms().is_some(), "the hold is open");
+    assert_published(&shared, "after the hold");
+
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    let snapshot = built_snapshot(&mut state_machine).await;
+    drop((state_machine, shared));
+    let reopened = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+    assert!(reopened.shared().retained_keys() > 0);
+    assert_published(&reopened.shared(), "after a restart");
+
+    let (_other_store, mut installed) = fresh_state_machine(SHARD);
+    install(&mut installed, &snapshot).await;
+    assert!(installed.shared().next_hold_expiry_ms().is_some());
+    assert_published(&installed.shared(), "after a snapshot install");
+}
