@@ -6,12 +6,14 @@
 #   2. optionally (--etcd) a 3-member etcd (Debian's etcd-server) doing puts through wrk;
 #   3. tally-loadtest's gifting profile (member-to-member transfers, each with its own
 #      idempotency key, end-of-run correctness proof) against `tally dev` and against a
-#      3-node cluster (cluster/local.sh): single calls at 1-256 callers, SubmitBatch of 1,000,
-#      and an open-loop run at half of the 64-caller rate;
+#      3-node cluster (cluster/local.sh, with --cluster-shards shards: 3 by default, one per
+#      node), single calls at 1-256 callers, SubmitBatch of 1,000, and an open-loop run at half
+#      of the 64-caller rate;
 # then tally-bench-report writes summary.md (tables, ratios, targets) and two SVG plots.
 #
 # Usage: benches/baseline/run.sh [--duration-secs N] [--out DIR] [--concurrency "1 4 16 64 256"]
-#                                [--cross-shard-share F] [--etcd] [--skip-postgres] [--skip-cluster]
+#                                [--cross-shard-share F] [--cluster-shards N] [--etcd]
+#                                [--skip-postgres] [--skip-cluster]
 #                                [--no-build]   (use the release binaries already built)
 # Default output: benches/results/<UTC date-time>/. Needs ports 50051, 7101-7103, 9101-9103,
 # 9200 (the local cluster's), 50061 (tally dev) and 55432 (PostgreSQL) free.
@@ -24,6 +26,10 @@ DURATION_SECS=15
 OUT=""
 CONCURRENCY_SWEEP="1 4 16 64 256"
 CROSS_SHARD_SHARE=0
+# One shard per node: on a machine whose cores every node shares, each further Raft group costs
+# a fixed CPU per entry on every replica and spreads the callers over more, smaller entries
+# (docs/benchmarks.md: 8 shards did 0.62-0.69x of 3 at 64 callers, alternated).
+CLUSTER_SHARDS=3
 WITH_ETCD=0
 WITH_POSTGRES=1
 WITH_CLUSTER=1
@@ -34,11 +40,12 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --concurrency) CONCURRENCY_SWEEP="$2"; shift 2 ;;
         --cross-shard-share) CROSS_SHARD_SHARE="$2"; shift 2 ;;
+        --cluster-shards) CLUSTER_SHARDS="$2"; shift 2 ;;
         --etcd) WITH_ETCD=1; shift ;;
         --skip-postgres) WITH_POSTGRES=0; shift ;;
         --skip-cluster) WITH_CLUSTER=0; shift ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,19p "$0"; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -221,8 +228,8 @@ run_tally_dev() {
 }
 
 run_tally_cluster() {
-    log "3-node cluster (cluster/local.sh, release binary): 3 nodes + gateway on 127.0.0.1"
-    TALLY_BIN="$TALLY" "$ROOT/cluster/local.sh" start
+    log "3-node cluster (cluster/local.sh, release binary, $CLUSTER_SHARDS shards): 3 nodes + gateway on 127.0.0.1"
+    TALLY_SHARDS="$CLUSTER_SHARDS" TALLY_BIN="$TALLY" "$ROOT/cluster/local.sh" start
     tally_runs tally-cluster "http://127.0.0.1:50051"
     "$ROOT/cluster/local.sh" wipe
 }
@@ -242,7 +249,8 @@ cat >"$OUT/machine.json" <<EOF
   "memory": "$(free -g | awk '/^Mem:/ {print $2}') GiB",
   "flush probe, 500 x dd bs=4k oflag=dsync (before, after)": "${FLUSH_BEFORE} s, ${FLUSH_AFTER} s",
   "measured phase per run": "${DURATION_SECS} s",
-  "tally workload": "tally-loadtest --profile gifting, ${ACCOUNTS} members, cross-shard share ${CROSS_SHARD_SHARE}"
+  "tally workload": "tally-loadtest --profile gifting, ${ACCOUNTS} members, cross-shard share ${CROSS_SHARD_SHARE}",
+  "cluster": "cluster/local.sh: 3 nodes, ${CLUSTER_SHARDS} shards, replication factor 3"
 }
 EOF
 "$REPORT" "$OUT"
