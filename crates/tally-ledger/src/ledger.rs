@@ -303,9 +303,9 @@ impl Ledger {
 
     /// Lets records that a checkpoint wrote leave memory (see `retained`); returns how many did.
     /// Needs a record source.
-    pub fn evict_retained<'a>(
+    pub fn evict_retained<Bytes: AsRef<[u8]>>(
         &mut self,
-        written: impl IntoIterator<Item = (KeyFingerprint, RecordSlot, &'a [u8])>,
+        written: impl IntoIterator<Item = (KeyFingerprint, RecordSlot, Bytes)>,
     ) -> usize {
         self.retained.evict(written)
     }

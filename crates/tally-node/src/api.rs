@@ -143,6 +143,9 @@ pub struct NodeStatusView {
     pub incarnation_conflicts: Vec<String>,
 }
 
+// One answer per call, built once and moved once: the size of the largest variant (an
+// operation with its outcome, whose ids are inline strings) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeResponse {
     Identity(NodeIdentityView),

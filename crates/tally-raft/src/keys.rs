@@ -69,6 +69,20 @@ pub const STATE_FORMAT_KEY: &[u8] = b"mstate_format";
 /// misread.
 pub const STATE_FORMAT: u32 = 4;
 
+/// Whether a checkpoint's put under `key` creates it: journals, their indexes, deltas and
+/// line journals are named by the applied index of the checkpoint that writes them, and a
+/// statement run by its account and first sequence, which a full checkpoint writes once (a
+/// retry after a failed write may name one again, which costs a value-log file kept until
+/// the next open; see `StateTree::write_batch_of_new_keys`).
+pub fn is_created_once(key: &[u8]) -> bool {
+    matches!(
+        key.first(),
+        Some(
+            &(JOURNAL_PREFIX | JOURNAL_INDEX_PREFIX | DELTA_PREFIX | LINE_JOURNAL_PREFIX | STATEMENT_PREFIX)
+        )
+    )
+}
+
 pub fn item_key(key: &ItemKey) -> Vec<u8> {
     let mut bytes = vec![ITEM_PREFIX];
     bincode::serialize_into(&mut bytes, key).expect("encoding an item key into memory cannot fail");

@@ -14,6 +14,7 @@
 //! - [`cluster_token`]: the shared secret that internal calls carry and nodes check.
 //! - [`group`]: a hosted group replica, its tuning, and the node's registry of groups.
 
+pub mod background;
 pub mod call_stream;
 pub mod cluster_token;
 pub mod group;

@@ -13,7 +13,7 @@
 //! re-applies the committed entries after it, so no entry is applied twice to durable state.
 //! Statement lines not checkpointed yet are read from memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -22,8 +22,8 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
-use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, StateItem, StatementLine};
-use tally_ledger::{CurrencyCode, Ledger, MemberId};
+use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, KeyFingerprint, StateItem, StatementLine};
+use tally_ledger::{CurrencyCode, Ledger, MemberId, RecordSlot};
 use tally_store::{decode_value, encode_value, NodeStore, PurgeFloor, StateTree, StoreError};
 
 use crate::journal::{encode_journals, EncodedJournal, JournalIndexEntry, JournalRecord, JournalSource};
@@ -91,6 +91,8 @@ pub struct GroupShared {
     written_since_full: Mutex<FastMap<ItemKey, Option<StateItem>>>,
     /// Orders checkpoints and snapshot installs (both write the tree from what memory holds).
     checkpoint_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Records a checkpoint wrote, waiting to leave memory (see [`WrittenRecords`]).
+    written_records: Mutex<WrittenRecords>,
     /// The shard's retained keys as the last apply, load or install left them. Every write
     /// checks the retention budget before it is proposed; reading the count under the state
     /// lock made a runtime worker wait while apply held that lock (tens of milliseconds for an
@@ -108,8 +110,28 @@ pub struct GroupShared {
 /// SipHash on member ids (SipHash was 2-3 % of the node's CPU in batch runs).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Records a checkpoint lets leave memory per hold of the state's write lock.
+/// Records a checkpoint lets leave memory per hold of the state's write lock, when no apply
+/// does it (a shard at rest).
 const EVICTED_PER_LOCK: usize = 1_024;
+/// Written records that leave memory at the start of one apply, at most: more than an apply
+/// adds (at most about [`APPLY_COMMANDS_PER_LOCK`] commands, one record each), so the queue
+/// drains under load.
+const EVICTED_PER_APPLY: usize = 2 * APPLY_COMMANDS_PER_LOCK;
+
+/// Records in journals that may leave memory, with the slots they can be read back from.
+///
+/// Apply lets them go, under the state lock it already holds, before it applies its entries.
+/// A checkpoint's thread did it before, in slices under the write lock, and apply waited for
+/// that lock at nearly every entry (36 waits a second, an off-CPU profile of SubmitBatch): on
+/// two cores the thread holding it is often preempted. A shard at rest lets them go at its
+/// next checkpoint tick.
+#[derive(Default)]
+struct WrittenRecords {
+    records: VecDeque<(KeyFingerprint, RecordSlot, Arc<[u8]>)>,
+    /// Records left memory since the expiry index was last compacted (see
+    /// `Ledger::compact_retained_expiry`).
+    compaction_due: bool,
+}
 /// Accounts whose written lines a full checkpoint lets leave memory per hold of the lock of
 /// unwritten changes.
 const RELEASED_ACCOUNTS_PER_LOCK: usize = 1_024;
@@ -364,12 +386,20 @@ impl GroupShared {
         let _serial = self.checkpoint_lock.lock().await;
         // The copies and their encoding take tens to hundreds of milliseconds under load: off
         // the runtime's workers, whose queued tasks (calls, apply) would otherwise wait behind
-        // them (a task in a busy worker's LIFO slot cannot be stolen by the other worker).
+        // them (a task in a busy worker's LIFO slot cannot be stolen by the other worker), and
+        // at a lower priority than apply (see `background`).
         let this = Arc::clone(self);
-        let collected = tokio::task::spawn_blocking(move || this.collect_checkpoint())
+        let collected = crate::background::run(move || this.collect_checkpoint())
             .await
             .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?;
-        let Some(checkpoint) = collected else { return Ok(None) };
+        let Some(checkpoint) = collected else {
+            // Nothing applied since the last checkpoint, so no apply lets its records go.
+            let this = Arc::clone(self);
+            crate::background::run(move || this.evict_queued_at_rest())
+                .await
+                .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))?;
+            return Ok(None);
+        };
         let CheckpointWrites {
             writes,
             written_lines,
@@ -381,10 +411,11 @@ impl GroupShared {
         } = checkpoint;
         let tree = self.tree.clone();
         let write_count = writes.len();
-        let written = tokio::task::spawn_blocking(move || tree.write_batch(writes))
-            .await
-            .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))
-            .and_then(|written| written);
+        let written =
+            crate::background::run(move || tree.write_batch_of_new_keys(writes, keys::is_created_once))
+                .await
+                .map_err(|error| StoreError::Io(std::io::Error::other(error.to_string())))
+                .and_then(|written| written);
         let CheckpointRetry {
             delta_items,
             delta_lines,
@@ -420,8 +451,8 @@ impl GroupShared {
             }
         }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            // Here, off the runtime's workers and outside `unwritten`. A closure that never runs
+        crate::background::run(move || {
+            // Here, on a background thread and outside `unwritten`. A closure that never runs
             // (the runtime shutting down) leaves the deltas in the tree: a restart folds them.
             this.written_since_full.lock().expect("checkpoint items lock poisoned").extend(delta_items);
             this.release_written(&journal_records, &journals_written, written_lines);
@@ -443,8 +474,8 @@ impl GroupShared {
         journals_written: &[(u32, Vec<JournalIndexEntry>)],
         written_lines: Vec<(AccountKey, u64)>,
     ) {
-        self.evict_written(journal_records, journals_written);
-        // In slices, as records leave: apply takes this lock at the end of every entry.
+        self.queue_written(journal_records, journals_written);
+        // In slices: apply takes this lock at the end of every entry.
         for slice in written_lines.chunks(RELEASED_ACCOUNTS_PER_LOCK) {
             let mut dropped = Vec::new();
             {
@@ -465,34 +496,55 @@ impl GroupShared {
         }
     }
 
-    /// Lets the records a checkpoint wrote to journals leave memory (those not changed since).
-    fn evict_written(&self, records: &[JournalRecord], journals: &[(u32, Vec<JournalIndexEntry>)]) {
+    /// Queues the records a checkpoint wrote to journals to leave memory (those not changed
+    /// since leave; see [`WrittenRecords`]).
+    fn queue_written(&self, records: &[JournalRecord], journals: &[(u32, Vec<JournalIndexEntry>)]) {
         if records.is_empty() {
             return;
         }
         let slots =
             journals.iter().flat_map(|(journal, index)| index.iter().map(move |entry| entry.slot(*journal)));
-        let mut written = records
-            .iter()
-            .zip(slots)
-            .map(|(record, slot)| (record.fingerprint, slot, &record.bytes[..]))
-            .peekable();
-        // In slices, so that apply (which needs the write lock) waits for one slice at most,
-        // not for a whole second's records.
-        while written.peek().is_some() {
-            let mut state = self.state.write().expect("group state lock poisoned");
-            let GroupData::Shard(ledger) = &mut state.data else { return };
-            ledger.evict_retained(written.by_ref().take(EVICTED_PER_LOCK));
+        let mut written = self.written_records.lock().expect("written records lock poisoned");
+        written.records.extend(
+            records
+                .iter()
+                .zip(slots)
+                .map(|(record, slot)| (record.fingerprint, slot, Arc::clone(&record.bytes))),
+        );
+        written.compaction_due = true;
+    }
+
+    /// Lets up to `records_max` queued records leave memory and then compacts the expiry index
+    /// by as many entries; returns whether anything is left to do. The caller holds the state's
+    /// write lock.
+    fn evict_queued(&self, state: &mut GroupState, records_max: usize) -> bool {
+        let GroupData::Shard(ledger) = &mut state.data else { return false };
+        let mut written = self.written_records.lock().expect("written records lock poisoned");
+        if written.records.is_empty() && !written.compaction_due {
+            return false;
+        }
+        let take = written.records.len().min(records_max);
+        if take > 0 {
+            ledger.evict_retained(written.records.drain(..take));
             metrics::gauge!("tally_retained_records_in_memory", "group" => self.group_id.to_string())
                 .set(ledger.resident_retained_records() as f64);
             metrics::gauge!("tally_retained_keys", "group" => self.group_id.to_string())
                 .set(ledger.retained_keys() as f64);
         }
-        // The keys that left memory are listed by prefix from now on, in slices likewise.
+        // The keys that left memory are listed by prefix from now on, once the queue is empty.
+        if written.records.is_empty() && written.compaction_due && ledger.compact_retained_expiry(records_max)
+        {
+            written.compaction_due = false;
+        }
+        !written.records.is_empty() || written.compaction_due
+    }
+
+    /// Lets every queued record leave memory, in slices under the write lock: for a shard that
+    /// applies nothing meanwhile.
+    fn evict_queued_at_rest(&self) {
         loop {
             let mut state = self.state.write().expect("group state lock poisoned");
-            let GroupData::Shard(ledger) = &mut state.data else { return };
-            if ledger.compact_retained_expiry(EVICTED_PER_LOCK) {
+            if !self.evict_queued(&mut state, EVICTED_PER_LOCK) {
                 break;
             }
         }
@@ -932,6 +984,7 @@ impl GroupStateMachine {
             unwritten: Mutex::new(unwritten),
             written_since_full: Mutex::new(written_since_full),
             checkpoint_lock: Arc::new(tokio::sync::Mutex::new(())),
+            written_records: Mutex::default(),
             journal_source,
             retained_keys: AtomicUsize::new(0),
             next_hold_expiry_ms: AtomicU64::new(u64::MAX),
@@ -963,6 +1016,7 @@ impl GroupStateMachine {
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Vec<GroupResponse> {
         let shared = self.shared.clone();
         let mut state = shared.state.write().expect("group state lock poisoned");
+        shared.evict_queued(&mut state, EVICTED_PER_APPLY);
         let mut responses = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
         self.changes.clear();
@@ -1058,6 +1112,13 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        // openraft's state-machine worker sent the previous apply's results to the Raft core
+        // just before this call, which put the core in this runtime worker's LIFO slot, where
+        // the other worker cannot steal it: without this yield the core (and with it the
+        // previous entry's answers and the proposer's next entry) waited behind this whole
+        // apply, and entries were applied two by two with the state machine idle between
+        // pairs (a quarter of the time under SubmitBatch).
+        tokio::task::yield_now().await;
         let started = std::time::Instant::now();
         let mut entries = entries.into_iter().peekable();
         let mut responses = Vec::new();
@@ -1112,6 +1173,9 @@ impl RaftStateMachine<TallyRaft> for GroupStateMachine {
             let mut current_snapshot = self.shared.current_snapshot.lock().expect("snapshot lock poisoned");
             self.shared.tree.replace_all(content).map_err(write_error)?;
             *current_snapshot = meta.last_log_id;
+            // Queued records name slots of journals the install replaces.
+            *self.shared.written_records.lock().expect("written records lock poisoned") =
+                WrittenRecords::default();
             // The installed records are in the new journals: they leave memory at once.
             if let (Some(source), GroupData::Shard(ledger)) = (&self.shared.journal_source, &mut state.data) {
                 source.forget_all();

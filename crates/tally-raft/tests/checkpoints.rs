@@ -115,7 +115,9 @@ async fn deltas_and_full_checkpoints_reload_to_the_state_in_memory() {
                 "{context}: a delta grew the tree from {keys_before} to {keys_after} keys"
             );
         }
-        // Every record the checkpoint wrote left memory; the digests above read them back.
+        // Every record the checkpoint wrote leaves memory at the next apply, or, with nothing
+        // applied since (as here), at the next checkpoint; the digests read them back.
+        assert!(shared.checkpoint().await.unwrap().is_none(), "{context}: nothing applied since");
         let (resident, retained) = retained_records(&shared);
         assert!(retained > 0, "{context}");
         assert_eq!(resident, 0, "{context}: records left in memory");
@@ -129,6 +131,27 @@ async fn deltas_and_full_checkpoints_reload_to_the_state_in_memory() {
 
 /// A replica restarted between deltas carries on: its next checkpoints (deltas, then a full one
 /// that deletes the deltas it loaded) still reload to the state in memory.
+/// Under load the records a checkpoint wrote leave memory at the start of the next apply,
+/// under the state lock apply holds anyway, and not before: the checkpoint's thread would
+/// otherwise take that lock for them while apply waits.
+#[tokio::test]
+async fn written_records_leave_memory_at_the_next_apply() {
+    let store = NodeStore::temporary().unwrap();
+    let mut state_machine = GroupStateMachine::open(SHARD, store.state_tree(SHARD).unwrap()).unwrap();
+    let shared = state_machine.shared();
+    state_machine.apply([round_entry(0)]).await.unwrap();
+    let (resident_first, retained_first) = retained_records(&shared);
+    assert!(resident_first > 0 && resident_first == retained_first, "round 0 keeps its records in memory");
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    assert_eq!(retained_records(&shared), (resident_first, retained_first), "written, not released yet");
+    state_machine.apply([round_entry(1)]).await.unwrap();
+    let (resident, retained) = retained_records(&shared);
+    assert!(retained > retained_first, "round 1 added keys");
+    assert_eq!(resident, retained - retained_first, "round 0's records left memory, round 1's stay");
+    shared.checkpoint().await.unwrap().expect("something was applied");
+    assert_reload_equal(&store, &shared, "after the apply that released round 0");
+}
+
 #[tokio::test]
 async fn a_restart_between_deltas_carries_on_from_them() {
     let store = NodeStore::temporary().unwrap();
@@ -185,6 +208,7 @@ async fn retried_keys_are_answered_from_their_journals_after_a_restart() {
     let first = state_machine.apply([round_entry(0)]).await.unwrap().remove(0);
     let GroupResponse::Shard(first) = first else { panic!("a shard answers {first:?}") };
     state_machine.shared().checkpoint().await.unwrap().expect("something was applied");
+    assert!(state_machine.shared().checkpoint().await.unwrap().is_none(), "at rest: the records leave");
     for attempt in 0..2u64 {
         let shared = state_machine.shared();
         assert_eq!(retained_records(&shared).0, 0, "attempt {attempt}");
@@ -308,6 +332,7 @@ async fn a_record_changed_again_across_a_failed_checkpoint_reloads_to_its_last_v
     assert!(shared.checkpoint().await.is_err(), "the injected failure is reported");
     state_machine.apply([reversal(3, "undo-2")]).await.unwrap();
     shared.checkpoint().await.unwrap().expect("something was applied");
+    assert!(shared.checkpoint().await.unwrap().is_none(), "at rest: the records leave");
     assert_eq!(reversed_points(&shared), 2);
     assert_eq!(retained_records(&shared).0, 0, "every record left memory once written");
     assert_reload_equal(&store, &shared, "after a record changed three times");

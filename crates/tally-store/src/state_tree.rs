@@ -77,6 +77,19 @@ impl StateTree {
     /// crash recovery see all of them or none. Later changes to the same key win. Large values
     /// are appended to the value log and synced first. No sled flush (see the module docs).
     pub fn write_batch(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        self.write_batch_of_new_keys(changes, |_| false)
+    }
+
+    /// [`StateTree::write_batch`] for a batch whose puts under keys that `is_new` accepts are
+    /// known to create them: the value each would replace is not read first (a sled lookup per
+    /// key, 3 % of a node's CPU in checkpoints of fresh journal and run keys). Were such a key
+    /// there after all, the value-log file of its old value would keep it alive until the
+    /// store is next opened (which recounts every pointer), never lose a value.
+    pub fn write_batch_of_new_keys(
+        &self,
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        is_new: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
         #[cfg(feature = "test-faults")]
         {
             use std::sync::atomic::Ordering;
@@ -88,7 +101,7 @@ impl StateTree {
                 return Err(StoreError::Io(std::io::Error::other("injected write failure (test-faults)")));
             }
         }
-        let mut separated = self.values.separate(&self.tree, changes)?;
+        let mut separated = self.values.separate(&self.tree, changes, is_new)?;
         let mut batch = sled::Batch::default();
         for (key, value) in std::mem::take(&mut separated.changes) {
             match value {

@@ -272,6 +272,7 @@ impl ValueLog {
         &self,
         tree: &sled::Tree,
         changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        is_new: impl Fn(&[u8]) -> bool,
     ) -> Result<Separated<'_>, StoreError> {
         let mut state = self.lock();
         // sled applies the last change to a key; an earlier one would store nothing.
@@ -296,8 +297,11 @@ impl ValueLog {
             if superseded {
                 continue;
             }
-            if let Some(old) = tree.get(&key)?.as_deref().and_then(Pointer::decode) {
-                released.push(old.file);
+            let created = value.is_some() && is_new(&key);
+            if !created {
+                if let Some(old) = tree.get(&key)?.as_deref().and_then(Pointer::decode) {
+                    released.push(old.file);
+                }
             }
             match value {
                 Some(value) if value.len() >= SEPARATED_VALUE_BYTES_MIN => {
@@ -577,7 +581,7 @@ mod tests {
     }
 
     fn write(log: &ValueLog, tree: &sled::Tree, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
-        let mut separated = log.separate(tree, changes).unwrap();
+        let mut separated = log.separate(tree, changes, |_| false).unwrap();
         let mut batch = sled::Batch::default();
         for (key, value) in std::mem::take(&mut separated.changes) {
             match value {

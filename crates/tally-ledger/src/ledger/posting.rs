@@ -120,7 +120,7 @@ impl<'a> Stage<'a> {
             partner_id: self.context.partner_id.clone(),
             idempotency_key: self.context.key.clone(),
             kind: self.context.kind,
-            counterparty: counterparty.to_string(),
+            counterparty: counterparty.name(),
             credit_points,
             debit_points,
             balance_after_points: account.balance_points(),
