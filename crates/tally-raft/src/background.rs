@@ -9,7 +9,7 @@
 //! thread's priority but not raise it back, and the pool's threads run other work too.
 
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The nice value of background threads (0 is the default; higher yields the core sooner).
 pub const BACKGROUND_NICE: i32 = 5;
@@ -20,11 +20,11 @@ const BACKGROUND_THREADS: usize = 2;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
-    static QUEUE: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+fn queue() -> &'static mpsc::Sender<Job> {
+    static QUEUE: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     QUEUE.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = std::sync::Arc::new(Mutex::new(receiver));
+        let receiver = Arc::new(Mutex::new(receiver));
         for number in 0..BACKGROUND_THREADS {
             let receiver = receiver.clone();
             std::thread::Builder::new()
@@ -41,7 +41,7 @@ fn queue() -> &'static Mutex<mpsc::Sender<Job>> {
                 })
                 .expect("starting a background thread");
         }
-        Mutex::new(sender)
+        sender
     })
 }
 
@@ -53,11 +53,7 @@ pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
         let _ = reply.send(result.map_err(|_| BackgroundError::Panicked));
     });
-    queue()
-        .lock()
-        .expect("background queue lock poisoned")
-        .send(job)
-        .map_err(|_| BackgroundError::Stopped)?;
+    queue().send(job).map_err(|_| BackgroundError::Stopped)?;
     answer.await.map_err(|_| BackgroundError::Stopped)?
 }
 

@@ -542,6 +542,11 @@ impl GroupShared {
     /// Lets every queued record leave memory, in slices under the write lock: for a shard that
     /// applies nothing meanwhile.
     fn evict_queued_at_rest(&self) {
+        // Every idle tick comes here: the write lock only when there is something to do.
+        let idle = |written: &WrittenRecords| written.records.is_empty() && !written.compaction_due;
+        if idle(&self.written_records.lock().expect("written records lock poisoned")) {
+            return;
+        }
         loop {
             let mut state = self.state.write().expect("group state lock poisoned");
             if !self.evict_queued(&mut state, EVICTED_PER_LOCK) {
