@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use tally_ledger::meta::MetaState;
 use tally_ledger::state::{AccountKey, ChangeSet, ItemKey, KeyFingerprint, StateItem, StatementLine};
 use tally_ledger::{CurrencyCode, Ledger, MemberId, RecordSlot};
-use tally_store::{decode_value, encode_value, NodeStore, PurgeFloor, StateTree, StoreError};
+use tally_store::{
+    decode_value, encode_framed, encode_value, NodeStore, PurgeFloor, StateTree, StoreError,
+    FRAME_HEADER_BYTES,
+};
 
 use crate::journal::{encode_journals, EncodedJournal, JournalIndexEntry, JournalRecord, JournalSource};
 use crate::keys;
@@ -769,24 +772,37 @@ struct CheckpointCut {
 /// `values` encoded as framed `Vec`s of consecutive values, each at most
 /// [`keys::VALUE_BYTES_MAX`] bytes (a value larger than that alone goes in a chunk of its own);
 /// with the position of each chunk's first value.
+///
+/// One pass: each value is encoded once, straight into its chunk (sizing every value and then
+/// encoding each slice walked the values three times, 5 % of the node's CPU under SubmitBatch).
 fn encode_in_chunks<T: Serialize>(values: &[T]) -> Vec<(usize, Vec<u8>)> {
-    // The frame's header and the Vec's length prefix.
-    const OVERHEAD_BYTES: u64 = 5 + 8;
+    // A slice encodes as the `Vec` it is decoded as: a u64 length, then the values.
+    const LENGTH_BYTES: usize = 8;
+    let new_payload = || {
+        let mut payload = Vec::with_capacity(keys::VALUE_BYTES_MAX);
+        payload.extend_from_slice(&[0; LENGTH_BYTES]);
+        payload
+    };
+    let finish = |mut payload: Vec<u8>, count: usize| {
+        payload[..LENGTH_BYTES].copy_from_slice(&(count as u64).to_le_bytes());
+        encode_framed(&payload)
+    };
     let mut chunks = Vec::new();
     let mut first = 0;
-    let mut size = OVERHEAD_BYTES;
+    let mut payload = new_payload();
     for (position, value) in values.iter().enumerate() {
-        let value_bytes = bincode::serialized_size(value).expect("sizing a value in memory cannot fail");
-        if position > first && size + value_bytes > keys::VALUE_BYTES_MAX as u64 {
-            // A slice encodes as the `Vec` it is decoded as (a length, then the values).
-            chunks.push((first, encode(&&values[first..position])));
+        let value_start = payload.len();
+        bincode::serialize_into(&mut payload, value).expect("encoding a value into memory cannot fail");
+        if position > first && FRAME_HEADER_BYTES + payload.len() > keys::VALUE_BYTES_MAX {
+            let mut next = new_payload();
+            next.extend_from_slice(&payload[value_start..]);
+            payload.truncate(value_start);
+            chunks.push((first, finish(std::mem::replace(&mut payload, next), position - first)));
             first = position;
-            size = OVERHEAD_BYTES;
         }
-        size += value_bytes;
     }
     if first < values.len() {
-        chunks.push((first, encode(&&values[first..])));
+        chunks.push((first, finish(payload, values.len() - first)));
     }
     chunks
 }
@@ -1052,9 +1068,11 @@ impl GroupStateMachine {
             responses.push(response);
         }
         shared.publish_summary(&state);
-        // The values as this apply leaves them, for the next checkpoint (see `Unwritten`).
-        self.changes.dirty.sort_unstable();
-        self.changes.dirty.dedup();
+        // The values as this apply leaves them, for the next checkpoint (see `Unwritten`). Not
+        // sorted and deduplicated first: sorting compared member ids (3.5 % of the node's CPU
+        // under SubmitBatch) to spare the copy of a few items changed twice in one apply; the
+        // map below keeps one copy of each, and a record named twice goes in its journal
+        // twice, both copies the record as this apply leaves it.
         let mut captured = Vec::with_capacity(self.changes.dirty.len());
         let mut records = Vec::new();
         if let GroupData::Shard(ledger) = &state.data {
@@ -1409,5 +1427,33 @@ impl RaftSnapshotBuilder<TallyRaft> for GroupSnapshotBuilder {
         metrics::counter!("tally_snapshots_built_total").increment(1);
         tracing::info!(group = self.shared.group_id, snapshot = %meta.snapshot_id, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each chunk is exactly the framed encoding of its slice, chunks stay within the limit
+    /// unless one value alone exceeds it, and together they hold every value in order.
+    #[test]
+    fn chunks_are_the_encodings_of_consecutive_slices_within_the_limit() {
+        let values: Vec<String> = (0..3_000)
+            .map(|at| "x".repeat(if at == 1_234 { keys::VALUE_BYTES_MAX * 2 } else { at % 97 }))
+            .collect();
+        let chunks = encode_in_chunks(&values);
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        let mut next = 0;
+        for (position, (first, bytes)) in chunks.iter().enumerate() {
+            assert_eq!(*first, next);
+            let end = chunks.get(position + 1).map_or(values.len(), |(first, _)| *first);
+            assert_eq!(bytes, &encode(&&values[*first..end]));
+            assert!(bytes.len() <= keys::VALUE_BYTES_MAX || end - first == 1, "chunk {position}");
+            let decoded: Vec<String> = decode_value(bytes, "chunk").unwrap();
+            assert_eq!(decoded, values[*first..end]);
+            next = end;
+        }
+        assert_eq!(next, values.len());
+        assert!(encode_in_chunks::<String>(&[]).is_empty());
     }
 }
