@@ -226,7 +226,11 @@ impl JournalSource {
             _ => None,
         };
         if let Some(journal) = journal {
-            let record = record_at(framed_payload(&journal, "journal")?, offset, number);
+            // Its frame was checked once, when it was read (`read_journal`); checking the whole
+            // journal's crc32 again for every record read from the kept copy made a reader in
+            // slot order quadratic (a mebibyte hashed per record: minutes for a state digest
+            // of a few journals in a debug build). Each record keeps its own crc32.
+            let record = record_at(&journal[FRAME_HEADER_BYTES..], offset, number);
             *self.last_read.lock().expect("journal cache lock poisoned") =
                 Some(LastRead::Journal(number, journal));
             return record;
